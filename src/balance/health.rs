@@ -1,0 +1,134 @@
+//! Active health checks: one task per backend, every `interval`, each check
+//! bounded by `timeout`.
+//!
+//! * `tcp` — a TCP connect succeeds.
+//! * `mqtt` — CONNECT (3.1.1 or 5.0, clean session) answered by an accepted
+//!   CONNACK, then DISCONNECT. A broker that accepts TCP but cannot serve
+//!   sessions (overloaded, still booting, refusing) is caught here.
+//!
+//! With PROXY protocol on, a check first sends a LOCAL header (v2) or
+//! `PROXY UNKNOWN` (v1): a broker listener that requires the header would
+//! otherwise log an error for every check.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::{Backend, Pool};
+use crate::config::{HealthCheckKind, ProxyProtocol};
+use crate::mqtt::packets::{self, Connack};
+use crate::proxy::header;
+
+/// Why a check failed (logged at debug on each failure).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("timed out")]
+    Timeout,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("broker refused the CONNECT with code {0:#04x}")]
+    Refused(u8),
+    #[error("broker answered something other than a CONNACK")]
+    Malformed,
+    #[error("broker closed the connection before answering")]
+    Closed,
+}
+
+/// Spawn a checker per backend of `pool` on `tracker`; they stop when
+/// `shutdown` is cancelled.
+pub fn spawn_checks(pool: &Arc<Pool>, tracker: &tokio_util::task::TaskTracker, shutdown: &CancellationToken) {
+    let n = pool.backends.len().max(1) as u32;
+    for (i, backend) in pool.backends.iter().enumerate() {
+        // Spread first checks over one interval so checks of many backends
+        // do not fire in lockstep.
+        let offset = pool.health.interval / n * i as u32;
+        tracker.spawn(run(pool.clone(), backend.clone(), offset, shutdown.clone()));
+    }
+}
+
+async fn run(pool: Arc<Pool>, backend: Arc<Backend>, offset: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval_at(Instant::now() + offset, pool.health.interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let client_id = check_client_id(&backend.name);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let started = Instant::now();
+        let result = tokio::time::timeout(pool.health.timeout, check(&pool, &backend, &client_id))
+            .await
+            .unwrap_or(Err(CheckError::Timeout));
+        backend.metrics.check_duration.observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(()) => {
+                backend.metrics.check_ok.inc();
+            }
+            Err(e) => {
+                backend.metrics.check_failed.inc();
+                tracing::debug!(backend = %backend.name, addr = %backend.addr, error = %e, "health check failed");
+            }
+        }
+        backend.observe(result.is_ok());
+    }
+}
+
+/// A client id unique to this process and backend, short enough for MQTT
+/// 3.1's 23-character limit, so two mqttlb instances checking one broker do
+/// not take over each other's check sessions.
+fn check_client_id(backend: &str) -> String {
+    let h = xxhash_rust::xxh3::xxh3_64_with_seed(backend.as_bytes(), u64::from(std::process::id()));
+    format!("mqttlb-hc-{:012x}", h & 0xffff_ffff_ffff)
+}
+
+async fn check(pool: &Pool, backend: &Backend, client_id: &str) -> Result<(), CheckError> {
+    let mut stream = TcpStream::connect(backend.addr).await?;
+    if pool.health.check == HealthCheckKind::Tcp && pool.proxy_protocol == ProxyProtocol::Off {
+        return Ok(());
+    }
+    stream.set_nodelay(true)?;
+    let mut out = Vec::with_capacity(64);
+    header::encode_local(pool.proxy_protocol, &mut out);
+    if pool.health.check == HealthCheckKind::Tcp {
+        stream.write_all(&out).await?;
+        return Ok(());
+    }
+    let mut connect = Vec::with_capacity(48);
+    let version = pool.health.mqtt_version;
+    packets::encode_connect(version, client_id, 10, &mut connect);
+    out.extend_from_slice(&connect);
+    stream.write_all(&out).await?;
+    let mut buf = [0u8; 64];
+    let mut filled = 0;
+    loop {
+        let n = stream.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return Err(CheckError::Closed);
+        }
+        filled += n;
+        match packets::parse_connack(&buf[..filled]) {
+            Connack::Incomplete if filled < buf.len() => continue,
+            Connack::Incomplete | Connack::Malformed => return Err(CheckError::Malformed),
+            Connack::Refused(code) => return Err(CheckError::Refused(code)),
+            Connack::Accepted => break,
+        }
+    }
+    stream.write_all(packets::disconnect(version)).await?;
+    let _ = stream.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn check_client_ids_are_short_and_distinct() {
+        let a = super::check_client_id("node1");
+        let b = super::check_client_id("node2");
+        assert_ne!(a, b);
+        assert!(a.len() <= 23, "{a}");
+    }
+}

@@ -1,0 +1,192 @@
+//! Backend sets: nodes with their health and load, the selection strategies
+//! over them ([`strategy`], pure), and active health checks ([`health`]).
+
+pub mod health;
+pub mod state;
+pub mod strategy;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::config::{HashKey, HealthConfig, PoolConfig, ProxyProtocol, Strategy};
+use crate::metrics::{BackendMetrics, Metrics};
+use state::HealthState;
+use strategy::{NodeView, SmoothWrr};
+
+/// One broker node.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    seed: u64,
+    /// Mirrors `health.up` for lock-free reads on the data path.
+    up: AtomicBool,
+    /// Taken out of rotation by an operator; existing connections continue.
+    draining: AtomicBool,
+    active: AtomicU64,
+    // A std Mutex: held for a few instructions, never across an await.
+    health: Mutex<HealthState>,
+    rise: u32,
+    fall: u32,
+    pub metrics: BackendMetrics,
+}
+
+impl Backend {
+    pub fn new(name: &str, addr: SocketAddr, weight: u32, health: &HealthConfig, metrics: &Metrics) -> Backend {
+        let m = metrics.backend(name);
+        m.up.set(1);
+        Backend {
+            name: name.to_string(),
+            addr,
+            weight,
+            seed: strategy::name_seed(name),
+            up: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+            active: AtomicU64::new(0),
+            health: Mutex::new(HealthState::new()),
+            rise: health.rise.get(),
+            fall: health.fall.get(),
+            metrics: m,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// In rotation: healthy and not draining.
+    pub fn in_rotation(&self) -> bool {
+        self.is_up() && !self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Release);
+    }
+
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    fn with_health<T>(&self, f: impl FnOnce(&mut HealthState) -> T) -> T {
+        // A poisoned lock only means another thread panicked mid-update of
+        // two integers and a bool; the state is still usable.
+        let mut guard = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    /// Record an active check (or a failed client connect). Returns the new
+    /// state on a transition, which is also logged and exported.
+    pub fn observe(&self, ok: bool) -> Option<bool> {
+        let t = self.with_health(|h| {
+            let t = h.observe(ok, self.rise, self.fall);
+            // Publish under the lock so transitions are seen in order.
+            self.up.store(h.up, Ordering::Release);
+            t
+        });
+        match t {
+            Some(true) => {
+                self.metrics.up.set(1);
+                tracing::warn!(backend = %self.name, addr = %self.addr, "backend is up");
+            }
+            Some(false) => {
+                self.metrics.up.set(0);
+                tracing::warn!(backend = %self.name, addr = %self.addr, "backend is down");
+            }
+            None => {}
+        }
+        t
+    }
+
+    /// A client connection reached this backend.
+    pub fn passive_success(&self) {
+        self.with_health(HealthState::passive_success);
+    }
+
+    /// Count a proxied connection for as long as the guard lives.
+    pub fn connection(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.metrics.active.inc();
+        ActiveGuard(self.clone())
+    }
+
+    fn view(&self) -> NodeView {
+        NodeView {
+            seed: self.seed,
+            weight: self.weight,
+            active: self.active(),
+        }
+    }
+}
+
+/// Decrements a backend's active count on drop.
+pub struct ActiveGuard(Arc<Backend>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.active.dec();
+    }
+}
+
+/// A named set of backends and how to choose among them.
+pub struct Pool {
+    pub name: String,
+    pub strategy: Strategy,
+    pub hash_key: HashKey,
+    pub proxy_protocol: ProxyProtocol,
+    pub connect_timeout: std::time::Duration,
+    pub connect_attempts: usize,
+    pub health: HealthConfig,
+    pub backends: Vec<Arc<Backend>>,
+    wrr: Mutex<SmoothWrr>,
+    rotor: AtomicUsize,
+}
+
+impl Pool {
+    pub fn new(cfg: &PoolConfig, metrics: &Metrics) -> Pool {
+        Pool {
+            name: cfg.name.clone(),
+            strategy: cfg.strategy,
+            hash_key: cfg.hash_key,
+            proxy_protocol: cfg.proxy_protocol,
+            connect_timeout: cfg.connect_timeout,
+            connect_attempts: cfg.connect_attempts.get() as usize,
+            health: cfg.health.clone(),
+            backends: cfg
+                .servers
+                .iter()
+                .map(|s| Arc::new(Backend::new(&s.name, s.addr, s.weight.get(), &cfg.health, metrics)))
+                .collect(),
+            wrr: Mutex::new(SmoothWrr::default()),
+            rotor: AtomicUsize::new(0),
+        }
+    }
+
+    /// Backends to try for a new connection, best first, at most
+    /// `connect_attempts` of them; empty when none is in rotation.
+    pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<Backend>> {
+        let views: Vec<NodeView> = self.backends.iter().map(|b| b.view()).collect();
+        let eligible: Vec<usize> = (0..self.backends.len())
+            .filter(|&i| self.backends[i].in_rotation())
+            .collect();
+        let rotor = self.rotor.fetch_add(1, Ordering::Relaxed);
+        let order = {
+            let mut wrr = self.wrr.lock().unwrap_or_else(|p| p.into_inner());
+            strategy::order(self.strategy, &views, &eligible, key, &mut wrr, rotor)
+        };
+        order
+            .into_iter()
+            .take(self.connect_attempts)
+            .map(|i| self.backends[i].clone())
+            .collect()
+    }
+
+    pub fn find(&self, name: &str) -> Option<&Arc<Backend>> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+
+    pub fn any_up(&self) -> bool {
+        self.backends.iter().any(|b| b.in_rotation())
+    }
+}

@@ -1,0 +1,218 @@
+//! Backend selection as pure functions: given the nodes currently in
+//! rotation, return them in the order to try.
+//!
+//! * **round-robin** — smooth weighted round robin (as NGINX does it): a
+//!   node of weight 3 next to one of weight 1 is chosen `A A B A`, not `A A A B`.
+//! * **least-connections** — fewest active connections per unit of weight;
+//!   ties rotate so equal nodes share new clients.
+//! * **client-id** — rendezvous (highest random weight) hashing with xxh3 of
+//!   the key seeded by each node's name: every mqttlb instance with the same
+//!   node names sends a key to the same node, and losing one of N nodes only
+//!   moves the keys that lived on it. The rest of the order is the HRW
+//!   ranking itself, so the failover node is just as deterministic.
+//!   A missing or empty key falls back to least-connections.
+
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+use crate::config::Strategy;
+
+/// What selection needs to know of one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeView {
+    /// Seed derived from the node's name ([`name_seed`]).
+    pub seed: u64,
+    pub weight: u32,
+    pub active: u64,
+}
+
+/// The stable per-node hash seed: depends on the name only, so moving a node
+/// to a new address does not move its clients.
+pub fn name_seed(name: &str) -> u64 {
+    xxh3_64(name.as_bytes())
+}
+
+/// Rendezvous score of `key` on a node.
+pub fn hrw_score(key: &[u8], seed: u64) -> u64 {
+    xxh3_64_with_seed(key, seed)
+}
+
+/// Mutable state of smooth weighted round robin, one slot per node.
+#[derive(Debug, Default)]
+pub struct SmoothWrr {
+    current: Vec<i64>,
+}
+
+impl SmoothWrr {
+    /// Pick the next node among `nodes` (indices into the node list) and
+    /// return its position in `nodes`.
+    fn pick(&mut self, nodes: &[NodeView], eligible: &[usize]) -> usize {
+        if self.current.len() != nodes.len() {
+            self.current = vec![0; nodes.len()];
+        }
+        let total: i64 = eligible.iter().map(|&i| i64::from(nodes[i].weight)).sum();
+        let mut best = 0;
+        for (pos, &i) in eligible.iter().enumerate() {
+            self.current[i] += i64::from(nodes[i].weight);
+            if self.current[i] > self.current[eligible[best]] {
+                best = pos;
+            }
+        }
+        self.current[eligible[best]] -= total;
+        best
+    }
+}
+
+/// Order `eligible` (indices into `nodes`, all in rotation) for a new
+/// connection. `rotor` is a per-pool counter that breaks ties fairly.
+pub fn order(
+    strategy: Strategy,
+    nodes: &[NodeView],
+    eligible: &[usize],
+    key: Option<&[u8]>,
+    wrr: &mut SmoothWrr,
+    rotor: usize,
+) -> Vec<usize> {
+    if eligible.is_empty() {
+        return Vec::new();
+    }
+    match (strategy, key) {
+        (Strategy::ClientId, Some(key)) if !key.is_empty() => {
+            let mut v: Vec<(u64, u64, usize)> = eligible
+                .iter()
+                .map(|&i| (hrw_score(key, nodes[i].seed), nodes[i].seed, i))
+                .collect();
+            v.sort_unstable_by(|a, b| b.cmp(a));
+            v.into_iter().map(|(_, _, i)| i).collect()
+        }
+        (Strategy::RoundRobin, _) => {
+            let first = wrr.pick(nodes, eligible);
+            let n = eligible.len();
+            (0..n).map(|k| eligible[(first + k) % n]).collect()
+        }
+        _ => least_connections(nodes, eligible, rotor),
+    }
+}
+
+fn least_connections(nodes: &[NodeView], eligible: &[usize], rotor: usize) -> Vec<usize> {
+    let n = eligible.len();
+    let mut v: Vec<usize> = (0..n).map(|k| eligible[(rotor + k) % n]).collect();
+    // Compare active/weight without division: a.active * b.weight vs b.active * a.weight.
+    // A stable sort keeps the rotated order among equals.
+    v.sort_by(|&a, &b| {
+        let (a, b) = (&nodes[a], &nodes[b]);
+        (u128::from(a.active) * u128::from(b.weight)).cmp(&(u128::from(b.active) * u128::from(a.weight)))
+    });
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(names: &[&str]) -> Vec<NodeView> {
+        names
+            .iter()
+            .map(|n| NodeView {
+                seed: name_seed(n),
+                weight: 1,
+                active: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn smooth_weighted_round_robin_interleaves() {
+        let mut ns = nodes(&["a", "b", "c"]);
+        ns[0].weight = 5;
+        let mut wrr = SmoothWrr::default();
+        let picks: Vec<usize> = (0..7)
+            .map(|_| order(Strategy::RoundRobin, &ns, &[0, 1, 2], None, &mut wrr, 0)[0])
+            .collect();
+        assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0]);
+        // The whole order lists every eligible node once.
+        let mut all = order(Strategy::RoundRobin, &ns, &[0, 1, 2], None, &mut wrr, 0);
+        all.sort();
+        assert_eq!(all, [0, 1, 2]);
+    }
+
+    #[test]
+    fn round_robin_skips_nodes_out_of_rotation() {
+        let ns = nodes(&["a", "b", "c"]);
+        let mut wrr = SmoothWrr::default();
+        let picks: Vec<usize> = (0..4)
+            .map(|_| order(Strategy::RoundRobin, &ns, &[0, 2], None, &mut wrr, 0)[0])
+            .collect();
+        assert_eq!(picks, [0, 2, 0, 2]);
+    }
+
+    #[test]
+    fn least_connections_prefers_idle_and_weighs() {
+        let mut ns = nodes(&["a", "b", "c"]);
+        ns[0].active = 10;
+        ns[1].active = 3;
+        ns[2].active = 5;
+        let mut wrr = SmoothWrr::default();
+        assert_eq!(order(Strategy::LeastConnections, &ns, &[0, 1, 2], None, &mut wrr, 0), [1, 2, 0]);
+        ns[0].weight = 10; // 10 active over weight 10 = 1 per unit
+        assert_eq!(order(Strategy::LeastConnections, &ns, &[0, 1, 2], None, &mut wrr, 0), [0, 1, 2]);
+        // Ties rotate.
+        let ns = nodes(&["a", "b", "c"]);
+        let firsts: Vec<usize> = (0..3)
+            .map(|r| order(Strategy::LeastConnections, &ns, &[0, 1, 2], None, &mut wrr, r)[0])
+            .collect();
+        assert_eq!(firsts, [0, 1, 2]);
+    }
+
+    #[test]
+    fn client_id_is_deterministic_and_falls_back_without_a_key() {
+        let ns = nodes(&["node1", "node2", "node3"]);
+        let mut wrr = SmoothWrr::default();
+        let a = order(Strategy::ClientId, &ns, &[0, 1, 2], Some(b"dev-7"), &mut wrr, 0);
+        let b = order(Strategy::ClientId, &ns, &[0, 1, 2], Some(b"dev-7"), &mut SmoothWrr::default(), 99);
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 3);
+        let mut busy = ns.clone();
+        busy[0].active = 5;
+        busy[1].active = 5;
+        for key in [None, Some(&b""[..])] {
+            assert_eq!(order(Strategy::ClientId, &busy, &[0, 1, 2], key, &mut wrr, 0)[0], 2);
+        }
+    }
+
+    #[test]
+    fn losing_one_node_moves_only_its_clients() {
+        let names: Vec<String> = (1..=5).map(|i| format!("node{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let ns = nodes(&refs);
+        let mut wrr = SmoothWrr::default();
+        let all = [0, 1, 2, 3, 4];
+        let without_2 = [0, 1, 3, 4];
+        let mut per_node = [0usize; 5];
+        let keys = 10_000;
+        for k in 0..keys {
+            let key = format!("client-{k}");
+            let before = order(Strategy::ClientId, &ns, &all, Some(key.as_bytes()), &mut wrr, 0);
+            let after = order(Strategy::ClientId, &ns, &without_2, Some(key.as_bytes()), &mut wrr, 0);
+            per_node[before[0]] += 1;
+            if before[0] != 2 {
+                assert_eq!(before[0], after[0], "{key} moved although its node stayed");
+            } else {
+                // Its new node is the runner-up of the full ranking.
+                assert_eq!(after[0], before[1]);
+            }
+        }
+        // Spread is even within ±10 % of the fair share.
+        for n in per_node {
+            assert!((1800..=2200).contains(&n), "uneven spread {per_node:?}");
+        }
+    }
+
+    #[test]
+    fn empty_rotation_yields_no_candidates() {
+        let ns = nodes(&["a"]);
+        let mut wrr = SmoothWrr::default();
+        for s in [Strategy::RoundRobin, Strategy::LeastConnections, Strategy::ClientId] {
+            assert!(order(s, &ns, &[], Some(b"k"), &mut wrr, 0).is_empty());
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The configuration file as written: serde structs mirroring the TOML, with
+//! every table `deny_unknown_fields`. Nothing here is validated; see
+//! [`super::Config::from_raw`] for the conversion into typed values.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    #[serde(default)]
+    pub pool: BTreeMap<String, RawPool>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Option<String>,
+    pub listen: Option<String>,
+    pub pool: Option<String>,
+    pub backlog: Option<u32>,
+    pub tls: Option<RawTls>,
+    pub mqtt: Option<RawMqtt>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    #[serde(default)]
+    pub sni: Vec<RawCertPair>,
+    pub client_auth: Option<String>,
+    pub client_ca: Option<String>,
+    pub crl: Option<String>,
+    pub min_version: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertPair {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqtt {
+    pub connect_timeout: Option<String>,
+    pub max_connect_size: Option<String>,
+    pub keepalive_factor: Option<f64>,
+    pub max_idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub strategy: Option<String>,
+    pub hash_key: Option<String>,
+    pub proxy_protocol: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub connect_attempts: Option<u32>,
+    pub health: Option<RawHealth>,
+    #[serde(default)]
+    pub servers: Vec<RawServer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub check: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    pub mqtt_version: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub name: Option<String>,
+    pub addr: String,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<u64>,
+    pub tls_handshake_timeout: Option<String>,
+    pub drain_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+}

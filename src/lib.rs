@@ -1,0 +1,33 @@
+//! mqttlb: a TLS-offloading, MQTT-aware load balancer for MQTT broker
+//! clusters.
+//!
+//! # Layout
+//!
+//! * [`config`] — TOML + flags → typed [`config::Config`]; errors carry the
+//!   file, key path and reason.
+//! * [`tls`] — rustls server configuration: certificates by SNI, client
+//!   authentication, the handshake.
+//! * [`mqtt`] — pure wire format: the CONNECT peek and the packets mqttlb
+//!   writes itself.
+//! * [`balance`] — backends, pools, selection strategies (pure), health
+//!   checks.
+//! * [`proxy`] — listeners and accept loops ([`proxy::Proxy`]), the
+//!   connection lifecycle ([`proxy::conn`]), PROXY headers
+//!   ([`proxy::header`]), the splice ([`proxy::splice`]).
+//! * [`metrics`] — Prometheus metric families on a registry passed down.
+//! * [`certs`] — development certificates (`mqttlb certs`).
+//! * [`sys`] — sockets and resource limits.
+//!
+//! See `ARCHITECTURE.md` for the task map, the connection lifecycle and the
+//! shutdown sequence.
+
+#![forbid(unsafe_code)]
+
+pub mod balance;
+pub mod certs;
+pub mod config;
+pub mod metrics;
+pub mod mqtt;
+pub mod proxy;
+pub mod sys;
+pub mod tls;

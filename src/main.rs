@@ -1,0 +1,201 @@
+//! The `mqttlb` command: parses arguments, calls the library, maps results
+//! to exit codes (0 ok, 64 bad usage or invalid config, 1 runtime failure).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mqttlb::certs::{CLIENT_CN, DevCerts};
+use mqttlb::config::{Config, ConfigErrors, Overrides};
+use mqttlb::proxy::Proxy;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "mqttlb", version, about = "TLS-offloading, MQTT-aware load balancer for MQTT broker clusters")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Terminate TLS, read each client's CONNECT and forward it to a broker node.
+    Proxy(ProxyArgs),
+    /// Write a development CA, server and client certificate (never for production).
+    Certs {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra DNS name or IP address for the server certificate (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+    /// Validate a configuration file: exit 0, or print every problem and exit 64.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// Configuration file (TOML); flags override its keys.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen address of the first listener [default: 0.0.0.0:8883].
+    #[arg(long)]
+    listen: Option<String>,
+    /// PEM certificate chain of the first listener.
+    #[arg(long)]
+    cert: Option<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long)]
+    key: Option<String>,
+    /// CA bundle for client certificates; implies client_auth = "required".
+    #[arg(long)]
+    client_ca: Option<String>,
+    /// Broker node address (repeatable); replaces the first pool's servers.
+    #[arg(long = "backend")]
+    backends: Vec<String>,
+    /// round-robin | least-connections | client-id
+    #[arg(long)]
+    strategy: Option<String>,
+    /// off | v1 | v2
+    #[arg(long)]
+    proxy_protocol: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Certs { out, hosts } => {
+            match DevCerts::generate(&hosts, CLIENT_CN).and_then(|c| c.write(&out)) {
+                Ok(()) => {
+                    println!(
+                        "wrote {0}/ca.pem ca.key server.pem server.key client.pem client.key (development only)",
+                        out.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mqttlb certs: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { config } => {
+            let result = Config::load(Some(&config), &Overrides::default())
+                .and_then(|c| Proxy::build(c, &mut Registry::default()).map(|_| ()));
+            match result {
+                Ok(()) => {
+                    println!("{}: ok", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => config_failure(&e),
+            }
+        }
+        Command::Proxy(args) => run_proxy(args),
+    }
+}
+
+fn config_failure(e: &ConfigErrors) -> ExitCode {
+    for err in &e.0 {
+        eprintln!("error: {err}");
+    }
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn run_proxy(args: ProxyArgs) -> ExitCode {
+    let overrides = Overrides {
+        listen: args.listen,
+        cert: args.cert,
+        key: args.key,
+        client_ca: args.client_ca,
+        backends: args.backends,
+        strategy: args.strategy,
+        proxy_protocol: args.proxy_protocol,
+    };
+    let config = match Config::load(args.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => return config_failure(&e),
+    };
+    match mqttlb::sys::raise_nofile() {
+        Ok(l) => info!(soft_before = l.soft_before, soft = l.soft, hard = l.hard, "open-file limit"),
+        Err(e) => warn!(error = %e, "could not raise the open-file limit"),
+    }
+    let mut registry = Registry::default();
+    let proxy = match Proxy::build(config, &mut registry) {
+        Ok(p) => p,
+        Err(e) => return config_failure(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listeners = match proxy.bind() {
+            Ok(l) => l,
+            Err(e) => {
+                error!(error = %e, "cannot bind");
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        proxy.run(listeners, shutdown).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// SIGTERM / SIGINT (Ctrl-C on Windows) start a graceful shutdown; a second
+/// one is logged and ignored while draining (the drain deadline bounds it).
+async fn signals(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            error!("cannot install signal handlers; stop with SIGKILL");
+            return;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(signal = name, "shutting down: no new connections, draining");
+        shutdown.cancel();
+    }
+    #[cfg(not(unix))]
+    {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            info!("shutting down: no new connections, draining");
+            shutdown.cancel();
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,262 @@
+//! Prometheus metrics of the proxy, registered on a registry passed in by
+//! the caller (no globals), named as `../shared/DESIGN.md` fixes them.
+//!
+//! Labels are bounded: listener, backend, reason, result, protocol,
+//! direction. Per-listener and per-backend handles are resolved once when a
+//! listener or backend is created, so the data path never looks a label set
+//! up in a map.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: Arc<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    pub backend: Arc<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabel {
+    pub listener: Arc<String>,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub listener: Arc<String>,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    pub listener: Arc<String>,
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabel {
+    pub backend: Arc<String>,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    /// Client → backend.
+    upstream,
+    /// Backend → client.
+    downstream,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: Direction,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100µs … ~13s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+/// All proxy metric families.
+#[derive(Clone)]
+pub struct Metrics {
+    pub connections_active: Family<ListenerLabel, Gauge>,
+    pub connections_total: Family<ListenerLabel, Counter>,
+    pub connections_rejected: Family<RejectLabel, Counter>,
+    pub tls_handshakes: Family<ResultLabel, Counter>,
+    pub tls_handshake_duration: Family<ListenerLabel, Histogram>,
+    pub mqtt_connects: Family<ProtocolLabel, Counter>,
+    pub backend_up: Family<BackendLabel, Gauge>,
+    pub backend_connections_active: Family<BackendLabel, Gauge>,
+    pub backend_connect_errors: Family<BackendLabel, Counter>,
+    pub backend_connect_duration: Family<BackendLabel, Histogram>,
+    pub health_checks: Family<CheckLabel, Counter>,
+    pub health_check_duration: Family<BackendLabel, Histogram>,
+    pub bytes: Family<DirectionLabel, Counter>,
+    pub accept_errors: Counter,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            connections_active: Family::default(),
+            connections_total: Family::default(),
+            connections_rejected: Family::default(),
+            tls_handshakes: Family::default(),
+            tls_handshake_duration: Family::new_with_constructor(latency_histogram),
+            mqtt_connects: Family::default(),
+            backend_up: Family::default(),
+            backend_connections_active: Family::default(),
+            backend_connect_errors: Family::default(),
+            backend_connect_duration: Family::new_with_constructor(latency_histogram),
+            health_checks: Family::default(),
+            health_check_duration: Family::new_with_constructor(latency_histogram),
+            bytes: Family::default(),
+            accept_errors: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("mqttlb");
+        r.register("connections_active", "Client connections open now", m.connections_active.clone());
+        r.register("connections", "Client connections accepted", m.connections_total.clone());
+        r.register(
+            "connections_rejected",
+            "Client connections closed before reaching a backend, by reason",
+            m.connections_rejected.clone(),
+        );
+        r.register("tls_handshakes", "TLS handshakes by result", m.tls_handshakes.clone());
+        r.register_with_unit(
+            "tls_handshake_duration",
+            "Time from accept to a finished TLS handshake",
+            prometheus_client::registry::Unit::Seconds,
+            m.tls_handshake_duration.clone(),
+        );
+        r.register("mqtt_connects", "MQTT CONNECT packets read, by protocol version", m.mqtt_connects.clone());
+        r.register("backend_up", "1 when the backend is in rotation (healthy), else 0", m.backend_up.clone());
+        r.register(
+            "backend_connections_active",
+            "Proxied connections open to the backend now",
+            m.backend_connections_active.clone(),
+        );
+        r.register(
+            "backend_connect_errors",
+            "Failed TCP connects to the backend",
+            m.backend_connect_errors.clone(),
+        );
+        r.register_with_unit(
+            "backend_connect_duration",
+            "Time to establish a TCP connection to a backend",
+            prometheus_client::registry::Unit::Seconds,
+            m.backend_connect_duration.clone(),
+        );
+        r.register("health_checks", "Active health checks by result", m.health_checks.clone());
+        r.register_with_unit(
+            "health_check_duration",
+            "Duration of active health checks",
+            prometheus_client::registry::Unit::Seconds,
+            m.health_check_duration.clone(),
+        );
+        r.register_with_unit(
+            "bytes",
+            "Bytes spliced between clients and backends",
+            prometheus_client::registry::Unit::Bytes,
+            m.bytes.clone(),
+        );
+        r.register("accept_errors", "Failed accept() calls (e.g. EMFILE)", m.accept_errors.clone());
+        m
+    }
+
+    /// Pre-resolved handles for one listener.
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        let label = ListenerLabel {
+            listener: Arc::new(name.to_string()),
+        };
+        ListenerMetrics {
+            active: self.connections_active.get_or_create_owned(&label),
+            total: self.connections_total.get_or_create_owned(&label),
+            handshake_duration: self.tls_handshake_duration.get_or_create_owned(&label),
+            upstream_bytes: self.bytes.get_or_create_owned(&DirectionLabel {
+                direction: Direction::upstream,
+            }),
+            downstream_bytes: self.bytes.get_or_create_owned(&DirectionLabel {
+                direction: Direction::downstream,
+            }),
+            name: label.listener,
+            families: self.clone(),
+        }
+    }
+
+    /// Pre-resolved handles for one backend.
+    pub fn backend(&self, name: &str) -> BackendMetrics {
+        let label = BackendLabel {
+            backend: Arc::new(name.to_string()),
+        };
+        BackendMetrics {
+            up: self.backend_up.get_or_create_owned(&label),
+            active: self.backend_connections_active.get_or_create_owned(&label),
+            connect_errors: self.backend_connect_errors.get_or_create_owned(&label),
+            connect_duration: self.backend_connect_duration.get_or_create_owned(&label),
+            check_duration: self.health_check_duration.get_or_create_owned(&label),
+            check_ok: self.health_checks.get_or_create_owned(&CheckLabel {
+                backend: label.backend.clone(),
+                result: "ok",
+            }),
+            check_failed: self.health_checks.get_or_create_owned(&CheckLabel {
+                backend: label.backend.clone(),
+                result: "failed",
+            }),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub active: Gauge,
+    pub total: Counter,
+    pub handshake_duration: Histogram,
+    pub upstream_bytes: Counter,
+    pub downstream_bytes: Counter,
+    name: Arc<String>,
+    families: Metrics,
+}
+
+impl ListenerMetrics {
+    /// Count a connection closed for `reason` (a stable snake_case word).
+    pub fn rejected(&self, reason: &'static str) {
+        self.families
+            .connections_rejected
+            .get_or_create(&RejectLabel {
+                listener: self.name.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn handshake(&self, result: &'static str) {
+        self.families
+            .tls_handshakes
+            .get_or_create(&ResultLabel {
+                listener: self.name.clone(),
+                result,
+            })
+            .inc();
+    }
+
+    pub fn mqtt_connect(&self, protocol: &'static str) {
+        self.families
+            .mqtt_connects
+            .get_or_create(&ProtocolLabel {
+                listener: self.name.clone(),
+                protocol,
+            })
+            .inc();
+    }
+}
+
+#[derive(Clone)]
+pub struct BackendMetrics {
+    pub up: Gauge,
+    pub active: Gauge,
+    pub connect_errors: Counter,
+    pub connect_duration: Histogram,
+    pub check_duration: Histogram,
+    pub check_ok: Counter,
+    pub check_failed: Counter,
+}
+
+/// Render a registry in the Prometheus text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}

@@ -1,0 +1,9 @@
+//! MQTT wire format: the parts the proxy and the health checker speak.
+//!
+//! Pure and socket-free: [`connect`] peeks at a client's first packet,
+//! [`packets`] encodes the few packets mqttlb itself sends.
+
+pub mod connect;
+pub mod packets;
+
+pub use connect::{Connect, ConnectError, Peek, ProtocolVersion, peek_connect};

@@ -1,0 +1,289 @@
+//! TLS termination: rustls server configuration from PEM files, certificate
+//! selection by SNI, client authentication, and the handshake itself.
+//!
+//! Files are read once when the acceptor is built (never per connection).
+//! The handshake is split in two ([`LazyConfigAcceptor`]): the ClientHello is
+//! read first, so ALPN `mqtt` is negotiated only for clients that offer it —
+//! a client offering other protocols (or none) is still served, where a
+//! plain rustls config with ALPN set would refuse it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::LazyConfigAcceptor;
+
+use crate::config::{CertKeyPaths, ClientAuth, ConfigError, TlsConfig, TlsVersion};
+
+/// ALPN protocol id registered for MQTT.
+pub const ALPN_MQTT: &[u8] = b"mqtt";
+
+/// A TLS problem found while loading files, tied to its config key.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct TlsSetupError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl TlsSetupError {
+    fn new(key: &str, reason: impl Into<String>) -> Self {
+        TlsSetupError {
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// As a configuration error of `file`.
+    pub fn into_config_error(self, file: &str) -> ConfigError {
+        ConfigError {
+            file: file.to_string(),
+            key: self.key,
+            reason: self.reason,
+        }
+    }
+}
+
+/// The crypto provider used everywhere: aws-lc-rs, rustls' default.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Everything a listener needs to terminate TLS, built once per (re)load.
+#[derive(Clone)]
+pub struct TlsAcceptor {
+    with_alpn: Arc<ServerConfig>,
+    without_alpn: Arc<ServerConfig>,
+}
+
+/// Facts about a finished handshake that the PROXY header and routing use.
+#[derive(Debug, Clone, Default)]
+pub struct TlsInfo {
+    pub sni: Option<String>,
+    pub alpn: Option<Vec<u8>>,
+    pub version: &'static str,
+    /// The client presented a certificate (and, rustls having accepted the
+    /// handshake, it verified against the configured CA).
+    pub client_cert: bool,
+    pub client_cn: Option<String>,
+}
+
+/// Why a handshake failed, for logs and the `result` metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+}
+
+impl TlsAcceptor {
+    /// Load certificates, keys, CA and CRL named by `cfg` (key paths under
+    /// `key`, e.g. `listener[0].tls`).
+    pub fn from_config(key: &str, cfg: &TlsConfig) -> Result<TlsAcceptor, TlsSetupError> {
+        let provider = provider();
+        let resolver = Arc::new(SniResolver::load(key, cfg, &provider)?);
+        let versions: &[&rustls::SupportedProtocolVersion] = match cfg.min_version {
+            TlsVersion::V12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            TlsVersion::V13 => &[&rustls::version::TLS13],
+        };
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .map_err(|e| TlsSetupError::new(&format!("{key}.min_version"), e.to_string()))?;
+        let builder = match cfg.client_auth {
+            ClientAuth::None => builder.with_no_client_auth(),
+            ClientAuth::Optional | ClientAuth::Required => {
+                let ca_key = format!("{key}.client_ca");
+                let ca_path = cfg
+                    .client_ca
+                    .as_deref()
+                    .ok_or_else(|| TlsSetupError::new(&ca_key, "missing"))?;
+                let mut roots = RootCertStore::empty();
+                for cert in read_certs(&ca_key, ca_path)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| TlsSetupError::new(&ca_key, format!("{}: {e}", ca_path.display())))?;
+                }
+                let mut vb = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+                if let Some(crl_path) = &cfg.crl {
+                    let crl_key = format!("{key}.crl");
+                    let crls = CertificateRevocationListDer::pem_file_iter(crl_path)
+                        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                        .map_err(|e| TlsSetupError::new(&crl_key, format!("{}: {e}", crl_path.display())))?;
+                    if crls.is_empty() {
+                        return Err(TlsSetupError::new(&crl_key, "no CRL found in the file"));
+                    }
+                    vb = vb.with_crls(crls);
+                }
+                if cfg.client_auth == ClientAuth::Optional {
+                    vb = vb.allow_unauthenticated();
+                }
+                let verifier = vb
+                    .build()
+                    .map_err(|e| TlsSetupError::new(&ca_key, e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(resolver);
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+            .map_err(|e| TlsSetupError::new(key, format!("session ticketer: {e}")))?;
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
+        let without_alpn = Arc::new(config.clone());
+        config.alpn_protocols = vec![ALPN_MQTT.to_vec()];
+        Ok(TlsAcceptor {
+            with_alpn: Arc::new(config),
+            without_alpn,
+        })
+    }
+
+    /// Run the server handshake on `io`. The caller bounds it with a deadline.
+    pub async fn accept<IO>(&self, io: IO) -> Result<(TlsStream<IO>, TlsInfo), HandshakeError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
+            .await
+            .map_err(HandshakeError::Tls)?;
+        let offers_mqtt = start
+            .client_hello()
+            .alpn()
+            .is_some_and(|mut protos| protos.any(|p| p == ALPN_MQTT));
+        let config = if offers_mqtt { &self.with_alpn } else { &self.without_alpn };
+        let stream = start
+            .into_stream(config.clone())
+            .await
+            .map_err(HandshakeError::Tls)?;
+        let (_, conn) = stream.get_ref();
+        let client_cert = conn.peer_certificates().and_then(|c| c.first());
+        let info = TlsInfo {
+            sni: conn.server_name().map(str::to_owned),
+            alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+            version: match conn.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "unknown",
+            },
+            client_cert: client_cert.is_some(),
+            client_cn: client_cert.and_then(|c| common_name(c)),
+        };
+        Ok((stream, info))
+    }
+}
+
+/// The subject common name of a DER certificate, if it has one.
+pub fn common_name(der: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
+fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsSetupError::new(key, format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(TlsSetupError::new(
+            key,
+            format!("{}: no PEM certificate found", path.display()),
+        ));
+    }
+    Ok(certs)
+}
+
+fn load_pair(key: &str, pair: &CertKeyPaths, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsSetupError> {
+    let cert_key = format!("{key}.cert");
+    let key_key = format!("{key}.key");
+    let certs = read_certs(&cert_key, &pair.cert)?;
+    // PKCS#8, PKCS#1 (RSA) and SEC1 (EC) keys are all recognised here.
+    let private = PrivateKeyDer::from_pem_file(&pair.key)
+        .map_err(|e| TlsSetupError::new(&key_key, format!("{}: {e}", pair.key.display())))?;
+    let ck = CertifiedKey::from_der(certs, private, provider).map_err(|e| {
+        TlsSetupError::new(&key_key, format!("{} does not match {}: {e}", pair.key.display(), pair.cert.display()))
+    })?;
+    Ok(Arc::new(ck))
+}
+
+/// DNS names a certificate answers for: SAN DNS entries, or the CN when the
+/// certificate has no SAN extension.
+fn dns_names(der: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    } else if let Some(cn) = common_name(der) {
+        names.push(cn.to_ascii_lowercase());
+    }
+    names
+}
+
+/// Certificate selection by SNI, as HAProxy does for a `crt` list: each
+/// certificate serves the names in its SAN (exact or `*.` wildcard); a
+/// missing or unknown name gets the default certificate.
+#[derive(Debug)]
+pub struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    fn load(key: &str, cfg: &TlsConfig, provider: &CryptoProvider) -> Result<SniResolver, TlsSetupError> {
+        let default = load_pair(key, &cfg.default_cert, provider)?;
+        let mut resolver = SniResolver {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            default,
+        };
+        for (i, pair) in cfg.sni.iter().enumerate() {
+            let ck = load_pair(&format!("{key}.sni[{i}]"), pair, provider)?;
+            let names = ck.cert.first().map(dns_names).unwrap_or_default();
+            if names.is_empty() {
+                return Err(TlsSetupError::new(
+                    &format!("{key}.sni[{i}].cert"),
+                    "certificate names no DNS host (SAN or CN), so no SNI can select it",
+                ));
+            }
+            for name in names {
+                match name.strip_prefix("*.") {
+                    Some(domain) => resolver.wildcard.entry(domain.to_string()).or_insert(ck.clone()),
+                    None => resolver.exact.entry(name).or_insert(ck.clone()),
+                };
+            }
+        }
+        Ok(resolver)
+    }
+
+    fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = sni else {
+            return self.default.clone();
+        };
+        // rustls hands SNI over lower-cased already.
+        if let Some(ck) = self.exact.get(name) {
+            return ck.clone();
+        }
+        if let Some((_, domain)) = name.split_once('.') {
+            if let Some(ck) = self.wildcard.get(domain) {
+                return ck.clone();
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
