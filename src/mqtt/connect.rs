@@ -14,8 +14,8 @@
 //!
 //! Written by hand because no crate handles all three protocol versions,
 //! borrows instead of copying, and accepts binary passwords (MQTT passwords
-//! are Binary Data, not UTF-8) — see the cross-check test against an
-//! independent decoder in `tests/connect_crosscheck.rs`.
+//! are Binary Data, not UTF-8) — see the cross-check against an
+//! independent decoder (`agrees_with_an_independent_decoder`, below).
 
 use std::str;
 
@@ -623,5 +623,58 @@ mod tests {
             buf[1] = (round % 64) as u8;
             let _ = peek_connect(&buf, 1024);
         }
+    }
+
+    /// Cross-check against an independent decoder (`mqtt-protocol-core`) on
+    /// generated CONNECTs of 3.1.1 and 5.0 with varied fields, including
+    /// binary passwords and 5.0 properties.
+    #[test]
+    fn agrees_with_an_independent_decoder() {
+        use mqtt_protocol_core::mqtt::packet::{v3_1_1, v5_0};
+        let mut x: u32 = 12345;
+        let mut next = move || {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            x >> 8
+        };
+        let mut checked = 0;
+        for i in 0..400 {
+            let id = format!("c{}-{}", i, "é".repeat((next() % 5) as usize));
+            let mut b = if i % 2 == 0 { Builder::v311(&id) } else { Builder::v5(&id) };
+            b.keep_alive = (next() % 65536) as u16;
+            b.flags = if next() % 2 == 0 { 0x02 } else { 0x00 };
+            if next() % 2 == 0 {
+                b.username = Some(format!("user{}", next() % 100).into_bytes());
+                if next() % 2 == 0 {
+                    b.password = Some((0..next() % 40).map(|_| next() as u8).collect());
+                }
+            }
+            if i % 2 == 1 && next() % 2 == 0 {
+                b.props = vec![5, 0x11, 0, 0, 0x0e, 0x10];
+            }
+            let pkt = b.build();
+            let ours = match peek_connect(&pkt, 1 << 16) {
+                Ok(Peek::Complete { connect, .. }) => connect,
+                other => panic!("case {i}: {other:?}"),
+            };
+            let body_at = pkt.len() - pkt[1..].iter().skip_while(|&&c| c & 0x80 != 0).count() + 1;
+            let body = &pkt[body_at..];
+            if i % 2 == 0 {
+                let (theirs, _) = v3_1_1::Connect::parse(body).expect("reference decoder accepts it");
+                assert_eq!(theirs.client_id(), ours.client_id, "case {i}");
+                assert_eq!(theirs.user_name(), ours.username, "case {i}");
+                assert_eq!(theirs.keep_alive(), ours.keep_alive, "case {i}");
+                assert_eq!(theirs.clean_session(), ours.clean, "case {i}");
+                assert_eq!(theirs.password().is_some(), ours.has_password, "case {i}");
+            } else {
+                let (theirs, _) = v5_0::Connect::parse(body).expect("reference decoder accepts it");
+                assert_eq!(theirs.client_id(), ours.client_id, "case {i}");
+                assert_eq!(theirs.user_name(), ours.username, "case {i}");
+                assert_eq!(theirs.keep_alive(), ours.keep_alive, "case {i}");
+                assert_eq!(theirs.clean_start(), ours.clean, "case {i}");
+                assert_eq!(theirs.password().is_some(), ours.has_password, "case {i}");
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 400);
     }
 }

@@ -1,0 +1,355 @@
+//! Shared test harness: real Mosquitto processes on ephemeral loopback
+//! ports, mqttlb in-process on port 0, dev certificates, condition waits.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mqttlb::balance::Pool;
+use mqttlb::certs::{CLIENT_CN, DevCerts};
+use mqttlb::config::{Config, parse_toml};
+use mqttlb::proxy::Proxy;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// Generous upper bound for anything a test waits on.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Poll `cond` until it holds or `deadline` passes; panics with `what`.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= end {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Dev certificates written to a temporary directory.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Certs {
+    pub fn new() -> Certs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        DevCerts::generate(&[], CLIENT_CN)
+            .expect("generate")
+            .write(dir.path())
+            .expect("write certs");
+        Certs { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn p(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+
+    pub fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name)).expect("read cert")
+    }
+}
+
+/// A free loopback port (bound and released; Mosquitto cannot report the
+/// port it bound, so it needs a number up front).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn running_as_root() -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    }
+    #[cfg(not(unix))]
+    false
+}
+
+/// A real Mosquitto broker on 127.0.0.1.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub async fn start() -> Mosquitto {
+        Self::start_on(free_port()).await
+    }
+
+    pub async fn start_on(port: u16) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut m = Mosquitto { port, dir, child: None };
+        m.spawn().await;
+        m
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.log")
+    }
+
+    async fn spawn(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        let mut text = format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest file {}\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nconnection_messages true\n",
+            self.port,
+            self.log_path().display()
+        );
+        if running_as_root() {
+            text.push_str("user root\n");
+        }
+        std::fs::write(&conf, text).expect("write mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (apt-get install mosquitto)");
+        self.child = Some(child);
+        let addr = self.addr();
+        wait_until("mosquitto accepts connections", DEADLINE, || async move {
+            TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+    }
+
+    /// SIGKILL: the node vanishes as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Whether Mosquitto logged a connection of `client_id`.
+    pub fn saw_client(&self, client_id: &str) -> bool {
+        let needle = format!(" as {client_id} ");
+        self.log().lines().any(|l| l.contains("New client connected") && l.contains(&needle))
+    }
+
+    /// How many connections of `client_id` Mosquitto logged.
+    pub fn connections_of(&self, client_id: &str) -> usize {
+        let needle = format!(" as {client_id} ");
+        self.log()
+            .lines()
+            .filter(|l| l.contains("New client connected") && l.contains(&needle))
+            .count()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// mqttlb running in-process on an ephemeral port.
+pub struct ProxyUnderTest {
+    pub addr: SocketAddr,
+    pub registry: Registry,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+    proxy_pools: Vec<Arc<Pool>>,
+}
+
+impl ProxyUnderTest {
+    /// Start from TOML text; its first listener must use `listen =
+    /// "127.0.0.1:0"`. Relative paths resolve against `base`.
+    pub async fn start(toml: &str, base: &Path) -> ProxyUnderTest {
+        let raw = parse_toml("test.toml", toml).expect("test config parses");
+        let config = Config::from_raw("test.toml", base, raw).expect("test config converts");
+        let pool_names: Vec<String> = config.pools.keys().cloned().collect();
+        let mut registry = Registry::default();
+        let proxy = Proxy::build(config, &mut registry).expect("proxy builds");
+        let pools = pool_names.iter().filter_map(|n| proxy.pool(n).cloned()).collect();
+        let listeners = proxy.bind().expect("bind");
+        let addr = listeners[0].local_addr().expect("local addr");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(proxy.run(listeners, shutdown.clone()));
+        ProxyUnderTest {
+            addr,
+            registry,
+            shutdown,
+            task,
+            proxy_pools: pools,
+        }
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.proxy_pools[0]
+    }
+
+    pub fn backend_up(&self, name: &str) -> bool {
+        self.pool().find(name).expect("backend exists").is_up()
+    }
+
+    /// Current value of a metric sample, e.g.
+    /// `mqttlb_connections_rejected_total{listener="l",reason="http"}`.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = mqttlb::metrics::encode(&self.registry);
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    pub fn rejected(&self, reason: &str) -> f64 {
+        self.metric(&format!(
+            "mqttlb_connections_rejected_total{{listener=\"mqtts\",reason=\"{reason}\"}}"
+        ))
+    }
+}
+
+/// A TOML config for tests: one TLS MQTT-aware listener "mqtts" on port 0
+/// in front of `servers`, with `extra_pool` and `extra_listener` lines added.
+pub fn config(certs: &Certs, servers: &[(&str, SocketAddr)], extra_listener: &str, extra_pool: &str) -> String {
+    let servers: Vec<String> = servers
+        .iter()
+        .map(|(name, addr)| format!("{{ name = \"{name}\", addr = \"{addr}\" }}"))
+        .collect();
+    format!(
+        r#"
+[[listener]]
+name = "mqtts"
+listen = "127.0.0.1:0"
+pool = "brokers"
+{extra_listener}
+[listener.tls]
+cert = "{cert}"
+key = "{key}"
+[listener.mqtt]
+connect_timeout = "2s"
+
+[pool.brokers]
+servers = [ {servers} ]
+{extra_pool}
+
+[limits]
+tls_handshake_timeout = "2s"
+drain_timeout = "5s"
+"#,
+        cert = certs.p("server.pem"),
+        key = certs.p("server.key"),
+        servers = servers.join(", "),
+    )
+}
+
+/// A raw TLS client (tokio-rustls) trusting the dev CA, optionally with the
+/// dev client certificate.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    certs: &Certs,
+    with_client_cert: bool,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let provider = mqttlb::tls::provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(certs.path("ca.pem")).expect("ca") {
+        roots.add(c.expect("ca cert")).expect("add ca");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = if with_client_cert {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certs.path("client.pem"))
+            .expect("client cert")
+            .collect::<Result<_, _>>()
+            .expect("client cert");
+        let key = PrivateKeyDer::from_pem_file(certs.path("client.key")).expect("client key");
+        builder.with_client_auth_cert(chain, key).expect("client auth")
+    } else {
+        builder.with_no_client_auth()
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost").expect("name").to_owned();
+    connector.connect(name, tcp).await
+}
+
+/// An MQTT 3.1.1 (level 4) or 5.0 (level 5) CONNECT with a clean session.
+pub fn connect_packet(level: u8, client_id: &str) -> Vec<u8> {
+    let version = match level {
+        5 => mqttlb::mqtt::ProtocolVersion::V5,
+        _ => mqttlb::mqtt::ProtocolVersion::V311,
+    };
+    let mut out = Vec::new();
+    mqttlb::mqtt::packets::encode_connect(version, client_id, 30, &mut out);
+    out
+}
+
+/// Read until EOF (or error) and return what arrived, bounded by DEADLINE.
+pub async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, async {
+        let mut buf = [0u8; 512];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    out
+}
+
+/// Send a CONNECT over `s` and return the CONNACK return/reason code.
+pub async fn mqtt_connect<S>(s: &mut S, level: u8, client_id: &str) -> Option<u8>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.write_all(&connect_packet(level, client_id)).await.ok()?;
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut buf)).await.ok()?.ok()?;
+    (buf[0] == 0x20).then_some(buf[3])
+}
+
+/// Run a command with a deadline, returning (status success, stdout).
+pub async fn run(cmd: &mut tokio::process::Command) -> (bool, String) {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let out = tokio::time::timeout(DEADLINE, cmd.output())
+        .await
+        .expect("command finished before the deadline")
+        .expect("command runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
