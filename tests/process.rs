@@ -1,0 +1,126 @@
+//! The `mqttlb` binary as operators run it: exit codes, `check`, `certs`,
+//! and SIGTERM draining a live connection.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqttlb");
+
+#[tokio::test]
+async fn check_names_file_key_and_reason_and_exits_64() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[listener]]\nlisten = \"127.0.0.1:8883\"\npool = \"p\"\n[pool.p]\nstrategy = \"fastest\"\nservers = [ { addr = \"nowhere\" } ]\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&bad).output().await.expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = bad.display().to_string();
+    assert!(err.contains(&format!("{file}: pool.p.strategy: expected one of round-robin")), "{err}");
+    assert!(err.contains(&format!("{file}: pool.p.servers[0].addr")), "{err}");
+
+    std::fs::write(&bad, "[[listener]]\nlisten = \"127.0.0.1:8883\"\npool = \"p\"\ncolour = \"blue\"\n").expect("write");
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&bad).output().await.expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listener[0].colour") && err.contains("unknown field"), "{err}");
+
+    // Certificates that do not parse are caught by check, with their key.
+    let certs = Certs::new();
+    std::fs::write(certs.path("server.pem"), "not a certificate").expect("write");
+    let cfg = config(&certs, &[("n", "127.0.0.1:1883".parse().unwrap())], "", "");
+    let good = dir.path().join("tls.toml");
+    std::fs::write(&good, cfg).expect("write");
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&good).output().await.expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listener[0].tls.cert"), "{err}");
+}
+
+#[tokio::test]
+async fn reference_config_checks_clean_with_dev_certs() {
+    // config/mqttlb.toml points at certs/dev; make them in a copy of the tree.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("config")).expect("mkdir");
+    std::fs::copy(root.join("config/mqttlb.toml"), dir.path().join("config/mqttlb.toml")).expect("copy");
+    let status = Command::new(BIN)
+        .args(["certs", "--out"])
+        .arg(dir.path().join("certs/dev"))
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .expect("runs");
+    assert!(status.success());
+    for f in ["ca.pem", "ca.key", "server.pem", "server.key", "client.pem", "client.key"] {
+        assert!(dir.path().join("certs/dev").join(f).is_file(), "{f} written");
+    }
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(dir.path().join("config/mqttlb.toml"))
+        .output()
+        .await
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_and_lets_a_live_connection_finish() {
+    let certs = Certs::new();
+    let broker = Mosquitto::start().await;
+    let port = free_port();
+    let cfg = config(&certs, &[("node1", broker.addr())], "", "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        .replace("drain_timeout = \"5s\"", "drain_timeout = \"60s\"");
+    let path = certs.path("mqttlb.toml");
+    std::fs::write(&path, cfg).expect("write config");
+    let mut child = Command::new(BIN)
+        .args(["proxy", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mqttlb");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until("mqttlb listens", DEADLINE, || async { TcpStream::connect(addr).await.is_ok() }).await;
+
+    let mut live = tls_connect(addr, &certs, false).await.expect("TLS");
+    assert_eq!(mqtt_connect(&mut live, 4, "long-lived").await, Some(0));
+
+    let pid = child.id().expect("pid").to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
+    assert!(killed.success());
+    wait_until("listener closed", DEADLINE, || async { TcpStream::connect(addr).await.is_err() }).await;
+
+    // Still served while draining.
+    for _ in 0..3 {
+        live.write_all(&[0xc0, 0x00]).await.expect("ping");
+        let mut pong = [0u8; 2];
+        tokio::time::timeout(DEADLINE, live.read_exact(&mut pong)).await.expect("in time").expect("pong");
+        assert_eq!(pong, [0xd0, 0x00]);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), child.wait()).await.is_err(),
+        "mqttlb must wait for the live connection"
+    );
+    // The client leaves; the drain completes and mqttlb exits 0.
+    live.write_all(&[0xe0, 0x00]).await.expect("disconnect");
+    live.shutdown().await.expect("close_notify");
+    let status = tokio::time::timeout(DEADLINE, child.wait()).await.expect("exits after the drain").expect("status");
+    assert_eq!(status.code(), Some(0));
+    let mut log = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut log).await.expect("log");
+    assert!(log.contains("draining"), "{log}");
+}
