@@ -15,7 +15,11 @@ use tracing::{error, info, warn};
 const EXIT_USAGE: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "mqttlb", version, about = "TLS-offloading, MQTT-aware load balancer for MQTT broker clusters")]
+#[command(
+    name = "mqttlb",
+    version,
+    about = "TLS-offloading, MQTT-aware load balancer for MQTT broker clusters"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -134,7 +138,12 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         Err(e) => return config_failure(&e),
     };
     match mqttlb::sys::raise_nofile() {
-        Ok(l) => info!(soft_before = l.soft_before, soft = l.soft, hard = l.hard, "open-file limit"),
+        Ok(l) => info!(
+            soft_before = l.soft_before,
+            soft = l.soft,
+            hard = l.hard,
+            "open-file limit"
+        ),
         Err(e) => warn!(error = %e, "could not raise the open-file limit"),
     }
     let mut registry = Registry::default();
@@ -142,7 +151,10 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return config_failure(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             error!(error = %e, "cannot start the runtime");
@@ -170,7 +182,10 @@ async fn signals(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             error!("cannot install signal handlers; stop with SIGKILL");
             return;
         };
@@ -193,7 +208,9 @@ async fn signals(shutdown: CancellationToken) {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

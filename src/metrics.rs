@@ -106,22 +106,42 @@ impl Metrics {
             accept_errors: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("mqttlb");
-        r.register("connections_active", "Client connections open now", m.connections_active.clone());
-        r.register("connections", "Client connections accepted", m.connections_total.clone());
+        r.register(
+            "connections_active",
+            "Client connections open now",
+            m.connections_active.clone(),
+        );
+        r.register(
+            "connections",
+            "Client connections accepted",
+            m.connections_total.clone(),
+        );
         r.register(
             "connections_rejected",
             "Client connections closed before reaching a backend, by reason",
             m.connections_rejected.clone(),
         );
-        r.register("tls_handshakes", "TLS handshakes by result", m.tls_handshakes.clone());
+        r.register(
+            "tls_handshakes",
+            "TLS handshakes by result",
+            m.tls_handshakes.clone(),
+        );
         r.register_with_unit(
             "tls_handshake_duration",
             "Time from accept to a finished TLS handshake",
             prometheus_client::registry::Unit::Seconds,
             m.tls_handshake_duration.clone(),
         );
-        r.register("mqtt_connects", "MQTT CONNECT packets read, by protocol version", m.mqtt_connects.clone());
-        r.register("backend_up", "1 when the backend is in rotation (healthy), else 0", m.backend_up.clone());
+        r.register(
+            "mqtt_connects",
+            "MQTT CONNECT packets read, by protocol version",
+            m.mqtt_connects.clone(),
+        );
+        r.register(
+            "backend_up",
+            "1 when the backend is in rotation (healthy), else 0",
+            m.backend_up.clone(),
+        );
         r.register(
             "backend_connections_active",
             "Proxied connections open to the backend now",
@@ -138,7 +158,11 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             m.backend_connect_duration.clone(),
         );
-        r.register("health_checks", "Active health checks by result", m.health_checks.clone());
+        r.register(
+            "health_checks",
+            "Active health checks by result",
+            m.health_checks.clone(),
+        );
         r.register_with_unit(
             "health_check_duration",
             "Duration of active health checks",
@@ -151,7 +175,11 @@ impl Metrics {
             prometheus_client::registry::Unit::Bytes,
             m.bytes.clone(),
         );
-        r.register("accept_errors", "Failed accept() calls (e.g. EMFILE)", m.accept_errors.clone());
+        r.register(
+            "accept_errors",
+            "Failed accept() calls (e.g. EMFILE)",
+            m.accept_errors.clone(),
+        );
         m
     }
 

@@ -38,7 +38,11 @@ pub fn raise_nofile() -> std::io::Result<NofileLimits> {
     use rlimit::Resource;
     let (soft_before, hard) = Resource::NOFILE.get()?;
     let soft = rlimit::increase_nofile_limit(hard)?;
-    Ok(NofileLimits { soft_before, soft, hard })
+    Ok(NofileLimits {
+        soft_before,
+        soft,
+        hard,
+    })
 }
 
 /// Windows has no descriptor limit of that kind.

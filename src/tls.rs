@@ -18,8 +18,8 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use crate::config::{CertKeyPaths, ClientAuth, ConfigError, TlsConfig, TlsVersion};
 
@@ -106,16 +106,19 @@ impl TlsAcceptor {
                     .ok_or_else(|| TlsSetupError::new(&ca_key, "missing"))?;
                 let mut roots = RootCertStore::empty();
                 for cert in read_certs(&ca_key, ca_path)? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| TlsSetupError::new(&ca_key, format!("{}: {e}", ca_path.display())))?;
+                    roots.add(cert).map_err(|e| {
+                        TlsSetupError::new(&ca_key, format!("{}: {e}", ca_path.display()))
+                    })?;
                 }
-                let mut vb = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+                let mut vb =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
                 if let Some(crl_path) = &cfg.crl {
                     let crl_key = format!("{key}.crl");
                     let crls = CertificateRevocationListDer::pem_file_iter(crl_path)
                         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                        .map_err(|e| TlsSetupError::new(&crl_key, format!("{}: {e}", crl_path.display())))?;
+                        .map_err(|e| {
+                            TlsSetupError::new(&crl_key, format!("{}: {e}", crl_path.display()))
+                        })?;
                     if crls.is_empty() {
                         return Err(TlsSetupError::new(&crl_key, "no CRL found in the file"));
                     }
@@ -154,7 +157,11 @@ impl TlsAcceptor {
             .client_hello()
             .alpn()
             .is_some_and(|mut protos| protos.any(|p| p == ALPN_MQTT));
-        let config = if offers_mqtt { &self.with_alpn } else { &self.without_alpn };
+        let config = if offers_mqtt {
+            &self.with_alpn
+        } else {
+            &self.without_alpn
+        };
         let stream = start
             .into_stream(config.clone())
             .await
@@ -196,7 +203,11 @@ fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
     Ok(certs)
 }
 
-fn load_pair(key: &str, pair: &CertKeyPaths, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsSetupError> {
+fn load_pair(
+    key: &str,
+    pair: &CertKeyPaths,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, TlsSetupError> {
     let cert_key = format!("{key}.cert");
     let key_key = format!("{key}.key");
     let certs = read_certs(&cert_key, &pair.cert)?;
@@ -204,7 +215,14 @@ fn load_pair(key: &str, pair: &CertKeyPaths, provider: &CryptoProvider) -> Resul
     let private = PrivateKeyDer::from_pem_file(&pair.key)
         .map_err(|e| TlsSetupError::new(&key_key, format!("{}: {e}", pair.key.display())))?;
     let ck = CertifiedKey::from_der(certs, private, provider).map_err(|e| {
-        TlsSetupError::new(&key_key, format!("{} does not match {}: {e}", pair.key.display(), pair.cert.display()))
+        TlsSetupError::new(
+            &key_key,
+            format!(
+                "{} does not match {}: {e}",
+                pair.key.display(),
+                pair.cert.display()
+            ),
+        )
     })?;
     Ok(Arc::new(ck))
 }
@@ -239,7 +257,11 @@ pub struct SniResolver {
 }
 
 impl SniResolver {
-    fn load(key: &str, cfg: &TlsConfig, provider: &CryptoProvider) -> Result<SniResolver, TlsSetupError> {
+    fn load(
+        key: &str,
+        cfg: &TlsConfig,
+        provider: &CryptoProvider,
+    ) -> Result<SniResolver, TlsSetupError> {
         let default = load_pair(key, &cfg.default_cert, provider)?;
         let mut resolver = SniResolver {
             exact: HashMap::new(),
@@ -257,7 +279,10 @@ impl SniResolver {
             }
             for name in names {
                 match name.strip_prefix("*.") {
-                    Some(domain) => resolver.wildcard.entry(domain.to_string()).or_insert(ck.clone()),
+                    Some(domain) => resolver
+                        .wildcard
+                        .entry(domain.to_string())
+                        .or_insert(ck.clone()),
                     None => resolver.exact.entry(name).or_insert(ck.clone()),
                 };
             }

@@ -22,18 +22,43 @@ async fn check_names_file_key_and_reason_and_exits_64() {
         "[[listener]]\nlisten = \"127.0.0.1:8883\"\npool = \"p\"\n[pool.p]\nstrategy = \"fastest\"\nservers = [ { addr = \"nowhere\" } ]\n",
     )
     .expect("write");
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&bad).output().await.expect("runs");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .await
+        .expect("runs");
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     let file = bad.display().to_string();
-    assert!(err.contains(&format!("{file}: pool.p.strategy: expected one of round-robin")), "{err}");
-    assert!(err.contains(&format!("{file}: pool.p.servers[0].addr")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{file}: pool.p.strategy: expected one of round-robin"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{file}: pool.p.servers[0].addr")),
+        "{err}"
+    );
 
-    std::fs::write(&bad, "[[listener]]\nlisten = \"127.0.0.1:8883\"\npool = \"p\"\ncolour = \"blue\"\n").expect("write");
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&bad).output().await.expect("runs");
+    std::fs::write(
+        &bad,
+        "[[listener]]\nlisten = \"127.0.0.1:8883\"\npool = \"p\"\ncolour = \"blue\"\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .await
+        .expect("runs");
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("listener[0].colour") && err.contains("unknown field"), "{err}");
+    assert!(
+        err.contains("listener[0].colour") && err.contains("unknown field"),
+        "{err}"
+    );
 
     // Certificates that do not parse are caught by check, with their key.
     let certs = Certs::new();
@@ -41,7 +66,12 @@ async fn check_names_file_key_and_reason_and_exits_64() {
     let cfg = config(&certs, &[("n", "127.0.0.1:1883".parse().unwrap())], "", "");
     let good = dir.path().join("tls.toml");
     std::fs::write(&good, cfg).expect("write");
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&good).output().await.expect("runs");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .await
+        .expect("runs");
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listener[0].tls.cert"), "{err}");
@@ -53,7 +83,11 @@ async fn reference_config_checks_clean_with_dev_certs() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("config")).expect("mkdir");
-    std::fs::copy(root.join("config/mqttlb.toml"), dir.path().join("config/mqttlb.toml")).expect("copy");
+    std::fs::copy(
+        root.join("config/mqttlb.toml"),
+        dir.path().join("config/mqttlb.toml"),
+    )
+    .expect("copy");
     let status = Command::new(BIN)
         .args(["certs", "--out"])
         .arg(dir.path().join("certs/dev"))
@@ -62,8 +96,18 @@ async fn reference_config_checks_clean_with_dev_certs() {
         .await
         .expect("runs");
     assert!(status.success());
-    for f in ["ca.pem", "ca.key", "server.pem", "server.key", "client.pem", "client.key"] {
-        assert!(dir.path().join("certs/dev").join(f).is_file(), "{f} written");
+    for f in [
+        "ca.pem",
+        "ca.key",
+        "server.pem",
+        "server.key",
+        "client.pem",
+        "client.key",
+    ] {
+        assert!(
+            dir.path().join("certs/dev").join(f).is_file(),
+            "{f} written"
+        );
     }
     let out = Command::new(BIN)
         .args(["check", "--config"])
@@ -71,7 +115,11 @@ async fn reference_config_checks_clean_with_dev_certs() {
         .output()
         .await
         .expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[cfg(unix)]
@@ -94,33 +142,57 @@ async fn sigterm_stops_accepting_and_lets_a_live_connection_finish() {
         .spawn()
         .expect("spawn mqttlb");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_until("mqttlb listens", DEADLINE, || async { TcpStream::connect(addr).await.is_ok() }).await;
+    wait_until("mqttlb listens", DEADLINE, || async {
+        TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
 
     let mut live = tls_connect(addr, &certs, false).await.expect("TLS");
     assert_eq!(mqtt_connect(&mut live, 4, "long-lived").await, Some(0));
 
     let pid = child.id().expect("pid").to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
     assert!(killed.success());
-    wait_until("listener closed", DEADLINE, || async { TcpStream::connect(addr).await.is_err() }).await;
+    wait_until("listener closed", DEADLINE, || async {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
 
     // Still served while draining.
     for _ in 0..3 {
         live.write_all(&[0xc0, 0x00]).await.expect("ping");
         let mut pong = [0u8; 2];
-        tokio::time::timeout(DEADLINE, live.read_exact(&mut pong)).await.expect("in time").expect("pong");
+        tokio::time::timeout(DEADLINE, live.read_exact(&mut pong))
+            .await
+            .expect("in time")
+            .expect("pong");
         assert_eq!(pong, [0xd0, 0x00]);
     }
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), child.wait()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(200), child.wait())
+            .await
+            .is_err(),
         "mqttlb must wait for the live connection"
     );
     // The client leaves; the drain completes and mqttlb exits 0.
     live.write_all(&[0xe0, 0x00]).await.expect("disconnect");
     live.shutdown().await.expect("close_notify");
-    let status = tokio::time::timeout(DEADLINE, child.wait()).await.expect("exits after the drain").expect("status");
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("exits after the drain")
+        .expect("status");
     assert_eq!(status.code(), Some(0));
     let mut log = String::new();
-    child.stderr.take().expect("stderr").read_to_string(&mut log).await.expect("log");
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .await
+        .expect("log");
     assert!(log.contains("draining"), "{log}");
 }

@@ -42,7 +42,8 @@ async fn recording_backend() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
                 if s.read_exact(&mut all[16..]).await.is_err() {
                     return;
                 }
-                let header = ppp::v2::Header::try_from(all.as_slice()).expect("ppp parses the header");
+                let header =
+                    ppp::v2::Header::try_from(all.as_slice()).expect("ppp parses the header");
                 let mut rec = Seen {
                     local: header.command == ppp::v2::Command::Local,
                     source: None,
@@ -57,7 +58,9 @@ async fn recording_backend() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
                 for tlv in header.tlvs() {
                     let tlv = tlv.expect("TLV");
                     match tlv.kind {
-                        0x02 => rec.authority = Some(String::from_utf8_lossy(&tlv.value).into_owned()),
+                        0x02 => {
+                            rec.authority = Some(String::from_utf8_lossy(&tlv.value).into_owned())
+                        }
                         0x05 => rec.unique_id_len = tlv.value.len(),
                         0x20 => rec.ssl = Some(tlv.value.to_vec()),
                         _ => {}
@@ -95,20 +98,34 @@ async fn v2_header_carries_client_address_sni_and_certificate_cn() {
     );
     let proxy = ProxyUnderTest::start(&text, certs.dir.path()).await;
 
-    let mut s = tls_connect(proxy.addr, &certs, true).await.expect("TLS with client cert");
+    let mut s = tls_connect(proxy.addr, &certs, true)
+        .await
+        .expect("TLS with client cert");
     let client_addr = s.get_ref().0.local_addr().expect("client addr");
     assert_eq!(mqtt_connect(&mut s, 4, "pp-client").await, Some(0));
 
     let seen_ref = &seen;
-    wait_until("a proxied and a health-check header arrived", DEADLINE, || async {
-        let v = seen_ref.lock().unwrap();
-        v.iter().any(|r| r.local) && v.iter().any(|r| !r.local)
-    })
+    wait_until(
+        "a proxied and a health-check header arrived",
+        DEADLINE,
+        || async {
+            let v = seen_ref.lock().unwrap();
+            v.iter().any(|r| r.local) && v.iter().any(|r| !r.local)
+        },
+    )
     .await;
     let v = seen.lock().unwrap().clone();
     let rec = v.iter().find(|r| !r.local).expect("proxied header");
-    assert_eq!(rec.source, Some(client_addr), "the broker learns the real client address");
-    assert_eq!(rec.authority.as_deref(), Some("localhost"), "SNI travels as authority");
+    assert_eq!(
+        rec.source,
+        Some(client_addr),
+        "the broker learns the real client address"
+    );
+    assert_eq!(
+        rec.authority.as_deref(),
+        Some("localhost"),
+        "SNI travels as authority"
+    );
     assert_eq!(rec.unique_id_len, 16);
     let ssl = rec.ssl.as_ref().expect("SSL TLV");
     assert_eq!(ssl[0], 0x07, "client used TLS and presented a certificate");
@@ -116,5 +133,9 @@ async fn v2_header_carries_client_address_sni_and_certificate_cn() {
     let text = String::from_utf8_lossy(&ssl[5..]);
     assert!(text.contains("TLSv1.3"), "{text}");
     assert!(text.contains(mqttlb::certs::CLIENT_CN), "{text}");
-    assert_eq!(rec.after_header, connect_packet(4, "pp-client"), "the CONNECT follows the header untouched");
+    assert_eq!(
+        rec.after_header,
+        connect_packet(4, "pp-client"),
+        "the CONNECT follows the header untouched"
+    );
 }

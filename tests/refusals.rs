@@ -15,7 +15,10 @@ use tokio::time::Instant;
 async fn all_nodes_down_answers_connack_server_unavailable() {
     let certs = Certs::new();
     // Two addresses nobody listens on.
-    let dead = [("d1", format!("127.0.0.1:{}", free_port()).parse().unwrap()), ("d2", format!("127.0.0.1:{}", free_port()).parse().unwrap())];
+    let dead = [
+        ("d1", format!("127.0.0.1:{}", free_port()).parse().unwrap()),
+        ("d2", format!("127.0.0.1:{}", free_port()).parse().unwrap()),
+    ];
     let pool = "health = { check = \"tcp\", interval = \"100ms\", timeout = \"100ms\", fall = 1, rise = 1 }";
     let proxy = ProxyUnderTest::start(&config(&certs, &dead, "", pool), certs.dir.path()).await;
 
@@ -30,10 +33,19 @@ async fn all_nodes_down_answers_connack_server_unavailable() {
         }
         for (level, expected) in [(4u8, 0x03u8), (5, 0x88)] {
             let mut s = tls_connect(proxy.addr, &certs, false).await.expect("TLS");
-            s.write_all(&connect_packet(level, "lonely")).await.expect("send CONNECT");
+            s.write_all(&connect_packet(level, "lonely"))
+                .await
+                .expect("send CONNECT");
             let got = read_to_close(&mut s).await;
-            let want: &[u8] = if level == 4 { &[0x20, 2, 0, expected] } else { &[0x20, 3, 0, expected, 0] };
-            assert_eq!(got, want, "{phase}: MQTT level {level} reads CONNACK {expected:#04x} then a clean close");
+            let want: &[u8] = if level == 4 {
+                &[0x20, 2, 0, expected]
+            } else {
+                &[0x20, 3, 0, expected, 0]
+            };
+            assert_eq!(
+                got, want,
+                "{phase}: MQTT level {level} reads CONNACK {expected:#04x} then a clean close"
+            );
         }
     }
     assert_eq!(proxy.rejected("no_backend"), 4.0);
@@ -44,8 +56,14 @@ async fn hostile_clients_are_closed_counted_and_isolated() {
     let certs = Certs::new();
     let broker = Mosquitto::start().await;
     let text = config(&certs, &[("node1", broker.addr())], "", "")
-        .replace("connect_timeout = \"2s\"", "connect_timeout = \"1s\"\nmax_connect_size = \"1KiB\"")
-        .replace("tls_handshake_timeout = \"2s\"", "tls_handshake_timeout = \"1s\"");
+        .replace(
+            "connect_timeout = \"2s\"",
+            "connect_timeout = \"1s\"\nmax_connect_size = \"1KiB\"",
+        )
+        .replace(
+            "tls_handshake_timeout = \"2s\"",
+            "tls_handshake_timeout = \"1s\"",
+        );
     let proxy = ProxyUnderTest::start(&text, certs.dir.path()).await;
 
     // A live client beside the hostile ones.
@@ -54,8 +72,14 @@ async fn hostile_clients_are_closed_counted_and_isolated() {
 
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("http", b"GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
-        ("not_connect", vec![0x30, 0x05, 0x00, 0x01, b't', b'h', b'i']), // PUBLISH first
-        ("malformed_connect", vec![0x10, 0x04, 0x00, 0x04, b'M', b'Q']),
+        (
+            "not_connect",
+            vec![0x30, 0x05, 0x00, 0x01, b't', b'h', b'i'],
+        ), // PUBLISH first
+        (
+            "malformed_connect",
+            vec![0x10, 0x04, 0x00, 0x04, b'M', b'Q'],
+        ),
         ("connect_too_large", {
             let mut v = vec![0x10, 0xff, 0x7f];
             v.extend_from_slice(&[0; 64]);
@@ -74,7 +98,10 @@ async fn hostile_clients_are_closed_counted_and_isolated() {
         s.write_all(bytes).await.expect("send");
         let got = read_to_close(&mut s).await;
         assert!(got.is_empty(), "{reason}: nothing is answered, got {got:?}");
-        wait_until("rejection counted", DEADLINE, || async { proxy.rejected(reason) == 1.0 }).await;
+        wait_until("rejection counted", DEADLINE, || async {
+            proxy.rejected(reason) == 1.0
+        })
+        .await;
     }
     assert_eq!(n, 6);
 
@@ -84,26 +111,43 @@ async fn hostile_clients_are_closed_counted_and_isolated() {
     let started = Instant::now();
     let _ = read_to_close(&mut s).await;
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(10), "closed after {took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "closed after {took:?}"
+    );
     assert_eq!(proxy.rejected("connect_timeout"), 1.0);
 
     // Silent before the handshake: closed by the handshake timeout.
-    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.expect("tcp");
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("tcp");
     let mut buf = [0u8; 16];
-    let r = tokio::time::timeout(DEADLINE, raw.read(&mut buf)).await.expect("closed before the deadline");
+    let r = tokio::time::timeout(DEADLINE, raw.read(&mut buf))
+        .await
+        .expect("closed before the deadline");
     assert!(matches!(r, Ok(0) | Err(_)));
     assert_eq!(proxy.rejected("tls_handshake_timeout"), 1.0);
 
     // A plain-text MQTT client on the TLS port fails the handshake.
-    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.expect("tcp");
-    raw.write_all(&connect_packet(4, "plain")).await.expect("send");
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("tcp");
+    raw.write_all(&connect_packet(4, "plain"))
+        .await
+        .expect("send");
     let _ = read_to_close(&mut raw).await;
-    wait_until("handshake failure counted", DEADLINE, || async { proxy.rejected("tls_handshake_failed") == 1.0 }).await;
+    wait_until("handshake failure counted", DEADLINE, || async {
+        proxy.rejected("tls_handshake_failed") == 1.0
+    })
+    .await;
 
     // The bystander is still connected and served: PINGREQ → PINGRESP.
     live.write_all(&[0xc0, 0x00]).await.expect("ping");
     let mut pong = [0u8; 2];
-    tokio::time::timeout(DEADLINE, live.read_exact(&mut pong)).await.expect("pong in time").expect("pong");
+    tokio::time::timeout(DEADLINE, live.read_exact(&mut pong))
+        .await
+        .expect("pong in time")
+        .expect("pong");
     assert_eq!(pong, [0xd0, 0x00]);
 }
 
@@ -111,7 +155,8 @@ async fn hostile_clients_are_closed_counted_and_isolated() {
 async fn connection_limit_refuses_cleanly() {
     let certs = Certs::new();
     let broker = Mosquitto::start().await;
-    let text = config(&certs, &[("node1", broker.addr())], "", "").replace("[limits]", "[limits]\nmax_connections = 2");
+    let text = config(&certs, &[("node1", broker.addr())], "", "")
+        .replace("[limits]", "[limits]\nmax_connections = 2");
     let proxy = ProxyUnderTest::start(&text, certs.dir.path()).await;
     let mut a = tls_connect(proxy.addr, &certs, false).await.expect("TLS");
     assert_eq!(mqtt_connect(&mut a, 4, "a").await, Some(0));
@@ -126,6 +171,8 @@ async fn connection_limit_refuses_cleanly() {
         proxy.metric("mqttlb_connections_active{listener=\"mqtts\"}") == 1.0
     })
     .await;
-    let mut c = tls_connect(proxy.addr, &certs, false).await.expect("TLS after a slot freed");
+    let mut c = tls_connect(proxy.addr, &certs, false)
+        .await
+        .expect("TLS after a slot freed");
     assert_eq!(mqtt_connect(&mut c, 4, "c").await, Some(0));
 }

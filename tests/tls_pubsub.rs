@@ -12,14 +12,47 @@ use tokio::process::Command;
 fn sub_cmd(proxy: &ProxyUnderTest, certs: &Certs, id: &str, topic: &str, version: &str) -> Command {
     let mut c = Command::new("mosquitto_sub");
     c.args(["-h", "127.0.0.1", "-p", &proxy.addr.port().to_string()])
-        .args(["--cafile", &certs.p("ca.pem"), "-i", id, "-t", topic, "-C", "1", "-W", "15", "-V", version]);
+        .args([
+            "--cafile",
+            &certs.p("ca.pem"),
+            "-i",
+            id,
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-W",
+            "15",
+            "-V",
+            version,
+        ]);
     c
 }
 
-fn pub_cmd(proxy: &ProxyUnderTest, certs: &Certs, id: &str, topic: &str, msg: &str, version: &str) -> Command {
+fn pub_cmd(
+    proxy: &ProxyUnderTest,
+    certs: &Certs,
+    id: &str,
+    topic: &str,
+    msg: &str,
+    version: &str,
+) -> Command {
     let mut c = Command::new("mosquitto_pub");
     c.args(["-h", "127.0.0.1", "-p", &proxy.addr.port().to_string()])
-        .args(["--cafile", &certs.p("ca.pem"), "-i", id, "-t", topic, "-m", msg, "-q", "1", "-V", version]);
+        .args([
+            "--cafile",
+            &certs.p("ca.pem"),
+            "-i",
+            id,
+            "-t",
+            topic,
+            "-m",
+            msg,
+            "-q",
+            "1",
+            "-V",
+            version,
+        ]);
     c
 }
 
@@ -27,23 +60,37 @@ fn pub_cmd(proxy: &ProxyUnderTest, certs: &Certs, id: &str, topic: &str, msg: &s
 async fn mosquitto_clients_pub_sub_over_tls_on_311_and_5() {
     let certs = Certs::new();
     let broker = Mosquitto::start().await;
-    let proxy = ProxyUnderTest::start(&config(&certs, &[("node1", broker.addr())], "", ""), certs.dir.path()).await;
+    let proxy = ProxyUnderTest::start(
+        &config(&certs, &[("node1", broker.addr())], "", ""),
+        certs.dir.path(),
+    )
+    .await;
 
     let mut cases = 0;
     for version in ["mqttv311", "mqttv5"] {
         let sub_id = format!("sub-{version}");
         let mut sub = sub_cmd(&proxy, &certs, &sub_id, "t/hello", version);
         let sub = tokio::spawn(async move { run(&mut sub).await });
-        wait_until("subscriber connected through the proxy", DEADLINE, || async {
-            broker.saw_client(&sub_id)
-        })
+        wait_until(
+            "subscriber connected through the proxy",
+            DEADLINE,
+            || async { broker.saw_client(&sub_id) },
+        )
         .await;
         // The SUBSCRIBE follows the CONNECT; publish until it is delivered
         // (QoS 1, bounded attempts) since the exact SUBACK moment is not
         // observable from here.
         let delivered = async {
             for i in 0..50 {
-                let (ok, out) = run(&mut pub_cmd(&proxy, &certs, &format!("pub-{version}-{i}"), "t/hello", "hello", version)).await;
+                let (ok, out) = run(&mut pub_cmd(
+                    &proxy,
+                    &certs,
+                    &format!("pub-{version}-{i}"),
+                    "t/hello",
+                    "hello",
+                    version,
+                ))
+                .await;
                 assert!(ok, "mosquitto_pub failed: {out}");
                 if sub.is_finished() {
                     return;
@@ -58,7 +105,9 @@ async fn mosquitto_clients_pub_sub_over_tls_on_311_and_5() {
         cases += 1;
     }
     assert_eq!(cases, 2);
-    assert!(proxy.metric("mqttlb_mqtt_connects_total{listener=\"mqtts\",protocol=\"3.1.1\"}") >= 2.0);
+    assert!(
+        proxy.metric("mqttlb_mqtt_connects_total{listener=\"mqtts\",protocol=\"3.1.1\"}") >= 2.0
+    );
     assert!(proxy.metric("mqttlb_mqtt_connects_total{listener=\"mqtts\",protocol=\"5.0\"}") >= 2.0);
     assert!(proxy.metric("mqttlb_tls_handshakes_total{listener=\"mqtts\",result=\"ok\"}") >= 4.0);
 }
@@ -67,7 +116,11 @@ async fn mosquitto_clients_pub_sub_over_tls_on_311_and_5() {
 async fn rumqttc_round_trip_over_tls() {
     let certs = Certs::new();
     let broker = Mosquitto::start().await;
-    let proxy = ProxyUnderTest::start(&config(&certs, &[("node1", broker.addr())], "", ""), certs.dir.path()).await;
+    let proxy = ProxyUnderTest::start(
+        &config(&certs, &[("node1", broker.addr())], "", ""),
+        certs.dir.path(),
+    )
+    .await;
 
     let mut opts = MqttOptions::new("rumqttc-1", "localhost", proxy.addr.port());
     opts.set_keep_alive(Duration::from_secs(5));
@@ -77,12 +130,18 @@ async fn rumqttc_round_trip_over_tls() {
         client_auth: None,
     }));
     let (client, mut events) = AsyncClient::new(opts, 16);
-    client.subscribe("r/#", QoS::AtLeastOnce).await.expect("subscribe");
+    client
+        .subscribe("r/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
     let got = tokio::time::timeout(DEADLINE, async {
         loop {
             match events.poll().await.expect("connection stays up") {
                 Event::Incoming(Packet::SubAck(_)) => {
-                    client.publish("r/1", QoS::AtLeastOnce, false, vec![0u8, 255, 7]).await.expect("publish");
+                    client
+                        .publish("r/1", QoS::AtLeastOnce, false, vec![0u8, 255, 7])
+                        .await
+                        .expect("publish");
                 }
                 Event::Incoming(Packet::Publish(p)) => return p,
                 _ => {}
@@ -103,18 +162,32 @@ async fn mutual_tls_required_refuses_clients_without_a_certificate() {
     let mut text = config(&certs, &[("node1", broker.addr())], "", "");
     text = text.replace(
         "[listener.mqtt]",
-        &format!("client_auth = \"required\"\nclient_ca = \"{}\"\n[listener.mqtt]", certs.p("ca.pem")),
+        &format!(
+            "client_auth = \"required\"\nclient_ca = \"{}\"\n[listener.mqtt]",
+            certs.p("ca.pem")
+        ),
     );
     let proxy = ProxyUnderTest::start(&text, certs.dir.path()).await;
 
-    let (ok, _) = run(&mut pub_cmd(&proxy, &certs, "no-cert", "m/t", "x", "mqttv311")).await;
+    let (ok, _) = run(&mut pub_cmd(
+        &proxy, &certs, "no-cert", "m/t", "x", "mqttv311",
+    ))
+    .await;
     assert!(!ok, "a client without a certificate must be refused");
     assert!(!broker.saw_client("no-cert"));
 
-    let (ok, out) = run(pub_cmd(&proxy, &certs, "with-cert", "m/t", "x", "mqttv311")
-        .args(["--cert", &certs.p("client.pem"), "--key", &certs.p("client.key")]))
+    let (ok, out) = run(
+        pub_cmd(&proxy, &certs, "with-cert", "m/t", "x", "mqttv311").args([
+            "--cert",
+            &certs.p("client.pem"),
+            "--key",
+            &certs.p("client.key"),
+        ]),
+    )
     .await;
     assert!(ok, "a client with a valid certificate is served: {out}");
     assert!(broker.saw_client("with-cert"));
-    assert!(proxy.metric("mqttlb_tls_handshakes_total{listener=\"mqtts\",result=\"failed\"}") >= 1.0);
+    assert!(
+        proxy.metric("mqttlb_tls_handshakes_total{listener=\"mqtts\",result=\"failed\"}") >= 1.0
+    );
 }

@@ -40,7 +40,11 @@ pub enum CheckError {
 
 /// Spawn a checker per backend of `pool` on `tracker`; they stop when
 /// `shutdown` is cancelled.
-pub fn spawn_checks(pool: &Arc<Pool>, tracker: &tokio_util::task::TaskTracker, shutdown: &CancellationToken) {
+pub fn spawn_checks(
+    pool: &Arc<Pool>,
+    tracker: &tokio_util::task::TaskTracker,
+    shutdown: &CancellationToken,
+) {
     let n = pool.backends.len().max(1) as u32;
     for (i, backend) in pool.backends.iter().enumerate() {
         // Spread first checks over one interval so checks of many backends
@@ -50,7 +54,12 @@ pub fn spawn_checks(pool: &Arc<Pool>, tracker: &tokio_util::task::TaskTracker, s
     }
 }
 
-async fn run(pool: Arc<Pool>, backend: Arc<Backend>, offset: Duration, shutdown: CancellationToken) {
+async fn run(
+    pool: Arc<Pool>,
+    backend: Arc<Backend>,
+    offset: Duration,
+    shutdown: CancellationToken,
+) {
     let mut ticks = tokio::time::interval_at(Instant::now() + offset, pool.health.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let client_id = check_client_id(&backend.name);
@@ -63,7 +72,10 @@ async fn run(pool: Arc<Pool>, backend: Arc<Backend>, offset: Duration, shutdown:
         let result = tokio::time::timeout(pool.health.timeout, check(&pool, &backend, &client_id))
             .await
             .unwrap_or(Err(CheckError::Timeout));
-        backend.metrics.check_duration.observe(started.elapsed().as_secs_f64());
+        backend
+            .metrics
+            .check_duration
+            .observe(started.elapsed().as_secs_f64());
         match &result {
             Ok(()) => {
                 backend.metrics.check_ok.inc();

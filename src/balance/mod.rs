@@ -33,7 +33,13 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(name: &str, addr: SocketAddr, weight: u32, health: &HealthConfig, metrics: &Metrics) -> Backend {
+    pub fn new(
+        name: &str,
+        addr: SocketAddr,
+        weight: u32,
+        health: &HealthConfig,
+        metrics: &Metrics,
+    ) -> Backend {
         let m = metrics.backend(name);
         m.up.set(1);
         Backend {
@@ -156,7 +162,15 @@ impl Pool {
             backends: cfg
                 .servers
                 .iter()
-                .map(|s| Arc::new(Backend::new(&s.name, s.addr, s.weight.get(), &cfg.health, metrics)))
+                .map(|s| {
+                    Arc::new(Backend::new(
+                        &s.name,
+                        s.addr,
+                        s.weight.get(),
+                        &cfg.health,
+                        metrics,
+                    ))
+                })
                 .collect(),
             wrr: Mutex::new(SmoothWrr::default()),
             rotor: AtomicUsize::new(0),

@@ -100,7 +100,8 @@ fn least_connections(nodes: &[NodeView], eligible: &[usize], rotor: usize) -> Ve
     // A stable sort keeps the rotated order among equals.
     v.sort_by(|&a, &b| {
         let (a, b) = (&nodes[a], &nodes[b]);
-        (u128::from(a.active) * u128::from(b.weight)).cmp(&(u128::from(b.active) * u128::from(a.weight)))
+        (u128::from(a.active) * u128::from(b.weight))
+            .cmp(&(u128::from(b.active) * u128::from(a.weight)))
     });
     v
 }
@@ -152,13 +153,42 @@ mod tests {
         ns[1].active = 3;
         ns[2].active = 5;
         let mut wrr = SmoothWrr::default();
-        assert_eq!(order(Strategy::LeastConnections, &ns, &[0, 1, 2], None, &mut wrr, 0), [1, 2, 0]);
+        assert_eq!(
+            order(
+                Strategy::LeastConnections,
+                &ns,
+                &[0, 1, 2],
+                None,
+                &mut wrr,
+                0
+            ),
+            [1, 2, 0]
+        );
         ns[0].weight = 10; // 10 active over weight 10 = 1 per unit
-        assert_eq!(order(Strategy::LeastConnections, &ns, &[0, 1, 2], None, &mut wrr, 0), [0, 1, 2]);
+        assert_eq!(
+            order(
+                Strategy::LeastConnections,
+                &ns,
+                &[0, 1, 2],
+                None,
+                &mut wrr,
+                0
+            ),
+            [0, 1, 2]
+        );
         // Ties rotate.
         let ns = nodes(&["a", "b", "c"]);
         let firsts: Vec<usize> = (0..3)
-            .map(|r| order(Strategy::LeastConnections, &ns, &[0, 1, 2], None, &mut wrr, r)[0])
+            .map(|r| {
+                order(
+                    Strategy::LeastConnections,
+                    &ns,
+                    &[0, 1, 2],
+                    None,
+                    &mut wrr,
+                    r,
+                )[0]
+            })
             .collect();
         assert_eq!(firsts, [0, 1, 2]);
     }
@@ -167,15 +197,32 @@ mod tests {
     fn client_id_is_deterministic_and_falls_back_without_a_key() {
         let ns = nodes(&["node1", "node2", "node3"]);
         let mut wrr = SmoothWrr::default();
-        let a = order(Strategy::ClientId, &ns, &[0, 1, 2], Some(b"dev-7"), &mut wrr, 0);
-        let b = order(Strategy::ClientId, &ns, &[0, 1, 2], Some(b"dev-7"), &mut SmoothWrr::default(), 99);
+        let a = order(
+            Strategy::ClientId,
+            &ns,
+            &[0, 1, 2],
+            Some(b"dev-7"),
+            &mut wrr,
+            0,
+        );
+        let b = order(
+            Strategy::ClientId,
+            &ns,
+            &[0, 1, 2],
+            Some(b"dev-7"),
+            &mut SmoothWrr::default(),
+            99,
+        );
         assert_eq!(a, b);
         assert_eq!(a.len(), 3);
         let mut busy = ns.clone();
         busy[0].active = 5;
         busy[1].active = 5;
         for key in [None, Some(&b""[..])] {
-            assert_eq!(order(Strategy::ClientId, &busy, &[0, 1, 2], key, &mut wrr, 0)[0], 2);
+            assert_eq!(
+                order(Strategy::ClientId, &busy, &[0, 1, 2], key, &mut wrr, 0)[0],
+                2
+            );
         }
     }
 
@@ -191,8 +238,22 @@ mod tests {
         let keys = 10_000;
         for k in 0..keys {
             let key = format!("client-{k}");
-            let before = order(Strategy::ClientId, &ns, &all, Some(key.as_bytes()), &mut wrr, 0);
-            let after = order(Strategy::ClientId, &ns, &without_2, Some(key.as_bytes()), &mut wrr, 0);
+            let before = order(
+                Strategy::ClientId,
+                &ns,
+                &all,
+                Some(key.as_bytes()),
+                &mut wrr,
+                0,
+            );
+            let after = order(
+                Strategy::ClientId,
+                &ns,
+                &without_2,
+                Some(key.as_bytes()),
+                &mut wrr,
+                0,
+            );
             per_node[before[0]] += 1;
             if before[0] != 2 {
                 assert_eq!(before[0], after[0], "{key} moved although its node stayed");
@@ -211,7 +272,11 @@ mod tests {
     fn empty_rotation_yields_no_candidates() {
         let ns = nodes(&["a"]);
         let mut wrr = SmoothWrr::default();
-        for s in [Strategy::RoundRobin, Strategy::LeastConnections, Strategy::ClientId] {
+        for s in [
+            Strategy::RoundRobin,
+            Strategy::LeastConnections,
+            Strategy::ClientId,
+        ] {
             assert!(order(s, &ns, &[], Some(b"k"), &mut wrr, 0).is_empty());
         }
     }

@@ -244,7 +244,10 @@ impl Overrides {
             });
         }
         let listener = &mut raw.listener[0];
-        let pool_name = listener.pool.get_or_insert_with(|| "default".into()).clone();
+        let pool_name = listener
+            .pool
+            .get_or_insert_with(|| "default".into())
+            .clone();
         if let Some(l) = &self.listen {
             listener.listen = Some(l.clone());
         }
@@ -261,7 +264,7 @@ impl Overrides {
                 tls.client_auth.get_or_insert_with(|| "required".into());
             }
         }
-        let pool = raw.pool.entry(pool_name).or_insert_with(RawPool::default);
+        let pool = raw.pool.entry(pool_name).or_default();
         if !self.backends.is_empty() {
             pool.servers = self
                 .backends
@@ -353,7 +356,10 @@ impl Config {
         for (i, l) in raw.listener.into_iter().enumerate() {
             let l = cx.listener(i, l, &pools);
             if listeners.iter().any(|o| o.name == l.name) {
-                cx.err(&format!("{}.name", l.key), &format!("duplicate listener name {:?}", l.name));
+                cx.err(
+                    &format!("{}.name", l.key),
+                    &format!("duplicate listener name {:?}", l.name),
+                );
             }
             listeners.push(l);
         }
@@ -387,8 +393,12 @@ pub fn parse_toml(source: &str, text: &str) -> Result<RawConfig, ConfigErrors> {
         })
         .unwrap_or_default()
     };
-    let de = toml::Deserializer::parse(text)
-        .map_err(|e| fail(String::new(), format!("invalid TOML: {}{}", e.message(), line_of(e.span()))))?;
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        fail(
+            String::new(),
+            format!("invalid TOML: {}{}", e.message(), line_of(e.span())),
+        )
+    })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -419,7 +429,12 @@ impl Cx {
             Some(s) => match humantime::parse_duration(s.trim()) {
                 Ok(d) => d,
                 Err(e) => {
-                    self.err(key, &format!("expected a duration such as \"5s\" or \"250ms\", got {s:?} ({e})"));
+                    self.err(
+                        key,
+                        &format!(
+                            "expected a duration such as \"5s\" or \"250ms\", got {s:?} ({e})"
+                        ),
+                    );
                     default
                 }
             },
@@ -444,19 +459,31 @@ impl Cx {
                 default
             }
             Err(e) => {
-                self.err(key, &format!("expected a size such as \"64KiB\", got {s:?} ({e})"));
+                self.err(
+                    key,
+                    &format!("expected a size such as \"64KiB\", got {s:?} ({e})"),
+                );
                 default
             }
         }
     }
 
-    fn choice<T: Copy>(&mut self, key: &str, v: Option<&str>, default: T, options: &[(&str, T)]) -> T {
+    fn choice<T: Copy>(
+        &mut self,
+        key: &str,
+        v: Option<&str>,
+        default: T,
+        options: &[(&str, T)],
+    ) -> T {
         let Some(s) = v else { return default };
         if let Some((_, t)) = options.iter().find(|(name, _)| *name == s) {
             return *t;
         }
         let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-        self.err(key, &format!("expected one of {}, got {s:?}", names.join(" | ")));
+        self.err(
+            key,
+            &format!("expected one of {}, got {s:?}", names.join(" | ")),
+        );
         default
     }
 
@@ -475,7 +502,12 @@ impl Cx {
         match v.trim().parse() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.err(key, &format!("expected an address such as \"10.0.0.1:1883\" or \"[::1]:1883\", got {v:?}"));
+                self.err(
+                    key,
+                    &format!(
+                        "expected an address such as \"10.0.0.1:1883\" or \"[::1]:1883\", got {v:?}"
+                    ),
+                );
                 None
             }
         }
@@ -483,9 +515,19 @@ impl Cx {
 
     fn path(&mut self, key: &str, v: &str) -> PathBuf {
         let p = Path::new(v);
-        let p = if p.is_absolute() { p.to_path_buf() } else { self.base.join(p) };
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        };
         if !p.is_file() {
-            self.err(key, &format!("file {} does not exist or is not a regular file", p.display()));
+            self.err(
+                key,
+                &format!(
+                    "file {} does not exist or is not a regular file",
+                    p.display()
+                ),
+            );
         }
         p
     }
@@ -516,7 +558,11 @@ impl Cx {
             &format!("{k}.proxy_protocol"),
             raw.proxy_protocol.as_deref(),
             ProxyProtocol::Off,
-            &[("off", ProxyProtocol::Off), ("v1", ProxyProtocol::V1), ("v2", ProxyProtocol::V2)],
+            &[
+                ("off", ProxyProtocol::Off),
+                ("v1", ProxyProtocol::V1),
+                ("v2", ProxyProtocol::V2),
+            ],
         );
         let connect_timeout = self.duration(
             &format!("{k}.connect_timeout"),
@@ -535,17 +581,31 @@ impl Cx {
                 &format!("{hk}.check"),
                 h.check.as_deref(),
                 HealthCheckKind::Tcp,
-                &[("tcp", HealthCheckKind::Tcp), ("mqtt", HealthCheckKind::Mqtt)],
+                &[
+                    ("tcp", HealthCheckKind::Tcp),
+                    ("mqtt", HealthCheckKind::Mqtt),
+                ],
             ),
-            interval: self.duration(&format!("{hk}.interval"), h.interval.as_deref(), defaults::HEALTH_INTERVAL),
-            timeout: self.duration(&format!("{hk}.timeout"), h.timeout.as_deref(), defaults::HEALTH_TIMEOUT),
+            interval: self.duration(
+                &format!("{hk}.interval"),
+                h.interval.as_deref(),
+                defaults::HEALTH_INTERVAL,
+            ),
+            timeout: self.duration(
+                &format!("{hk}.timeout"),
+                h.timeout.as_deref(),
+                defaults::HEALTH_TIMEOUT,
+            ),
             rise: self.nonzero(&format!("{hk}.rise"), h.rise, defaults::RISE),
             fall: self.nonzero(&format!("{hk}.fall"), h.fall, defaults::FALL),
             mqtt_version: self.choice(
                 &format!("{hk}.mqtt_version"),
                 h.mqtt_version.as_deref(),
                 ProtocolVersion::V311,
-                &[("3.1.1", ProtocolVersion::V311), ("5.0", ProtocolVersion::V5)],
+                &[
+                    ("3.1.1", ProtocolVersion::V311),
+                    ("5.0", ProtocolVersion::V5),
+                ],
             ),
         };
         if raw.servers.is_empty() {
@@ -558,11 +618,20 @@ impl Cx {
                 continue;
             };
             let name = s.name.unwrap_or_else(|| addr.to_string());
-            if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c == '"') {
-                self.err(&format!("{sk}.name"), "must be 1 to 64 printable characters without quotes");
+            if name.is_empty()
+                || name.len() > 64
+                || name.chars().any(|c| c.is_control() || c == '"')
+            {
+                self.err(
+                    &format!("{sk}.name"),
+                    "must be 1 to 64 printable characters without quotes",
+                );
             }
             if servers.iter().any(|o| o.name == name) {
-                self.err(&format!("{sk}.name"), &format!("duplicate server name {name:?} in this pool"));
+                self.err(
+                    &format!("{sk}.name"),
+                    &format!("duplicate server name {name:?} in this pool"),
+                );
             }
             let weight = self.nonzero(&format!("{sk}.weight"), s.weight, 1);
             servers.push(ServerConfig { name, addr, weight });
@@ -579,7 +648,12 @@ impl Cx {
         }
     }
 
-    fn listener(&mut self, i: usize, raw: RawListener, pools: &BTreeMap<String, PoolConfig>) -> ListenerConfig {
+    fn listener(
+        &mut self,
+        i: usize,
+        raw: RawListener,
+        pools: &BTreeMap<String, PoolConfig>,
+    ) -> ListenerConfig {
         let k = format!("listener[{i}]");
         let name = raw.name.unwrap_or_else(|| format!("listener{i}"));
         let listen = raw.listen.as_deref().unwrap_or(defaults::LISTEN_TLS);
@@ -593,7 +667,10 @@ impl Cx {
                 p
             }
             None => {
-                self.err(&format!("{k}.pool"), "missing: name the [pool.NAME] this listener forwards to");
+                self.err(
+                    &format!("{k}.pool"),
+                    "missing: name the [pool.NAME] this listener forwards to",
+                );
                 String::new()
             }
         };
@@ -610,7 +687,10 @@ impl Cx {
             let mk = format!("{k}.mqtt");
             let factor = m.keepalive_factor.unwrap_or(defaults::KEEPALIVE_FACTOR);
             if !(1.0..=10.0).contains(&factor) {
-                self.err(&format!("{mk}.keepalive_factor"), "must be between 1.0 and 10.0");
+                self.err(
+                    &format!("{mk}.keepalive_factor"),
+                    "must be between 1.0 and 10.0",
+                );
             }
             MqttListenerConfig {
                 connect_timeout: self.duration(
@@ -647,7 +727,10 @@ impl Cx {
             let cert = match cert {
                 Some(c) => this.path(&format!("{key}.cert"), c),
                 None => {
-                    this.err(&format!("{key}.cert"), "missing: PEM certificate chain (or --cert)");
+                    this.err(
+                        &format!("{key}.cert"),
+                        "missing: PEM certificate chain (or --cert)",
+                    );
                     PathBuf::new()
                 }
             };
@@ -677,13 +760,25 @@ impl Cx {
                 ("required", ClientAuth::Required),
             ],
         );
-        let client_ca = raw.client_ca.as_deref().map(|p| self.path(&format!("{k}.client_ca"), p));
+        let client_ca = raw
+            .client_ca
+            .as_deref()
+            .map(|p| self.path(&format!("{k}.client_ca"), p));
         if client_auth != ClientAuth::None && client_ca.is_none() {
-            self.err(&format!("{k}.client_ca"), "required when client_auth is optional or required");
+            self.err(
+                &format!("{k}.client_ca"),
+                "required when client_auth is optional or required",
+            );
         }
-        let crl = raw.crl.as_deref().map(|p| self.path(&format!("{k}.crl"), p));
+        let crl = raw
+            .crl
+            .as_deref()
+            .map(|p| self.path(&format!("{k}.crl"), p));
         if crl.is_some() && client_auth == ClientAuth::None {
-            self.err(&format!("{k}.crl"), "only meaningful with client_auth optional or required");
+            self.err(
+                &format!("{k}.crl"),
+                "only meaningful with client_auth optional or required",
+            );
         }
         let min_version = self.choice(
             &format!("{k}.min_version"),
@@ -752,7 +847,10 @@ mod tests {
             .replace("\"client-id\"", "\"random\"")
             .replace("127.0.0.1:1885", "nowhere")
             .replace("pool = \"b\"", "pool = \"c\"")
-            .replace("[listener.mqtt]", "[listener.mqtt]\nconnect_timeout = \"soon\"\nmax_connect_size = \"0\"");
+            .replace(
+                "[listener.mqtt]",
+                "[listener.mqtt]\nconnect_timeout = \"soon\"\nmax_connect_size = \"0\"",
+            );
         let e = load_str(&text).unwrap_err();
         let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
@@ -765,12 +863,18 @@ mod tests {
                 "listener[0].mqtt.max_connect_size",
             ]
         );
-        assert!(e.to_string().starts_with("test.toml: pool.b.strategy: expected one of round-robin"));
+        assert!(
+            e.to_string()
+                .starts_with("test.toml: pool.b.strategy: expected one of round-robin")
+        );
     }
 
     #[test]
     fn missing_tls_files_are_named() {
-        let text = MINIMAL.replace("[listener.mqtt]", "[listener.tls]\ncert = \"/nonexistent/s.pem\"\n[listener.mqtt]");
+        let text = MINIMAL.replace(
+            "[listener.mqtt]",
+            "[listener.tls]\ncert = \"/nonexistent/s.pem\"\n[listener.mqtt]",
+        );
         let e = load_str(&text).unwrap_err();
         let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["listener[0].tls.cert", "listener[0].tls.key"]);
@@ -788,20 +892,27 @@ mod tests {
         o.apply(&mut raw);
         // No certificate given: the error says which flag is missing.
         let e = Config::from_raw("<command line>", Path::new(""), raw).unwrap_err();
-        assert!(e.to_string().contains("listener[0].tls.cert: missing"), "{e}");
+        assert!(
+            e.to_string().contains("listener[0].tls.cert: missing"),
+            "{e}"
+        );
     }
 
     #[test]
     fn reference_config_parses() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
         let text = std::fs::read_to_string(dir.join("mqttlb.toml")).expect("config/mqttlb.toml");
-        let raw = parse_toml("config/mqttlb.toml", &text).expect("reference config is valid TOML with known keys");
+        let raw = parse_toml("config/mqttlb.toml", &text)
+            .expect("reference config is valid TOML with known keys");
         // Certificate paths in the reference point at a dev-cert directory
         // that may not exist here; everything else must convert cleanly.
         let c = Config::from_raw("config/mqttlb.toml", &dir, raw);
         if let Err(e) = &c {
             for err in &e.0 {
-                assert!(err.reason.contains("does not exist"), "unexpected error: {err}");
+                assert!(
+                    err.reason.contains("does not exist"),
+                    "unexpected error: {err}"
+                );
             }
         }
     }

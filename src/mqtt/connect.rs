@@ -456,7 +456,9 @@ mod tests {
 
         let mut b = Builder::v5("");
         // session expiry (0x11), receive maximum (0x21), user property (0x26)
-        b.props = vec![15, 0x11, 0, 0, 0, 60, 0x21, 0, 10, 0x26, 0, 1, b'k', 0, 1, b'v'];
+        b.props = vec![
+            15, 0x11, 0, 0, 0, 60, 0x21, 0, 10, 0x26, 0, 1, b'k', 0, 1, b'v',
+        ];
         b.flags = 0x00;
         b.will = Some((vec![2, 0x01, 1], b"t/will".to_vec(), b"bye".to_vec()));
         b.password = Some(b"secret".to_vec()); // 5.0: password without user name
@@ -503,7 +505,10 @@ mod tests {
             (vec![0x16, 0x03, 0x01, 0x00, 0x10], ConnectError::Tls),
             (vec![0x30, 0x02, 0, 0], ConnectError::NotConnect(0x30)),
             (vec![0x11, 0x00], ConnectError::NotConnect(0x11)),
-            (vec![0x10, 0xff, 0xff, 0xff, 0xff], ConnectError::BadRemainingLength),
+            (
+                vec![0x10, 0xff, 0xff, 0xff, 0xff],
+                ConnectError::BadRemainingLength,
+            ),
             (vec![0x10, 0x80, 0x00], ConnectError::BadRemainingLength),
             (
                 {
@@ -639,7 +644,11 @@ mod tests {
         let mut checked = 0;
         for i in 0..400 {
             let id = format!("c{}-{}", i, "é".repeat((next() % 5) as usize));
-            let mut b = if i % 2 == 0 { Builder::v311(&id) } else { Builder::v5(&id) };
+            let mut b = if i % 2 == 0 {
+                Builder::v311(&id)
+            } else {
+                Builder::v5(&id)
+            };
             b.keep_alive = (next() % 65536) as u16;
             b.flags = if next() % 2 == 0 { 0x02 } else { 0x00 };
             if next() % 2 == 0 {
@@ -659,7 +668,8 @@ mod tests {
             let body_at = pkt.len() - pkt[1..].iter().skip_while(|&&c| c & 0x80 != 0).count() + 1;
             let body = &pkt[body_at..];
             if i % 2 == 0 {
-                let (theirs, _) = v3_1_1::Connect::parse(body).expect("reference decoder accepts it");
+                let (theirs, _) =
+                    v3_1_1::Connect::parse(body).expect("reference decoder accepts it");
                 assert_eq!(theirs.client_id(), ours.client_id, "case {i}");
                 assert_eq!(theirs.user_name(), ours.username, "case {i}");
                 assert_eq!(theirs.keep_alive(), ours.keep_alive, "case {i}");

@@ -22,7 +22,12 @@ pub fn disconnect(protocol: ProtocolVersion) -> &'static [u8] {
 
 /// A clean-session CONNECT with the given client id and keep-alive, written
 /// into `out`. Used by active health checks.
-pub fn encode_connect(protocol: ProtocolVersion, client_id: &str, keep_alive: u16, out: &mut Vec<u8>) {
+pub fn encode_connect(
+    protocol: ProtocolVersion,
+    client_id: &str,
+    keep_alive: u16,
+    out: &mut Vec<u8>,
+) {
     let (name, level): (&[u8], u8) = match protocol {
         ProtocolVersion::V31 => (b"MQIsdp", 3),
         ProtocolVersion::V311 => (b"MQTT", 4),
@@ -85,7 +90,11 @@ mod tests {
     #[test]
     fn health_check_connect_is_a_valid_connect() {
         let mut out = Vec::new();
-        for v in [ProtocolVersion::V31, ProtocolVersion::V311, ProtocolVersion::V5] {
+        for v in [
+            ProtocolVersion::V31,
+            ProtocolVersion::V311,
+            ProtocolVersion::V5,
+        ] {
             encode_connect(v, "mqttlb-health-node1", 10, &mut out);
             match peek_connect(&out, 1024) {
                 Ok(Peek::Complete { connect, len }) => {
@@ -103,9 +112,18 @@ mod tests {
     fn connack_parsing() {
         assert_eq!(parse_connack(&[0x20]), Connack::Incomplete);
         assert_eq!(parse_connack(&[0x20, 2, 0, 0]), Connack::Accepted);
-        assert_eq!(parse_connack(&[0x20, 3, 0, 0x87, 0]), Connack::Refused(0x87));
+        assert_eq!(
+            parse_connack(&[0x20, 3, 0, 0x87, 0]),
+            Connack::Refused(0x87)
+        );
         assert_eq!(parse_connack(&[0x30, 2, 0, 0]), Connack::Malformed);
-        assert_eq!(parse_connack(connack_server_unavailable(ProtocolVersion::V311)), Connack::Refused(3));
-        assert_eq!(parse_connack(connack_server_unavailable(ProtocolVersion::V5)), Connack::Refused(0x88));
+        assert_eq!(
+            parse_connack(connack_server_unavailable(ProtocolVersion::V311)),
+            Connack::Refused(3)
+        );
+        assert_eq!(
+            parse_connack(connack_server_unavailable(ProtocolVersion::V5)),
+            Connack::Refused(0x88)
+        );
     }
 }

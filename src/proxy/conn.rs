@@ -117,7 +117,9 @@ async fn serve_client<S>(
         warn!(pool = %pool.name, "no backend available");
         if let Some(protocol) = hello.protocol {
             let _ = timeout(Duration::from_secs(1), async {
-                client.write_all(connack_server_unavailable(protocol)).await?;
+                client
+                    .write_all(connack_server_unavailable(protocol))
+                    .await?;
                 client.shutdown().await
             })
             .await;
@@ -130,7 +132,14 @@ async fn serve_client<S>(
     // One write: PROXY header followed by the bytes already read.
     let mut first = Vec::with_capacity(256 + hello.buffered.len());
     let unique_id = unique_id(ctx.instance_nonce, conn_id);
-    header::encode(pool.proxy_protocol, peer, local, tls.as_ref(), &unique_id, &mut first);
+    header::encode(
+        pool.proxy_protocol,
+        peer,
+        local,
+        tls.as_ref(),
+        &unique_id,
+        &mut first,
+    );
     first.extend_from_slice(&hello.buffered);
     drop(hello.buffered);
     if !first.is_empty() {
@@ -152,7 +161,9 @@ async fn serve_client<S>(
     .await;
     let secs = started.elapsed().as_secs_f64();
     match result {
-        Ok(SpliceEnd::Closed) => debug!(up = moved.upstream, down = moved.downstream, secs, "closed"),
+        Ok(SpliceEnd::Closed) => {
+            debug!(up = moved.upstream, down = moved.downstream, secs, "closed")
+        }
         Ok(SpliceEnd::Idle) => {
             ctx.metrics.rejected("idle_timeout");
             debug!(up = moved.upstream, down = moved.downstream, idle = ?hello.idle, "idle timeout");
@@ -179,7 +190,9 @@ where
     let read = async {
         loop {
             match peek_connect(&buf[..filled], limit) {
-                Ok(Peek::Complete { connect, .. }) => return Ok(connect_hello(ctx, mqtt, connect, tls)),
+                Ok(Peek::Complete { connect, .. }) => {
+                    return Ok(connect_hello(ctx, mqtt, connect, tls));
+                }
                 Ok(Peek::Incomplete(need)) => {
                     if buf.len() < filled + need {
                         buf.resize(filled + need, 0);
@@ -241,23 +254,37 @@ fn connect_hello(
     let key = match ctx.pool.hash_key {
         HashKey::ClientId => Some(connect.client_id.as_bytes().to_vec()),
         HashKey::Username => connect.username.map(|u| u.as_bytes().to_vec()),
-        HashKey::CertCn => tls.and_then(|t| t.client_cn.as_ref()).map(|cn| cn.as_bytes().to_vec()),
+        HashKey::CertCn => tls
+            .and_then(|t| t.client_cn.as_ref())
+            .map(|cn| cn.as_bytes().to_vec()),
     };
-    (connect.protocol, key, idle_timeout(mqtt, connect.keep_alive, ctx.limits.idle_timeout))
+    (
+        connect.protocol,
+        key,
+        idle_timeout(mqtt, connect.keep_alive, ctx.limits.idle_timeout),
+    )
 }
 
 /// The idle timeout for a client: `factor` × its keep-alive, capped; the
 /// listener-wide idle timeout when the client disabled keep-alive.
-pub fn idle_timeout(mqtt: &MqttListenerConfig, keep_alive: u16, no_keepalive: Duration) -> Duration {
+pub fn idle_timeout(
+    mqtt: &MqttListenerConfig,
+    keep_alive: u16,
+    no_keepalive: Duration,
+) -> Duration {
     if keep_alive == 0 {
         return no_keepalive;
     }
-    Duration::from_secs_f64(f64::from(keep_alive) * mqtt.keepalive_factor).min(mqtt.max_idle_timeout)
+    Duration::from_secs_f64(f64::from(keep_alive) * mqtt.keepalive_factor)
+        .min(mqtt.max_idle_timeout)
 }
 
 /// Try candidates in order; each failure counts against the backend's
 /// health (passive check) and the next one is tried.
-async fn connect_backend(ctx: &ListenerCtx, key: Option<&[u8]>) -> Option<(Arc<Backend>, TcpStream)> {
+async fn connect_backend(
+    ctx: &ListenerCtx,
+    key: Option<&[u8]>,
+) -> Option<(Arc<Backend>, TcpStream)> {
     let pool = &ctx.pool;
     for backend in pool.candidates(key) {
         let started = Instant::now();

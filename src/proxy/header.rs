@@ -79,8 +79,12 @@ fn same_family(client: SocketAddr, local: SocketAddr) -> (SocketAddr, SocketAddr
     match (c, l) {
         (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => (c, l),
         // Mixed after canonicalisation: present both as IPv6.
-        (SocketAddr::V4(v4), SocketAddr::V6(_)) => (SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port())), l),
-        (SocketAddr::V6(_), SocketAddr::V4(v4)) => (c, SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port()))),
+        (SocketAddr::V4(v4), SocketAddr::V6(_)) => {
+            (SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port())), l)
+        }
+        (SocketAddr::V6(_), SocketAddr::V4(v4)) => {
+            (c, SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port())))
+        }
     }
 }
 
@@ -103,11 +107,21 @@ mod tests {
         let mut out = Vec::new();
         let client: SocketAddr = "192.0.2.7:51234".parse().unwrap();
         let local: SocketAddr = "198.51.100.1:8883".parse().unwrap();
-        encode(ProxyProtocol::V2, client, local, Some(&tls()), b"0123456789abcdef", &mut out);
+        encode(
+            ProxyProtocol::V2,
+            client,
+            local,
+            Some(&tls()),
+            b"0123456789abcdef",
+            &mut out,
+        );
         let header = ppp::v2::Header::try_from(out.as_slice()).expect("ppp parses our v2 header");
         match header.addresses {
             ppp::v2::Addresses::IPv4(a) => {
-                assert_eq!(a.source_address, "192.0.2.7".parse::<std::net::Ipv4Addr>().unwrap());
+                assert_eq!(
+                    a.source_address,
+                    "192.0.2.7".parse::<std::net::Ipv4Addr>().unwrap()
+                );
                 assert_eq!(a.source_port, 51234);
                 assert_eq!(a.destination_port, 8883);
             }

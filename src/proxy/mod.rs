@@ -92,7 +92,10 @@ impl Proxy {
             .iter()
             .map(|l| {
                 crate::sys::bind_tcp(l.listen, l.backlog).map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("listener {:?} on {}: {e}", l.name, l.listen))
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("listener {:?} on {}: {e}", l.name, l.listen),
+                    )
                 })
             })
             .collect()
@@ -106,7 +109,10 @@ impl Proxy {
         let background = TaskTracker::new();
         let hard_stop = CancellationToken::new();
         let limit = Arc::new(Semaphore::new(
-            self.config.limits.max_connections.min(Semaphore::MAX_PERMITS),
+            self.config
+                .limits
+                .max_connections
+                .min(Semaphore::MAX_PERMITS),
         ));
         for pool in self.pools.values() {
             health::spawn_checks(pool, &background, &shutdown);
@@ -150,8 +156,14 @@ impl Proxy {
         if open > 0 {
             info!(open, timeout = ?self.config.limits.drain_timeout, "draining connections");
         }
-        if tokio::time::timeout(self.config.limits.drain_timeout, conns.wait()).await.is_err() {
-            warn!(open = conns.len(), "drain timeout reached; closing the remaining connections");
+        if tokio::time::timeout(self.config.limits.drain_timeout, conns.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = conns.len(),
+                "drain timeout reached; closing the remaining connections"
+            );
             hard_stop.cancel();
             conns.wait().await;
         }

@@ -105,7 +105,8 @@ impl Half {
         for _ in 0..MAX_READS_PER_POLL {
             // Flush what backpressure left over.
             while self.pos < self.pending.len() {
-                let n = ready!(w.as_mut().poll_write(cx, &self.pending[self.pos..])).map_err(|e| (Side::Write, e))?;
+                let n = ready!(w.as_mut().poll_write(cx, &self.pending[self.pos..]))
+                    .map_err(|e| (Side::Write, e))?;
                 if n == 0 {
                     return Poll::Ready(Err((Side::Write, io::ErrorKind::WriteZero.into())));
                 }
@@ -139,7 +140,10 @@ impl Half {
                 while written < data.len() {
                     match w.as_mut().poll_write(cx, &data[written..]) {
                         Poll::Ready(Ok(0)) => {
-                            return Poll::Ready(Err((Side::Write, io::ErrorKind::WriteZero.into())));
+                            return Poll::Ready(Err((
+                                Side::Write,
+                                io::ErrorKind::WriteZero.into(),
+                            )));
                         }
                         Poll::Ready(Ok(n)) => written += n,
                         Poll::Ready(Err(e)) => return Poll::Ready(Err((Side::Write, e))),
@@ -194,8 +198,12 @@ where
                 &mut this.last_activity,
             ) {
                 Poll::Ready(Ok(())) => this.up.done = true,
-                Poll::Ready(Err((Side::Read, e))) => return Poll::Ready(Err(SpliceError::Client(e))),
-                Poll::Ready(Err((Side::Write, e))) => return Poll::Ready(Err(SpliceError::Backend(e))),
+                Poll::Ready(Err((Side::Read, e))) => {
+                    return Poll::Ready(Err(SpliceError::Client(e)));
+                }
+                Poll::Ready(Err((Side::Write, e))) => {
+                    return Poll::Ready(Err(SpliceError::Backend(e)));
+                }
                 Poll::Pending => {}
             }
         }
@@ -207,8 +215,12 @@ where
                 &mut this.last_activity,
             ) {
                 Poll::Ready(Ok(())) => this.down.done = true,
-                Poll::Ready(Err((Side::Read, e))) => return Poll::Ready(Err(SpliceError::Backend(e))),
-                Poll::Ready(Err((Side::Write, e))) => return Poll::Ready(Err(SpliceError::Client(e))),
+                Poll::Ready(Err((Side::Read, e))) => {
+                    return Poll::Ready(Err(SpliceError::Backend(e)));
+                }
+                Poll::Ready(Err((Side::Write, e))) => {
+                    return Poll::Ready(Err(SpliceError::Client(e)));
+                }
                 Poll::Pending => {}
             }
         }

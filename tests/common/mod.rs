@@ -80,7 +80,9 @@ fn running_as_root() -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+        std::fs::metadata("/proc/self")
+            .map(|m| m.uid() == 0)
+            .unwrap_or(false)
     }
     #[cfg(not(unix))]
     false
@@ -100,7 +102,11 @@ impl Mosquitto {
 
     pub async fn start_on(port: u16) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut m = Mosquitto { port, dir, child: None };
+        let mut m = Mosquitto {
+            port,
+            dir,
+            child: None,
+        };
         m.spawn().await;
         m
     }
@@ -160,7 +166,9 @@ impl Mosquitto {
     /// Whether Mosquitto logged a connection of `client_id`.
     pub fn saw_client(&self, client_id: &str) -> bool {
         let needle = format!(" as {client_id} ");
-        self.log().lines().any(|l| l.contains("New client connected") && l.contains(&needle))
+        self.log()
+            .lines()
+            .any(|l| l.contains("New client connected") && l.contains(&needle))
     }
 
     /// How many connections of `client_id` Mosquitto logged.
@@ -197,7 +205,10 @@ impl ProxyUnderTest {
         let pool_names: Vec<String> = config.pools.keys().cloned().collect();
         let mut registry = Registry::default();
         let proxy = Proxy::build(config, &mut registry).expect("proxy builds");
-        let pools = pool_names.iter().filter_map(|n| proxy.pool(n).cloned()).collect();
+        let pools = pool_names
+            .iter()
+            .filter_map(|n| proxy.pool(n).cloned())
+            .collect();
         let listeners = proxy.bind().expect("bind");
         let addr = listeners[0].local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
@@ -224,7 +235,10 @@ impl ProxyUnderTest {
     pub fn metric(&self, sample: &str) -> f64 {
         let text = mqttlb::metrics::encode(&self.registry);
         text.lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or(0.0)
     }
 
@@ -237,7 +251,12 @@ impl ProxyUnderTest {
 
 /// A TOML config for tests: one TLS MQTT-aware listener "mqtts" on port 0
 /// in front of `servers`, with `extra_pool` and `extra_listener` lines added.
-pub fn config(certs: &Certs, servers: &[(&str, SocketAddr)], extra_listener: &str, extra_pool: &str) -> String {
+pub fn config(
+    certs: &Certs,
+    servers: &[(&str, SocketAddr)],
+    extra_listener: &str,
+    extra_pool: &str,
+) -> String {
     let servers: Vec<String> = servers
         .iter()
         .map(|(name, addr)| format!("{{ name = \"{name}\", addr = \"{addr}\" }}"))
@@ -288,12 +307,15 @@ pub async fn tls_connect(
         .expect("versions")
         .with_root_certificates(roots);
     let config = if with_client_cert {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certs.path("client.pem"))
-            .expect("client cert")
-            .collect::<Result<_, _>>()
-            .expect("client cert");
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(certs.path("client.pem"))
+                .expect("client cert")
+                .collect::<Result<_, _>>()
+                .expect("client cert");
         let key = PrivateKeyDer::from_pem_file(certs.path("client.key")).expect("client key");
-        builder.with_client_auth_cert(chain, key).expect("client auth")
+        builder
+            .with_client_auth_cert(chain, key)
+            .expect("client auth")
     } else {
         builder.with_no_client_auth()
     };
@@ -337,13 +359,18 @@ where
 {
     s.write_all(&connect_packet(level, client_id)).await.ok()?;
     let mut buf = [0u8; 4];
-    tokio::time::timeout(DEADLINE, s.read_exact(&mut buf)).await.ok()?.ok()?;
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
     (buf[0] == 0x20).then_some(buf[3])
 }
 
 /// Run a command with a deadline, returning (status success, stdout).
 pub async fn run(cmd: &mut tokio::process::Command) -> (bool, String) {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     let out = tokio::time::timeout(DEADLINE, cmd.output())
         .await
         .expect("command finished before the deadline")
