@@ -207,7 +207,11 @@ async fn signals(shutdown: CancellationToken) {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // rustls warns about every client that sends an IP address as SNI
+    // (mosquitto_pub -h 127.0.0.1 does): client noise, not an operator's
+    // concern, so rustls logs only errors unless RUST_LOG says otherwise.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rustls=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
