@@ -1,8 +1,10 @@
 //! MQTT wire format: the parts the proxy and the health checker speak.
 //!
 //! Pure and socket-free: [`connect`] peeks at a client's first packet,
-//! [`packets`] encodes the few packets mqttlb itself sends.
+//! [`packets`] encodes the few packets the proxy sends itself, [`codec`] is
+//! the full packet codec of the broker.
 
+pub mod codec;
 pub mod connect;
 pub mod packets;
 
