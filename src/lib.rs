@@ -14,6 +14,9 @@
 //! * [`proxy`] — listeners and accept loops ([`proxy::Proxy`]), the
 //!   connection lifecycle ([`proxy::conn`]), PROXY headers
 //!   ([`proxy::header`]), the splice ([`proxy::splice`]).
+//! * [`broker`] — `mqttlb broker`: a minimal MQTT 3.1.1/5.0 broker,
+//!   sessions, retained messages, and the peer mesh.
+//! * [`demo`] — `mqttlb demo`: meshed nodes and the proxy in one process.
 //! * [`metrics`] — Prometheus metric families on a registry passed down.
 //! * [`certs`] — development certificates (`mqttlb certs`).
 //! * [`sys`] — sockets and resource limits.
@@ -24,8 +27,10 @@
 #![forbid(unsafe_code)]
 
 pub mod balance;
+pub mod broker;
 pub mod certs;
 pub mod config;
+pub mod demo;
 pub mod metrics;
 pub mod mqtt;
 pub mod proxy;

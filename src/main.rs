@@ -5,8 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use mqttlb::broker::Broker;
 use mqttlb::certs::{CLIENT_CN, DevCerts};
+use mqttlb::config::broker::{BrokerConfig, BrokerOverrides};
 use mqttlb::config::{Config, ConfigErrors, Overrides};
+use mqttlb::demo::{Demo, DemoError, DemoOptions};
 use mqttlb::proxy::Proxy;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -47,11 +50,38 @@ enum Command {
         #[arg(long = "host")]
         hosts: Vec<String>,
     },
+    /// Run a minimal MQTT broker node (optionally meshed with peers).
+    Broker(BrokerArgs),
+    /// Start meshed broker nodes and the TLS proxy in front of them, in one process.
+    Demo {
+        /// Broker nodes to start.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Directory for certificates and the generated proxy config.
+        #[arg(long, default_value = "mqttlb-demo")]
+        dir: PathBuf,
+        /// Address of the TLS proxy.
+        #[arg(long, default_value = "127.0.0.1:8883")]
+        listen: std::net::SocketAddr,
+    },
     /// Validate a configuration file: exit 0, or print every problem and exit 64.
     Check {
         #[arg(long)]
         config: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct BrokerArgs {
+    /// Configuration file (TOML, `[broker]` table); flags override its keys.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen address [default: 0.0.0.0:1883].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Another node of the mesh (repeatable); replaces `peers`.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -113,6 +143,8 @@ fn main() -> ExitCode {
             }
         }
         Command::Proxy(args) => run_proxy(args),
+        Command::Broker(args) => run_broker(args),
+        Command::Demo { nodes, dir, listen } => run_demo(DemoOptions { nodes, dir, listen }),
     }
 }
 
@@ -121,6 +153,82 @@ fn config_failure(e: &ConfigErrors) -> ExitCode {
         eprintln!("error: {err}");
     }
     ExitCode::from(EXIT_USAGE)
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            error!(error = %e, "cannot start the runtime");
+            None
+        }
+    }
+}
+
+fn log_nofile() {
+    match mqttlb::sys::raise_nofile() {
+        Ok(l) => info!(
+            soft_before = l.soft_before,
+            soft = l.soft,
+            hard = l.hard,
+            "open-file limit"
+        ),
+        Err(e) => warn!(error = %e, "could not raise the open-file limit"),
+    }
+}
+
+fn run_broker(args: BrokerArgs) -> ExitCode {
+    let overrides = BrokerOverrides {
+        listen: args.listen,
+        peers: args.peers,
+    };
+    let config = match BrokerConfig::load(args.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => return config_failure(&e),
+    };
+    log_nofile();
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async move {
+        let listener = match mqttlb::sys::bind_tcp(config.listen, 1024) {
+            Ok(l) => l,
+            Err(e) => {
+                error!(addr = %config.listen, error = %e, "cannot bind");
+                return ExitCode::FAILURE;
+            }
+        };
+        let broker = Broker::new(config, &mut Registry::default());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        mqttlb::broker::serve(broker, listener, shutdown).await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn run_demo(opts: DemoOptions) -> ExitCode {
+    log_nofile();
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let demo = match Demo::start(&opts, shutdown.clone()).await {
+            Ok(d) => d,
+            Err(DemoError::Config(e)) => return config_failure(&e),
+            Err(e) => {
+                error!(error = %e, "cannot start the demo");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("{}", demo.instructions());
+        tokio::spawn(signals(shutdown));
+        demo.wait().await;
+        ExitCode::SUCCESS
+    })
 }
 
 fn run_proxy(args: ProxyArgs) -> ExitCode {
@@ -137,29 +245,14 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_failure(&e),
     };
-    match mqttlb::sys::raise_nofile() {
-        Ok(l) => info!(
-            soft_before = l.soft_before,
-            soft = l.soft,
-            hard = l.hard,
-            "open-file limit"
-        ),
-        Err(e) => warn!(error = %e, "could not raise the open-file limit"),
-    }
+    log_nofile();
     let mut registry = Registry::default();
     let proxy = match Proxy::build(config, &mut registry) {
         Ok(p) => p,
         Err(e) => return config_failure(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            error!(error = %e, "cannot start the runtime");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
         let listeners = match proxy.bind() {

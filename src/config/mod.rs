@@ -6,6 +6,7 @@
 //! reported with the file, the key path and the reason; conversion does not
 //! stop at the first one, so `mqttlb check` can print them all.
 
+pub mod broker;
 pub mod raw;
 
 use std::collections::BTreeMap;
@@ -299,7 +300,7 @@ impl Config {
                         reason: format!("cannot read: {e}"),
                     }])
                 })?;
-                let raw = parse_toml(&source, &text)?;
+                let raw = parse_toml::<RawConfig>(&source, &text)?;
                 (source, raw)
             }
             None => ("<command line>".to_string(), RawConfig::default()),
@@ -378,7 +379,10 @@ impl Config {
 }
 
 /// Parse TOML into raw structs; errors carry the key path and line.
-pub fn parse_toml(source: &str, text: &str) -> Result<RawConfig, ConfigErrors> {
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    source: &str,
+    text: &str,
+) -> Result<T, ConfigErrors> {
     let fail = |key: String, reason: String| {
         ConfigErrors(vec![ConfigError {
             file: source.to_string(),

@@ -493,7 +493,13 @@ impl Reader {
             let id = r.varint()?;
             // A property other than user properties and subscription
             // identifiers may appear only once [MQTT-2.2.2-…].
-            let dup = |set: bool| if set { Err(DecodeError::BadProperties) } else { Ok(()) };
+            let dup = |set: bool| {
+                if set {
+                    Err(DecodeError::BadProperties)
+                } else {
+                    Ok(())
+                }
+            };
             match id {
                 0x01 => {
                     dup(p.payload_format.is_some())?;
@@ -1028,7 +1034,10 @@ mod tests {
     fn malformed_packets_are_refused() {
         let cases: &[(&[u8], DecodeError)] = &[
             (&[0x36, 0x03, 0x00, 0x01, b'a'], DecodeError::BadQos),
-            (&[0x32, 0x05, 0x00, 0x01, b'a', 0x00, 0x00], DecodeError::ZeroPacketId),
+            (
+                &[0x32, 0x05, 0x00, 0x01, b'a', 0x00, 0x00],
+                DecodeError::ZeroPacketId,
+            ),
             (&[0x80, 0x00], DecodeError::BadFlags),
             (&[0x82, 0x02, 0x00, 0x01], DecodeError::EmptySubscription),
             (&[0x30, 0x03, 0x00, 0x05, b'a'], DecodeError::Truncated),
@@ -1044,7 +1053,9 @@ mod tests {
             );
         }
         // Duplicate single-valued property.
-        let dup = [0x30, 0x09, 0x00, 0x01, b'a', 0x04, 0x01, 0x00, 0x01, 0x01, b'x'];
+        let dup = [
+            0x30, 0x09, 0x00, 0x01, b'a', 0x04, 0x01, 0x00, 0x01, 0x01, b'x',
+        ];
         assert_eq!(
             decode(Bytes::copy_from_slice(&dup), V5),
             Err(DecodeError::BadProperties)

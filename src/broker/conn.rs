@@ -1,0 +1,899 @@
+//! One client connection of the broker, from accept to close.
+//!
+//! PROXY header (if configured) → CONNECT under `connect_timeout` → session
+//! attach (takeover, clean start, resume with redelivery) → CONNACK → one
+//! loop that `select!`s over: bytes from the client, room in the socket
+//! for queued bytes, new deliveries in the session queue, the keep-alive
+//! deadline, a kick (takeover, slow consumer) and shutdown → detach
+//! (will, session expiry).
+//!
+//! Cancel-safety: every branch of the loop's `select!` is cancel safe —
+//! `read_buf` and `write` on a TCP half either complete or do nothing,
+//! `Notified`, `sleep_until` and `cancelled` only wait.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, field, info};
+
+use super::router::Sub;
+use super::session::{Attached, Delivery, Inflight, NEVER_EXPIRES, Session, kick};
+use super::topic;
+use super::{Broker, Message};
+use crate::config::broker::ProxyIn;
+use crate::mqtt::ProtocolVersion;
+use crate::mqtt::codec::{
+    self, AckKind, ConnectPacket, DecodeError, Packet, Properties, PublishPacket, Will,
+};
+
+/// Stop pulling from the session queue while this much is unwritten.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+const READ_CHUNK: usize = 4 * 1024;
+
+/// Reason codes used below (MQTT 5; 3.1.1 clients just see the close).
+mod rc {
+    pub const NORMAL: u8 = 0x00;
+    pub const DISCONNECT_WITH_WILL: u8 = 0x04;
+    pub const NO_SUBSCRIPTION: u8 = 0x11;
+    pub const UNSPECIFIED: u8 = 0x80;
+    pub const MALFORMED: u8 = 0x81;
+    pub const PROTOCOL_ERROR: u8 = 0x82;
+    pub const NOT_AUTHORIZED: u8 = 0x87;
+    pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8d;
+    pub const TOPIC_FILTER_INVALID: u8 = 0x8f;
+    pub const TOPIC_NAME_INVALID: u8 = 0x90;
+    pub const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
+    pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
+    pub const PACKET_TOO_LARGE: u8 = 0x95;
+}
+
+/// How the client left.
+enum End {
+    /// DISCONNECT received (reason code).
+    Disconnect(u8),
+    /// Closed, errored, timed out, protocol error: the will is published.
+    Abnormal(&'static str),
+    /// Kicked by the broker with this reason code.
+    Kicked(u8),
+}
+
+pub async fn handle(
+    broker: Arc<Broker>,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::info_span!(
+        "mqtt",
+        node = %broker.config.node_name,
+        client.addr = %addr,
+        proxied.addr = field::Empty,
+        client_id = field::Empty
+    );
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let (mut rd, mut wr) = tcp.into_split();
+        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        let deadline = Instant::now() + broker.config.connect_timeout;
+        let cn = match read_proxy_header(&broker, &mut rd, &mut rbuf, deadline).await {
+            Ok(cn) => cn,
+            Err(reason) => {
+                broker.metrics.rejected(reason);
+                debug!(reason, "closed before CONNECT");
+                return;
+            }
+        };
+        let connect = match read_connect(&broker, &mut rd, &mut rbuf, deadline).await {
+            Ok(c) => c,
+            Err(reason) => {
+                broker.metrics.rejected(reason);
+                debug!(reason, "closed before CONNECT");
+                return;
+            }
+        };
+        let mut connect = *connect;
+        if broker.config.cn_as_username {
+            if let Some(cn) = cn {
+                connect.username = Some(cn);
+            }
+        }
+        run(broker, connect, rd, &mut wr, rbuf, shutdown).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Read an optional or required PROXY v1/v2 header. Returns the client
+/// certificate CN from a v2 SSL TLV, if any.
+async fn read_proxy_header(
+    broker: &Broker,
+    rd: &mut OwnedReadHalf,
+    rbuf: &mut BytesMut,
+    deadline: Instant,
+) -> Result<Option<String>, &'static str> {
+    use proxy_header::{Error, ParseConfig, ProxyHeader};
+    let mode = broker.config.proxy_protocol;
+    if mode == ProxyIn::Off {
+        return Ok(None);
+    }
+    loop {
+        if !rbuf.is_empty() {
+            let looks_like_proxy = match rbuf[0] {
+                b'P' => b"PROXY ".starts_with(&rbuf[..rbuf.len().min(6)]),
+                b'\r' => b"\r\n\r\n\0\r\nQUIT\n".starts_with(&rbuf[..rbuf.len().min(12)]),
+                _ => false,
+            };
+            if !looks_like_proxy {
+                return match mode {
+                    ProxyIn::Required => Err("proxy_header_missing"),
+                    _ => Ok(None),
+                };
+            }
+            match ProxyHeader::parse(&rbuf[..], ParseConfig::default()) {
+                Ok((h, used)) => {
+                    if let Some(a) = h.proxied_address() {
+                        tracing::Span::current().record("proxied.addr", field::display(a.source));
+                    }
+                    let cn = h.ssl().and_then(|s| s.cn().map(str::to_owned));
+                    rbuf.advance(used);
+                    return Ok(cn);
+                }
+                Err(Error::BufferTooShort) if rbuf.len() < 536 => {}
+                Err(_) => return Err("proxy_header_invalid"),
+            }
+        }
+        match timeout_at(deadline, rd.read_buf(rbuf)).await {
+            Some(Ok(0)) | Some(Err(_)) => return Err("closed_before_connect"),
+            Some(Ok(_)) => {}
+            None => return Err("connect_timeout"),
+        }
+    }
+}
+
+async fn timeout_at<F: std::future::Future>(deadline: Instant, f: F) -> Option<F::Output> {
+    tokio::time::timeout_at(deadline, f).await.ok()
+}
+
+async fn read_connect(
+    broker: &Broker,
+    rd: &mut OwnedReadHalf,
+    rbuf: &mut BytesMut,
+    deadline: Instant,
+) -> Result<Box<ConnectPacket>, &'static str> {
+    loop {
+        match codec::frame_len(rbuf, broker.config.max_packet_size) {
+            Ok(Some(n)) => {
+                let frame = rbuf.split_to(n).freeze();
+                return match codec::decode(frame, ProtocolVersion::V311) {
+                    Ok(Packet::Connect(c)) => Ok(c),
+                    Ok(_) => Err("not_connect"),
+                    Err(DecodeError::UnsupportedProtocol) => Err("unsupported_protocol"),
+                    Err(_) => Err("malformed_connect"),
+                };
+            }
+            Ok(None) => {}
+            Err(DecodeError::TooLarge { .. }) => return Err("connect_too_large"),
+            Err(_) => return Err("malformed_connect"),
+        }
+        if rbuf.first().is_some_and(|&b| b != 0x10) {
+            return Err("not_connect");
+        }
+        match timeout_at(deadline, rd.read_buf(rbuf)).await {
+            Some(Ok(0)) | Some(Err(_)) => return Err("closed_before_connect"),
+            Some(Ok(_)) => {}
+            None => return Err("connect_timeout"),
+        }
+    }
+}
+
+/// Per-connection state of the loop.
+struct Conn {
+    broker: Arc<Broker>,
+    session: Arc<Session>,
+    generation: u64,
+    protocol: ProtocolVersion,
+    client_id: String,
+    /// Client's receive maximum: our outbound QoS 1/2 window.
+    client_receive_max: usize,
+    client_max_packet: usize,
+    /// Client → broker topic aliases.
+    aliases: HashMap<u16, String>,
+    wbuf: BytesMut,
+    will: Option<Will>,
+}
+
+async fn run(
+    broker: Arc<Broker>,
+    connect: ConnectPacket,
+    mut rd: OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    mut rbuf: BytesMut,
+    shutdown: CancellationToken,
+) {
+    let protocol = connect.protocol;
+    let v5 = protocol == ProtocolVersion::V5;
+    let mut wbuf = BytesMut::new();
+
+    // Client id: 3.x requires one for persistent sessions; 5.0 gets one.
+    let mut assigned = None;
+    let client_id = if connect.client_id.is_empty() {
+        if !v5 && !connect.clean {
+            broker.metrics.rejected("identifier_rejected");
+            codec::encode(
+                &connack(false, 0x02, Properties::default()),
+                protocol,
+                &mut wbuf,
+            );
+            let _ = wr.write_all(&wbuf).await;
+            return;
+        }
+        let id = broker.assign_client_id();
+        assigned = Some(id.clone());
+        id
+    } else {
+        connect.client_id.clone()
+    };
+    tracing::Span::current().record("client_id", client_id.as_str());
+    if let Some(w) = &connect.will {
+        if topic::validate_name(&w.topic).is_err() {
+            broker.metrics.rejected("bad_will_topic");
+            let code = if v5 { rc::TOPIC_NAME_INVALID } else { 0x02 };
+            codec::encode(
+                &connack(false, code, Properties::default()),
+                protocol,
+                &mut wbuf,
+            );
+            let _ = wr.write_all(&wbuf).await;
+            return;
+        }
+    }
+    let expiry = if v5 {
+        connect.props.session_expiry.unwrap_or(0)
+    } else if connect.clean {
+        0
+    } else {
+        NEVER_EXPIRES
+    };
+
+    let kick_token = CancellationToken::new();
+    let kick_reason = Arc::new(AtomicU8::new(0));
+    let (session, generation, session_present) = attach(
+        &broker,
+        &client_id,
+        connect.clean,
+        protocol,
+        expiry,
+        &kick_token,
+        &kick_reason,
+    );
+
+    let mut props = Properties::default();
+    if v5 {
+        props.receive_maximum = Some(broker.config.receive_maximum);
+        props.topic_alias_maximum = Some(broker.config.topic_alias_maximum);
+        props.maximum_packet_size = Some(broker.config.max_packet_size as u32);
+        props.retain_available = Some(1);
+        props.wildcard_sub_available = Some(1);
+        props.sub_id_available = Some(1);
+        props.shared_sub_available = Some(1);
+        props.assigned_client_id = assigned;
+    }
+    codec::encode(&connack(session_present, 0, props), protocol, &mut wbuf);
+    debug!(
+        protocol = protocol.as_str(),
+        clean = connect.clean,
+        keep_alive = connect.keep_alive,
+        session_present,
+        "client connected"
+    );
+
+    let mut c = Conn {
+        broker: broker.clone(),
+        session: session.clone(),
+        generation,
+        protocol,
+        client_id,
+        client_receive_max: usize::from(connect.props.receive_maximum.unwrap_or(u16::MAX)),
+        client_max_packet: connect
+            .props
+            .maximum_packet_size
+            .map_or(usize::MAX, |m| m as usize),
+        aliases: HashMap::new(),
+        wbuf,
+        will: connect.will,
+    };
+    c.redeliver();
+
+    let keep_alive = (connect.keep_alive > 0).then(|| {
+        Duration::from_secs_f64(f64::from(connect.keep_alive) * broker.config.keepalive_factor)
+    });
+    let mut last_heard = Instant::now();
+    let far = Duration::from_secs(86400 * 365);
+    let end = loop {
+        c.fill();
+        // Packets already buffered (pipelined after CONNECT, or several per
+        // read) are handled before waiting again.
+        match c.handle_buffered(&mut rbuf) {
+            Ok(None) => {}
+            Ok(Some(end)) => break end,
+            Err(end) => break end,
+        }
+        let ka_deadline = last_heard + keep_alive.unwrap_or(far);
+        tokio::select! {
+            r = rd.read_buf(&mut rbuf) => match r {
+                Ok(0) => break End::Abnormal("closed"),
+                Ok(_) => last_heard = Instant::now(),
+                Err(_) => break End::Abnormal("read_error"),
+            },
+            r = wr.write(&c.wbuf), if !c.wbuf.is_empty() => match r {
+                Ok(n) => c.wbuf.advance(n),
+                Err(_) => break End::Abnormal("write_error"),
+            },
+            _ = session.notify.notified(), if c.wbuf.len() < WRITE_HIGH_WATER => {}
+            _ = sleep_until(ka_deadline) => {
+                c.disconnect_packet(rc::KEEP_ALIVE_TIMEOUT);
+                break End::Abnormal("keep_alive_timeout");
+            }
+            _ = kick_token.cancelled() => break End::Kicked(kick_reason.load(Ordering::Relaxed)),
+            _ = shutdown.cancelled() => break End::Kicked(kick::SERVER_SHUTTING_DOWN),
+        }
+    };
+    if let End::Kicked(code) = end {
+        c.disconnect_packet(code);
+    }
+    // Best effort: flush what is queued (e.g. a DISCONNECT), bounded.
+    if !c.wbuf.is_empty() {
+        let _ = timeout(Duration::from_secs(1), wr.write_all(&c.wbuf)).await;
+    }
+    let _ = wr.shutdown().await;
+    c.detach(end);
+}
+
+fn connack(session_present: bool, code: u8, props: Properties) -> Packet {
+    Packet::Connack {
+        session_present,
+        code,
+        props,
+    }
+}
+
+/// Find or create the session, kick a connection holding it, attach.
+/// Returns the session, this connection's generation and "session present".
+fn attach(
+    broker: &Broker,
+    client_id: &str,
+    clean: bool,
+    protocol: ProtocolVersion,
+    expiry: u32,
+    kick_token: &CancellationToken,
+    kick_reason: &Arc<AtomicU8>,
+) -> (Arc<Session>, u64, bool) {
+    let mut sessions = broker.sessions();
+    let existing = sessions.get(client_id).cloned();
+    if let Some(old) = &existing {
+        if let Some(a) = old.lock().attached.take() {
+            info!(client_id, "session taken over by a new connection");
+            a.kick(kick::SESSION_TAKEN_OVER);
+        }
+    }
+    let (session, present) = match existing {
+        Some(s) if !clean => (s, true),
+        old => {
+            if let Some(old) = old {
+                let filters: Vec<String> = old.lock().subscriptions.keys().cloned().collect();
+                let mut r = broker.router();
+                for f in filters {
+                    r.unsubscribe(client_id, &f);
+                }
+            }
+            let s = Arc::new(Session::new(client_id.to_string(), protocol));
+            sessions.insert(client_id.to_string(), s.clone());
+            (s, false)
+        }
+    };
+    let generation = {
+        let mut st = session.lock();
+        st.generation += 1;
+        st.protocol = protocol;
+        st.expiry = expiry;
+        st.attached = Some(Attached {
+            generation: st.generation,
+            kick: kick_token.clone(),
+            kick_reason: kick_reason.clone(),
+        });
+        st.generation
+    };
+    let n = sessions.len();
+    drop(sessions);
+    broker.update_gauges(n);
+    (session, generation, present)
+}
+
+impl Conn {
+    fn v5(&self) -> bool {
+        self.protocol == ProtocolVersion::V5
+    }
+
+    fn send(&mut self, p: &Packet) {
+        codec::encode(p, self.protocol, &mut self.wbuf);
+    }
+
+    fn disconnect_packet(&mut self, code: u8) {
+        if self.v5() {
+            self.send(&Packet::Disconnect {
+                code,
+                props: Properties::default(),
+            });
+        }
+    }
+
+    /// On resume: resend unacknowledged PUBLISH (DUP) and PUBREL.
+    fn redeliver(&mut self) {
+        let inflight: Vec<(u16, Inflight)> = {
+            let st = self.session.lock();
+            st.inflight.iter().map(|(k, v)| (*k, v.clone())).collect()
+        };
+        for (pkid, f) in inflight {
+            match f {
+                Inflight::Publish(d) => {
+                    let p = self.publish_packet(&d, pkid, true);
+                    self.send(&p);
+                }
+                Inflight::Released => self.send(&ack(AckKind::Pubrel, pkid, 0)),
+            }
+        }
+    }
+
+    fn publish_packet(&self, d: &Delivery, pkid: u16, dup: bool) -> Packet {
+        let mut props = if self.v5() {
+            d.msg.props_now()
+        } else {
+            Properties::default()
+        };
+        if self.v5() {
+            props.subscription_ids = d.sub_ids.clone();
+        }
+        Packet::Publish(PublishPacket {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic: d.msg.topic.clone(),
+            pkid,
+            props,
+            payload: d.msg.payload.clone(),
+        })
+    }
+
+    /// Move deliveries from the session queue into the write buffer while
+    /// the socket keeps up and the client's receive window allows.
+    fn fill(&mut self) {
+        while self.wbuf.len() < WRITE_HIGH_WATER {
+            let next = {
+                let mut st = self.session.lock();
+                let window_full = st.inflight.len() >= self.client_receive_max;
+                match st.queue.front() {
+                    None => None,
+                    Some(d) if d.qos > 0 && window_full => None,
+                    Some(_) => {
+                        let d = st.queue.pop_front();
+                        d.map(|d| {
+                            let pkid = if d.qos > 0 { st.next_pkid() } else { Some(0) };
+                            if let Some(id) = pkid.filter(|id| *id > 0) {
+                                st.inflight.insert(id, Inflight::Publish(d.clone()));
+                            }
+                            (d, pkid)
+                        })
+                    }
+                }
+            };
+            let Some((d, pkid)) = next else { return };
+            if d.msg.expired() {
+                self.forget(pkid);
+                self.broker.metrics.dropped("expired");
+                continue;
+            }
+            let Some(pkid) = pkid else {
+                self.broker.metrics.dropped("no_packet_id");
+                continue;
+            };
+            let p = self.publish_packet(&d, pkid, false);
+            if self.client_max_packet != usize::MAX
+                && codec::encoded_len(&p, self.protocol) > self.client_max_packet
+            {
+                self.forget(Some(pkid));
+                self.broker.metrics.dropped("too_large_for_client");
+                continue;
+            }
+            self.send(&p);
+            self.broker.metrics.messages_sent.inc();
+        }
+    }
+
+    fn forget(&self, pkid: Option<u16>) {
+        if let Some(id) = pkid.filter(|id| *id > 0) {
+            self.session.lock().inflight.remove(&id);
+        }
+    }
+
+    /// Handle every complete packet in `rbuf`. `Ok(Some(end))` when the
+    /// client disconnected; `Err(end)` on a protocol error.
+    fn handle_buffered(&mut self, rbuf: &mut BytesMut) -> Result<Option<End>, End> {
+        loop {
+            let n = match codec::frame_len(rbuf, self.broker.config.max_packet_size) {
+                Ok(Some(n)) => n,
+                Ok(None) => return Ok(None),
+                Err(DecodeError::TooLarge { .. }) => {
+                    self.disconnect_packet(rc::PACKET_TOO_LARGE);
+                    return Err(End::Abnormal("packet_too_large"));
+                }
+                Err(_) => {
+                    self.disconnect_packet(rc::MALFORMED);
+                    return Err(End::Abnormal("malformed"));
+                }
+            };
+            let frame = rbuf.split_to(n).freeze();
+            let packet = match codec::decode(frame, self.protocol) {
+                Ok(p) => p,
+                Err(e) => {
+                    debug!(error = %e, "malformed packet");
+                    self.disconnect_packet(rc::MALFORMED);
+                    return Err(End::Abnormal("malformed"));
+                }
+            };
+            if let Some(end) = self.packet(packet)? {
+                return Ok(Some(end));
+            }
+        }
+    }
+
+    fn protocol_error(&mut self, why: &'static str) -> End {
+        debug!(why, "protocol error");
+        self.disconnect_packet(rc::PROTOCOL_ERROR);
+        End::Abnormal(why)
+    }
+
+    fn packet(&mut self, p: Packet) -> Result<Option<End>, End> {
+        match p {
+            Packet::Publish(p) => self.publish(p)?,
+            Packet::Ack { kind, pkid, .. } => match kind {
+                AckKind::Puback | AckKind::Pubcomp => {
+                    self.session.lock().inflight.remove(&pkid);
+                    self.session.notify.notify_one();
+                }
+                AckKind::Pubrec => {
+                    let known = {
+                        let mut st = self.session.lock();
+                        match st.inflight.get_mut(&pkid) {
+                            Some(f) => {
+                                *f = Inflight::Released;
+                                true
+                            }
+                            None => false,
+                        }
+                    };
+                    let code = if known { 0 } else { 0x92 };
+                    self.send(&ack(
+                        AckKind::Pubrel,
+                        pkid,
+                        if self.v5() { code } else { 0 },
+                    ));
+                }
+                AckKind::Pubrel => {
+                    let known = self.session.lock().incoming_qos2.remove(&pkid);
+                    let code = if known || !self.v5() { 0 } else { 0x92 };
+                    self.send(&ack(AckKind::Pubcomp, pkid, code));
+                }
+            },
+            Packet::Subscribe {
+                pkid,
+                filters,
+                props,
+            } => self.subscribe(pkid, filters, props.subscription_ids.first().copied()),
+            Packet::Unsubscribe { pkid, filters, .. } => {
+                let mut codes = Vec::with_capacity(filters.len());
+                {
+                    let mut st = self.session.lock();
+                    let mut r = self.broker.router();
+                    for f in &filters {
+                        let existed = st.subscriptions.remove(f).is_some();
+                        r.unsubscribe(&self.client_id, f);
+                        codes.push(if existed {
+                            rc::NORMAL
+                        } else {
+                            rc::NO_SUBSCRIPTION
+                        });
+                    }
+                }
+                self.broker.update_gauges(self.broker.sessions().len());
+                self.send(&Packet::Unsuback {
+                    pkid,
+                    codes,
+                    props: Properties::default(),
+                });
+            }
+            Packet::Pingreq => self.send(&Packet::Pingresp),
+            Packet::Disconnect { code, props } => {
+                if let Some(e) = props.session_expiry {
+                    self.session.lock().expiry = e;
+                }
+                return Ok(Some(End::Disconnect(code)));
+            }
+            Packet::Connect(_) => return Err(self.protocol_error("second_connect")),
+            _ => return Err(self.protocol_error("unexpected_packet")),
+        }
+        Ok(None)
+    }
+
+    fn publish(&mut self, mut p: PublishPacket) -> Result<(), End> {
+        self.broker.metrics.messages_received.inc();
+        if let Some(alias) = p.props.topic_alias.take() {
+            if alias == 0 || alias > self.broker.config.topic_alias_maximum {
+                self.disconnect_packet(rc::TOPIC_ALIAS_INVALID);
+                return Err(End::Abnormal("topic_alias_invalid"));
+            }
+            if p.topic.is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => return Err(self.protocol_error("unknown_topic_alias")),
+                }
+            } else {
+                self.aliases.insert(alias, p.topic.clone());
+            }
+        }
+        if topic::validate_name(&p.topic).is_err() {
+            self.disconnect_packet(rc::TOPIC_NAME_INVALID);
+            return Err(End::Abnormal("topic_name_invalid"));
+        }
+        p.props.subscription_ids.clear();
+        match p.qos {
+            0 => self.route(p),
+            1 => {
+                let pkid = p.pkid;
+                self.route(p);
+                self.send(&ack(AckKind::Puback, pkid, 0));
+            }
+            _ => {
+                let pkid = p.pkid;
+                let fresh = {
+                    let mut st = self.session.lock();
+                    if !st.incoming_qos2.contains(&pkid)
+                        && st.incoming_qos2.len() >= usize::from(self.broker.config.receive_maximum)
+                    {
+                        None
+                    } else {
+                        Some(st.incoming_qos2.insert(pkid))
+                    }
+                };
+                match fresh {
+                    None => {
+                        self.disconnect_packet(rc::RECEIVE_MAXIMUM_EXCEEDED);
+                        return Err(End::Abnormal("receive_maximum_exceeded"));
+                    }
+                    // A retransmission (DUP) of a QoS 2 message already
+                    // routed: acknowledge again, do not deliver twice.
+                    Some(false) => {}
+                    Some(true) => self.route(p),
+                }
+                self.send(&ack(AckKind::Pubrec, pkid, 0));
+            }
+        }
+        Ok(())
+    }
+
+    fn route(&self, p: PublishPacket) {
+        let expires_at = p
+            .props
+            .message_expiry
+            .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
+        self.broker.publish(Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            props: p.props,
+            expires_at,
+            origin: Some(self.client_id.clone()),
+            from_peer: false,
+        });
+    }
+
+    fn subscribe(&mut self, pkid: u16, filters: Vec<(String, codec::SubOptions)>, id: Option<u32>) {
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut retained = Vec::new();
+        for (filter, opts) in filters {
+            let shared = topic::parse_shared(&filter);
+            let inner = match &shared {
+                Ok(Some((_, inner))) => Some(*inner),
+                Ok(None) => topic::validate_filter(&filter)
+                    .ok()
+                    .map(|()| filter.as_str()),
+                Err(_) => None,
+            };
+            let Some(inner) = inner else {
+                codes.push(if self.v5() {
+                    rc::TOPIC_FILTER_INVALID
+                } else {
+                    rc::UNSPECIFIED
+                });
+                continue;
+            };
+            if self
+                .broker
+                .config
+                .deny_subscribe
+                .iter()
+                .any(|d| topic::matches(d, inner) || d == inner)
+            {
+                info!(filter = %filter, "subscription denied by configuration");
+                codes.push(if self.v5() {
+                    rc::NOT_AUTHORIZED
+                } else {
+                    rc::UNSPECIFIED
+                });
+                continue;
+            }
+            let is_shared = matches!(shared, Ok(Some(_)));
+            if is_shared && opts.no_local {
+                codes.push(rc::PROTOCOL_ERROR);
+                continue;
+            }
+            let existed = {
+                let mut st = self.session.lock();
+                st.subscriptions
+                    .insert(filter.clone(), (opts, id))
+                    .is_some()
+            };
+            self.broker
+                .router()
+                .subscribe(&self.client_id, &filter, Sub { opts, id });
+            codes.push(opts.qos);
+            let send_retained = !is_shared
+                && match opts.retain_handling {
+                    0 => true,
+                    1 => !existed,
+                    _ => false,
+                };
+            if send_retained {
+                for m in self.broker.router().retained_for(inner) {
+                    retained.push(Delivery {
+                        qos: m.qos.min(opts.qos),
+                        msg: m,
+                        retain: true,
+                        sub_ids: id.into_iter().collect(),
+                    });
+                }
+            }
+        }
+        self.broker.update_gauges(self.broker.sessions().len());
+        self.send(&Packet::Suback {
+            pkid,
+            codes,
+            props: Properties::default(),
+        });
+        let cap = self.broker.config.max_queued_messages;
+        for d in retained {
+            if let super::session::Enqueued::Dropped(reason) = self.session.enqueue(d, cap) {
+                self.broker.metrics.dropped(reason);
+            }
+        }
+    }
+
+    /// After the loop: will, then keep or drop the session.
+    fn detach(self, end: End) {
+        let (publish_will, label) = match &end {
+            End::Disconnect(code) => (*code == rc::DISCONNECT_WITH_WILL, "disconnect"),
+            End::Abnormal(why) => (true, *why),
+            End::Kicked(code) => (*code != kick::SERVER_SHUTTING_DOWN, "kicked"),
+        };
+        debug!(reason = label, "client disconnected");
+        let broker = self.broker;
+        let (still_ours, expiry) = {
+            let mut st = self.session.lock();
+            let ours = st
+                .attached
+                .as_ref()
+                .is_some_and(|a| a.generation == self.generation);
+            if ours {
+                st.attached = None;
+            }
+            (ours, st.expiry)
+        };
+        if publish_will {
+            if let Some(w) = self.will {
+                let delay = w.props.will_delay.unwrap_or(0).min(expiry);
+                let msg = will_message(w, &self.client_id);
+                if delay == 0 || !still_ours {
+                    broker.publish(msg);
+                } else {
+                    // MQTT 5 will delay: not sent if the session resumes
+                    // before the delay runs out.
+                    let session = self.session.clone();
+                    let generation = self.generation;
+                    let b = broker.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                        if session.lock().generation == generation {
+                            b.publish(msg);
+                        }
+                    });
+                }
+            }
+        }
+        if !still_ours {
+            return;
+        }
+        if expiry == 0 {
+            remove_session(&broker, &self.session, self.generation);
+        } else if expiry != NEVER_EXPIRES {
+            let session = self.session.clone();
+            let generation = self.generation;
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+                remove_session(&broker, &session, generation);
+            });
+        }
+    }
+}
+
+/// Remove `session` if no connection attached after `generation`.
+fn remove_session(broker: &Broker, session: &Arc<Session>, generation: u64) {
+    let mut sessions = broker.sessions();
+    let filters: Vec<String> = {
+        let st = session.lock();
+        if st.generation != generation || st.attached.is_some() {
+            return;
+        }
+        st.subscriptions.keys().cloned().collect()
+    };
+    if sessions
+        .get(&session.client_id)
+        .is_some_and(|s| Arc::ptr_eq(s, session))
+    {
+        sessions.remove(&session.client_id);
+    }
+    {
+        let mut r = broker.router();
+        for f in filters {
+            r.unsubscribe(&session.client_id, &f);
+        }
+    }
+    let n = sessions.len();
+    drop(sessions);
+    broker.update_gauges(n);
+}
+
+fn will_message(w: Will, client_id: &str) -> Message {
+    let mut props = w.props;
+    props.will_delay = None;
+    let expires_at = props
+        .message_expiry
+        .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
+    Message {
+        topic: w.topic,
+        payload: w.payload,
+        qos: w.qos,
+        retain: w.retain,
+        props,
+        expires_at,
+        origin: Some(client_id.to_string()),
+        from_peer: false,
+    }
+}
+
+fn ack(kind: AckKind, pkid: u16, code: u8) -> Packet {
+    Packet::Ack {
+        kind,
+        pkid,
+        code,
+        props: Properties::default(),
+    }
+}

@@ -1,0 +1,340 @@
+//! `mqttlb broker`: a minimal MQTT 3.1/3.1.1/5.0 broker and its peer mesh.
+//!
+//! * [`topic`] — topic names and filters (pure).
+//! * [`router`] — subscriptions, shared groups and retained messages (pure).
+//! * [`session`] — per-client-id state: queue, in-flight QoS 1/2, expiry.
+//! * [`conn`] — one client connection: CONNECT, packets, keep-alive, will.
+//! * [`peer`] — mesh links to other nodes.
+//!
+//! Shared state is two short locks (the session table and the router) and
+//! one lock per session; no lock is held across an `.await`.
+
+pub mod conn;
+pub mod peer;
+pub mod router;
+pub mod session;
+pub mod topic;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use bytes::Bytes;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::broker::BrokerConfig;
+use crate::mqtt::codec::Properties;
+use router::Router;
+use session::{Delivery, Enqueued, Session};
+
+/// A published message as the broker keeps it: shared by every delivery.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    /// MQTT 5 publish properties, forwarded unchanged (topic alias and
+    /// subscription identifiers removed: they are per connection).
+    pub props: Properties,
+    /// When message expiry runs out.
+    pub expires_at: Option<Instant>,
+    /// Publishing client id (for "no local").
+    pub origin: Option<String>,
+    /// Received over a mesh link: not forwarded to other peers.
+    pub from_peer: bool,
+}
+
+impl Message {
+    pub fn new(topic: String, payload: Bytes, qos: u8, retain: bool) -> Message {
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            props: Properties::default(),
+            expires_at: None,
+            origin: None,
+            from_peer: false,
+        }
+    }
+
+    pub fn expired(&self) -> bool {
+        self.expires_at.is_some_and(|t| Instant::now() >= t)
+    }
+
+    /// Properties to send now: message expiry decremented to what is left.
+    pub fn props_now(&self) -> Properties {
+        let mut p = self.props.clone();
+        if let Some(t) = self.expires_at {
+            let left = t.saturating_duration_since(Instant::now()).as_secs();
+            p.message_expiry = Some(u32::try_from(left).unwrap_or(u32::MAX).max(1));
+        }
+        p
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// `mqttlb_broker_*` metrics.
+#[derive(Clone)]
+pub struct BrokerMetrics {
+    pub connections_active: Gauge,
+    pub connections_total: Counter,
+    pub connections_rejected: Family<ReasonLabel, Counter>,
+    pub sessions: Gauge,
+    pub subscriptions: Gauge,
+    pub retained: Gauge,
+    pub messages_received: Counter,
+    pub messages_sent: Counter,
+    pub messages_dropped: Family<ReasonLabel, Counter>,
+    pub peer_links_up: Gauge,
+}
+
+impl BrokerMetrics {
+    pub fn new(registry: &mut Registry) -> BrokerMetrics {
+        let m = BrokerMetrics {
+            connections_active: Gauge::default(),
+            connections_total: Counter::default(),
+            connections_rejected: Family::default(),
+            sessions: Gauge::default(),
+            subscriptions: Gauge::default(),
+            retained: Gauge::default(),
+            messages_received: Counter::default(),
+            messages_sent: Counter::default(),
+            messages_dropped: Family::default(),
+            peer_links_up: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("mqttlb_broker");
+        r.register(
+            "connections_active",
+            "Open client connections",
+            m.connections_active.clone(),
+        );
+        r.register(
+            "connections",
+            "Accepted client connections",
+            m.connections_total.clone(),
+        );
+        r.register(
+            "connections_rejected",
+            "Connections closed before or at CONNECT, by reason",
+            m.connections_rejected.clone(),
+        );
+        r.register(
+            "sessions",
+            "Sessions held (online and offline)",
+            m.sessions.clone(),
+        );
+        r.register(
+            "subscriptions",
+            "Subscriptions held",
+            m.subscriptions.clone(),
+        );
+        r.register(
+            "retained_messages",
+            "Retained messages held",
+            m.retained.clone(),
+        );
+        r.register(
+            "messages_received",
+            "PUBLISH packets received from clients and peers",
+            m.messages_received.clone(),
+        );
+        r.register(
+            "messages_sent",
+            "PUBLISH packets sent to clients and peers",
+            m.messages_sent.clone(),
+        );
+        r.register(
+            "messages_dropped",
+            "Messages not delivered to a subscriber, by reason",
+            m.messages_dropped.clone(),
+        );
+        r.register(
+            "peer_links_up",
+            "Mesh links to peers that are up",
+            m.peer_links_up.clone(),
+        );
+        m
+    }
+
+    pub fn dropped(&self, reason: &'static str) {
+        self.messages_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        self.connections_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+}
+
+/// The broker's shared state.
+pub struct Broker {
+    pub config: BrokerConfig,
+    sessions: std::sync::Mutex<HashMap<String, Arc<Session>>>,
+    router: std::sync::Mutex<Router>,
+    pub metrics: BrokerMetrics,
+    next_auto_id: AtomicU64,
+}
+
+impl Broker {
+    pub fn new(config: BrokerConfig, registry: &mut Registry) -> Arc<Broker> {
+        Arc::new(Broker {
+            config,
+            sessions: Default::default(),
+            router: Default::default(),
+            metrics: BrokerMetrics::new(registry),
+            next_auto_id: AtomicU64::new(0),
+        })
+    }
+
+    // A poisoned lock means a panic while holding it, which the code rules
+    // out; recover the data rather than take the broker down.
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn router(&self) -> std::sync::MutexGuard<'_, Router> {
+        self.router.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Route `msg` to every matching session, store it if retained.
+    pub fn publish(&self, msg: Message) {
+        let msg = Arc::new(msg);
+        let targets = {
+            let mut r = self.router();
+            if msg.retain {
+                r.retain(&msg);
+                self.metrics.retained.set(r.retained_count() as i64);
+            }
+            r.route(&msg)
+        };
+        if targets.is_empty() {
+            return;
+        }
+        let sessions: Vec<(Arc<Session>, router::Target)> = {
+            let s = self.sessions();
+            targets
+                .into_iter()
+                .filter_map(|t| s.get(&t.client_id).cloned().map(|s| (s, t)))
+                .collect()
+        };
+        let cap = self.config.max_queued_messages;
+        for (session, t) in sessions {
+            if msg.from_peer && session.peer_link {
+                continue;
+            }
+            let d = Delivery {
+                msg: msg.clone(),
+                qos: t.qos,
+                retain: t.retain,
+                sub_ids: t.sub_ids,
+            };
+            match session.enqueue(d, cap) {
+                Enqueued::Queued => {}
+                Enqueued::QueuedEvicting => self.metrics.dropped("queue_full"),
+                Enqueued::Dropped(reason) => {
+                    if reason == "slow_consumer" {
+                        info!(client_id = %session.client_id, "slow consumer: queue full of QoS 1/2 messages; disconnecting");
+                    }
+                    self.metrics.dropped(reason)
+                }
+            }
+        }
+    }
+
+    /// A fresh server-assigned client id (MQTT 5, empty id in CONNECT).
+    pub fn assign_client_id(&self) -> String {
+        let n = self
+            .next_auto_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("auto-{}-{n}", std::process::id())
+    }
+
+    fn update_gauges(&self, sessions: usize) {
+        self.metrics.sessions.set(sessions as i64);
+        self.metrics
+            .subscriptions
+            .set(self.router().subscription_count() as i64);
+    }
+}
+
+/// Serve MQTT clients on `listener` and run mesh links until `shutdown`;
+/// then disconnect clients (MQTT 5: DISCONNECT 0x8B) and wait for their
+/// tasks, at most `drain_timeout`.
+pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: CancellationToken) {
+    let tasks = TaskTracker::new();
+    let limit = Arc::new(Semaphore::new(
+        broker.config.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+    for peer in broker.config.peers.clone() {
+        tasks.spawn(peer::run(broker.clone(), peer, shutdown.clone()));
+    }
+    let local = listener.local_addr().ok();
+    info!(node = %broker.config.node_name, addr = ?local, peers = broker.config.peers.len(), "broker listening");
+    let mut backoff = std::time::Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (tcp, addr) = match accepted {
+            Ok(x) => {
+                backoff = std::time::Duration::from_millis(5);
+                x
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            broker.metrics.rejected("max_connections");
+            debug!(client.addr = %addr, "connection limit reached; refusing");
+            continue;
+        };
+        broker.metrics.connections_total.inc();
+        let b = broker.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            b.metrics.connections_active.inc();
+            conn::handle(b.clone(), tcp, addr, stop).await;
+            b.metrics.connections_active.dec();
+        });
+    }
+    drop(listener);
+    tasks.close();
+    if tokio::time::timeout(broker.config.drain_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open = tasks.len(),
+            "drain timeout reached; closing the rest"
+        );
+    }
+    info!("broker stopped");
+}

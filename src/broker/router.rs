@@ -1,0 +1,262 @@
+//! Subscriptions and retained messages: who receives a published message.
+//!
+//! Pure data structure (no I/O, no sessions): [`Router::route`] returns the
+//! deliveries per client id; the broker hands them to sessions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::Message;
+use super::topic::matches;
+use crate::mqtt::codec::SubOptions;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sub {
+    pub opts: SubOptions,
+    pub id: Option<u32>,
+}
+
+/// Where one message goes for one client: highest QoS of its matching
+/// subscriptions, retain flag as published if any asked for it, and every
+/// subscription identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub client_id: String,
+    pub qos: u8,
+    pub retain: bool,
+    pub sub_ids: Vec<u32>,
+}
+
+#[derive(Debug, Default)]
+struct SharedGroup {
+    members: Vec<(String, Sub)>,
+    next: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Router {
+    /// filter → client id → subscription.
+    subs: HashMap<String, HashMap<String, Sub>>,
+    /// (group, filter) → members, served round robin.
+    shared: HashMap<(String, String), SharedGroup>,
+    retained: HashMap<String, Arc<Message>>,
+    count: usize,
+}
+
+impl Router {
+    /// Add or replace a subscription; true if it is new.
+    pub fn subscribe(&mut self, client: &str, filter: &str, sub: Sub) -> bool {
+        let new = match super::topic::parse_shared(filter) {
+            Ok(Some((group, inner))) => {
+                let g = self
+                    .shared
+                    .entry((group.to_string(), inner.to_string()))
+                    .or_default();
+                match g.members.iter_mut().find(|(c, _)| c == client) {
+                    Some(m) => {
+                        m.1 = sub;
+                        false
+                    }
+                    None => {
+                        g.members.push((client.to_string(), sub));
+                        true
+                    }
+                }
+            }
+            _ => self
+                .subs
+                .entry(filter.to_string())
+                .or_default()
+                .insert(client.to_string(), sub)
+                .is_none(),
+        };
+        self.count += usize::from(new);
+        new
+    }
+
+    /// Remove a subscription; true if it existed.
+    pub fn unsubscribe(&mut self, client: &str, filter: &str) -> bool {
+        let removed = match super::topic::parse_shared(filter) {
+            Ok(Some((group, inner))) => {
+                let key = (group.to_string(), inner.to_string());
+                let Some(g) = self.shared.get_mut(&key) else {
+                    return false;
+                };
+                let before = g.members.len();
+                g.members.retain(|(c, _)| c != client);
+                let removed = g.members.len() < before;
+                if g.members.is_empty() {
+                    self.shared.remove(&key);
+                }
+                removed
+            }
+            _ => {
+                let Some(m) = self.subs.get_mut(filter) else {
+                    return false;
+                };
+                let removed = m.remove(client).is_some();
+                if m.is_empty() {
+                    self.subs.remove(filter);
+                }
+                removed
+            }
+        };
+        self.count -= usize::from(removed);
+        removed
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.count
+    }
+
+    /// Store, replace or (empty payload) clear a retained message.
+    pub fn retain(&mut self, msg: &Arc<Message>) {
+        if msg.payload.is_empty() {
+            self.retained.remove(&msg.topic);
+        } else {
+            self.retained.insert(msg.topic.clone(), msg.clone());
+        }
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Retained messages matching `filter` (expired ones are skipped).
+    pub fn retained_for(&self, filter: &str) -> Vec<Arc<Message>> {
+        self.retained
+            .values()
+            .filter(|m| matches(filter, &m.topic) && !m.expired())
+            .cloned()
+            .collect()
+    }
+
+    /// Every client that receives `msg`, once each.
+    pub fn route(&mut self, msg: &Message) -> Vec<Target> {
+        let mut out: Vec<Target> = Vec::new();
+        let mut add = |client: &str, sub: &Sub| {
+            if sub.opts.no_local && msg.origin.as_deref() == Some(client) {
+                return;
+            }
+            let qos = msg.qos.min(sub.opts.qos);
+            let retain = msg.retain && sub.opts.retain_as_published;
+            match out.iter_mut().find(|t| t.client_id == client) {
+                Some(t) => {
+                    t.qos = t.qos.max(qos);
+                    t.retain |= retain;
+                    t.sub_ids.extend(sub.id);
+                }
+                None => out.push(Target {
+                    client_id: client.to_string(),
+                    qos,
+                    retain,
+                    sub_ids: sub.id.into_iter().collect(),
+                }),
+            }
+        };
+        for (filter, clients) in &self.subs {
+            if matches(filter, &msg.topic) {
+                for (client, sub) in clients {
+                    add(client, sub);
+                }
+            }
+        }
+        for ((_, filter), group) in &mut self.shared {
+            if group.members.is_empty() || !matches(filter, &msg.topic) {
+                continue;
+            }
+            let i = group.next % group.members.len();
+            group.next = group.next.wrapping_add(1);
+            let (client, sub) = &group.members[i];
+            add(client, sub);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn sub(qos: u8) -> Sub {
+        Sub {
+            opts: SubOptions {
+                qos,
+                ..SubOptions::default()
+            },
+            id: None,
+        }
+    }
+
+    fn msg(topic: &str, qos: u8) -> Message {
+        Message::new(topic.into(), Bytes::from_static(b"x"), qos, true)
+    }
+
+    #[test]
+    fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
+        let mut r = Router::default();
+        r.subscribe("a", "x/#", sub(0));
+        r.subscribe("a", "x/+", sub(2));
+        r.subscribe("b", "x/y", sub(1));
+        let mut t = r.route(&msg("x/y", 2));
+        t.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].client_id.as_str(), t[0].qos), ("a", 2));
+        assert_eq!((t[1].client_id.as_str(), t[1].qos), ("b", 1));
+        assert!(
+            !t[0].retain,
+            "retain flag cleared unless retain-as-published"
+        );
+        assert_eq!(r.subscription_count(), 3);
+        assert!(r.unsubscribe("a", "x/#"));
+        assert!(!r.unsubscribe("a", "x/#"));
+        assert_eq!(r.subscription_count(), 2);
+    }
+
+    #[test]
+    fn no_local_and_subscription_ids() {
+        let mut r = Router::default();
+        let mut s = sub(1);
+        s.opts.no_local = true;
+        s.opts.retain_as_published = true;
+        s.id = Some(7);
+        r.subscribe("me", "t", s);
+        let mut m = msg("t", 1);
+        m.origin = Some("me".into());
+        assert!(r.route(&m).is_empty());
+        m.origin = Some("other".into());
+        let t = r.route(&m);
+        assert_eq!(t[0].sub_ids, vec![7]);
+        assert!(t[0].retain);
+    }
+
+    #[test]
+    fn shared_subscriptions_take_turns() {
+        let mut r = Router::default();
+        r.subscribe("a", "$share/g/t/#", sub(1));
+        r.subscribe("b", "$share/g/t/#", sub(1));
+        let got: Vec<String> = (0..4)
+            .map(|_| r.route(&msg("t/1", 1))[0].client_id.clone())
+            .collect();
+        assert_eq!(got, ["a", "b", "a", "b"]);
+        assert!(r.unsubscribe("a", "$share/g/t/#"));
+        assert_eq!(r.route(&msg("t/1", 1))[0].client_id, "b");
+    }
+
+    #[test]
+    fn retained_set_replace_clear() {
+        let mut r = Router::default();
+        r.retain(&Arc::new(msg("a/b", 0)));
+        r.retain(&Arc::new(Message::new(
+            "a/b".into(),
+            Bytes::from_static(b"2"),
+            0,
+            true,
+        )));
+        assert_eq!(r.retained_for("a/#").len(), 1);
+        assert_eq!(&r.retained_for("a/+")[0].payload[..], b"2");
+        r.retain(&Arc::new(Message::new("a/b".into(), Bytes::new(), 0, true)));
+        assert_eq!(r.retained_count(), 0);
+    }
+}

@@ -1,0 +1,274 @@
+//! `mqttlb broker` configuration: the `[broker]` table of a TOML file and
+//! the `broker` command's flags → typed [`BrokerConfig`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, ConfigErrors, Cx, parse_toml};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBrokerFile {
+    #[serde(default)]
+    pub broker: RawBroker,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBroker {
+    pub listen: Option<String>,
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub peers: Vec<String>,
+    pub proxy_protocol: Option<String>,
+    pub cn_as_username: Option<bool>,
+    pub max_packet_size: Option<String>,
+    pub max_connections: Option<u64>,
+    pub receive_maximum: Option<u16>,
+    pub max_queued_messages: Option<u32>,
+    pub topic_alias_maximum: Option<u16>,
+    pub keepalive_factor: Option<f64>,
+    pub connect_timeout: Option<String>,
+    pub drain_timeout: Option<String>,
+    pub peer_reconnect_max: Option<String>,
+    #[serde(default)]
+    pub deny_subscribe: Vec<String>,
+}
+
+/// Whether the listener expects a PROXY protocol header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyIn {
+    /// Never read one (a header would be a malformed CONNECT).
+    Off,
+    /// Read one when the connection starts with a v1 or v2 signature.
+    Optional,
+    /// Refuse connections without one.
+    Required,
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub source: String,
+    pub listen: SocketAddr,
+    /// Identity in logs and peer links; defaults to the listen address.
+    pub node_name: String,
+    /// Other nodes of the mesh (their MQTT listeners).
+    pub peers: Vec<SocketAddr>,
+    pub proxy_protocol: ProxyIn,
+    /// Use the client-certificate CN from a PROXY v2 SSL TLV as the user name.
+    pub cn_as_username: bool,
+    /// Largest packet accepted and sent (bytes).
+    pub max_packet_size: usize,
+    pub max_connections: usize,
+    /// QoS 1/2 messages in flight per direction per client.
+    pub receive_maximum: u16,
+    /// Messages queued per session (online backlog and offline queue).
+    pub max_queued_messages: usize,
+    pub topic_alias_maximum: u16,
+    pub keepalive_factor: f64,
+    pub connect_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub peer_reconnect_max: Duration,
+    /// Topic filters refused with SUBACK 0x80 (matched as filters against
+    /// the requested filter, so `secret/#` denies `secret/a` and `secret/#`).
+    pub deny_subscribe: Vec<String>,
+}
+
+/// Flags of `mqttlb broker`; they override the file.
+#[derive(Debug, Default, Clone)]
+pub struct BrokerOverrides {
+    pub listen: Option<String>,
+    pub peers: Vec<String>,
+}
+
+impl BrokerConfig {
+    pub fn load(path: Option<&Path>, o: &BrokerOverrides) -> Result<BrokerConfig, ConfigErrors> {
+        let (source, mut raw) = match path {
+            Some(path) => {
+                let source = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigErrors(vec![ConfigError {
+                        file: source.clone(),
+                        key: String::new(),
+                        reason: format!("cannot read: {e}"),
+                    }])
+                })?;
+                let raw = parse_toml::<RawBrokerFile>(&source, &text)?.broker;
+                (source, raw)
+            }
+            None => ("<command line>".to_string(), RawBroker::default()),
+        };
+        if o.listen.is_some() {
+            raw.listen = o.listen.clone();
+        }
+        if !o.peers.is_empty() {
+            raw.peers = o.peers.clone();
+        }
+        BrokerConfig::from_raw(&source, raw)
+    }
+
+    pub fn from_raw(source: &str, raw: RawBroker) -> Result<BrokerConfig, ConfigErrors> {
+        let mut cx = Cx {
+            file: source.to_string(),
+            base: Default::default(),
+            errors: Vec::new(),
+        };
+        let k = |s: &str| format!("broker.{s}");
+        let listen = cx
+            .addr(
+                &k("listen"),
+                raw.listen.as_deref().unwrap_or("0.0.0.0:1883"),
+            )
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 1883)));
+        let peers = raw
+            .peers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| cx.addr(&format!("broker.peers[{i}]"), p))
+            .collect();
+        let proxy_protocol = cx.choice(
+            &k("proxy_protocol"),
+            raw.proxy_protocol.as_deref(),
+            ProxyIn::Off,
+            &[
+                ("off", ProxyIn::Off),
+                ("optional", ProxyIn::Optional),
+                ("required", ProxyIn::Required),
+            ],
+        );
+        let max_packet_size = cx
+            .size(
+                &k("max_packet_size"),
+                raw.max_packet_size.as_deref(),
+                1 << 20,
+            )
+            .min(268_435_455);
+        let keepalive_factor = match raw.keepalive_factor {
+            None => 1.5,
+            Some(f) if (1.0..=10.0).contains(&f) => f,
+            Some(f) => {
+                cx.err(
+                    &k("keepalive_factor"),
+                    &format!("must be 1.0 to 10.0, got {f}"),
+                );
+                1.5
+            }
+        };
+        let receive_maximum = match raw.receive_maximum {
+            Some(0) => {
+                cx.err(&k("receive_maximum"), "must be at least 1");
+                32
+            }
+            v => v.unwrap_or(32),
+        };
+        let max_queued_messages = match raw.max_queued_messages {
+            Some(0) => {
+                cx.err(&k("max_queued_messages"), "must be at least 1");
+                1000
+            }
+            v => v.unwrap_or(1000) as usize,
+        };
+        let max_connections = match raw.max_connections {
+            Some(0) => {
+                cx.err(&k("max_connections"), "must be at least 1");
+                100_000
+            }
+            v => usize::try_from(v.unwrap_or(100_000)).unwrap_or(usize::MAX),
+        };
+        let deny_subscribe = raw
+            .deny_subscribe
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| match crate::broker::topic::validate_filter(f) {
+                Ok(()) => Some(f.clone()),
+                Err(e) => {
+                    cx.err(
+                        &format!("broker.deny_subscribe[{i}]"),
+                        &format!("{f:?}: {e}"),
+                    );
+                    None
+                }
+            })
+            .collect();
+        let config = BrokerConfig {
+            source: source.to_string(),
+            node_name: raw.node_name.unwrap_or_else(|| listen.to_string()),
+            listen,
+            peers,
+            proxy_protocol,
+            cn_as_username: raw.cn_as_username.unwrap_or(false),
+            max_packet_size,
+            max_connections,
+            receive_maximum,
+            max_queued_messages,
+            topic_alias_maximum: raw.topic_alias_maximum.unwrap_or(64),
+            keepalive_factor,
+            connect_timeout: cx.duration(
+                &k("connect_timeout"),
+                raw.connect_timeout.as_deref(),
+                Duration::from_secs(10),
+            ),
+            drain_timeout: cx.duration_or_zero(
+                &k("drain_timeout"),
+                raw.drain_timeout.as_deref(),
+                Duration::from_secs(5),
+            ),
+            peer_reconnect_max: cx.duration(
+                &k("peer_reconnect_max"),
+                raw.peer_reconnect_max.as_deref(),
+                Duration::from_secs(5),
+            ),
+            deny_subscribe,
+        };
+        if cx.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(cx.errors))
+        }
+    }
+
+    /// Defaults listening on `listen` (tests and the demo).
+    pub fn with_listen(listen: SocketAddr) -> BrokerConfig {
+        let mut c = BrokerConfig::from_raw("<defaults>", RawBroker::default())
+            .unwrap_or_else(|_| unreachable!("defaults are valid"));
+        c.listen = listen;
+        c.node_name = listen.to_string();
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_broker_config_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/broker.toml");
+        let c = BrokerConfig::load(Some(Path::new(path)), &BrokerOverrides::default()).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:1883".parse().unwrap());
+        assert_eq!(c.proxy_protocol, ProxyIn::Optional);
+    }
+
+    #[test]
+    fn errors_name_keys() {
+        let text = "[broker]\nlisten = \"nope\"\nreceive_maximum = 0\ndeny_subscribe = [\"a/#/b\"]\nbogus = 1\n";
+        let e = parse_toml::<RawBrokerFile>("b.toml", text).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let text =
+            "[broker]\nlisten = \"nope\"\nreceive_maximum = 0\ndeny_subscribe = [\"a/#/b\"]\n";
+        let raw = parse_toml::<RawBrokerFile>("b.toml", text).unwrap();
+        let e = BrokerConfig::from_raw("b.toml", raw.broker).unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "broker.listen",
+                "broker.receive_maximum",
+                "broker.deny_subscribe[0]"
+            ]
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! `mqttlb demo`: the whole stack in one process — N meshed broker nodes on
+//! loopback and the TLS proxy in front of them (client-id routing, MQTT
+//! health checks, PROXY v2 to the nodes), with development certificates.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{self, Broker};
+use crate::certs::{CLIENT_CN, DevCerts};
+use crate::config::broker::{BrokerConfig, ProxyIn};
+use crate::config::{Config, Overrides};
+use crate::proxy::Proxy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("certificates in {0}: {1}")]
+    Certs(PathBuf, String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("demo configuration: {0}")]
+    Config(#[from] crate::config::ConfigErrors),
+}
+
+pub struct DemoOptions {
+    pub nodes: usize,
+    pub dir: PathBuf,
+    pub listen: SocketAddr,
+}
+
+/// A running demo: the addresses it serves.
+pub struct Demo {
+    pub proxy: SocketAddr,
+    pub nodes: Vec<SocketAddr>,
+    pub ca: PathBuf,
+    tasks: TaskTracker,
+}
+
+impl Demo {
+    /// Make certificates if missing, start nodes and proxy. Must run inside
+    /// a tokio runtime; everything stops when `shutdown` is cancelled and
+    /// [`Demo::wait`] returns.
+    pub async fn start(opts: &DemoOptions, shutdown: CancellationToken) -> Result<Demo, DemoError> {
+        let certs = opts.dir.join("certs");
+        if !certs.join("server.pem").is_file() {
+            DevCerts::generate(&[], CLIENT_CN)
+                .and_then(|c| c.write(&certs))
+                .map_err(|e| DemoError::Certs(certs.clone(), e.to_string()))?;
+        }
+        let tasks = TaskTracker::new();
+        // Bind every node first: each needs the others' addresses.
+        let mut listeners = Vec::new();
+        for _ in 0..opts.nodes.max(1) {
+            listeners.push(crate::sys::bind_tcp(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                1024,
+            )?);
+        }
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<Result<_, _>>()?;
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let mut config = BrokerConfig::with_listen(addrs[i]);
+            config.node_name = format!("node{}", i + 1);
+            config.peers = addrs.iter().copied().filter(|a| *a != addrs[i]).collect();
+            // The proxy sends PROXY v2; mesh links connect without one.
+            config.proxy_protocol = ProxyIn::Optional;
+            let b = Broker::new(config, &mut Registry::default());
+            tasks.spawn(broker::serve(b, listener, shutdown.clone()));
+        }
+
+        let config_path = opts.dir.join("mqttlb.toml");
+        std::fs::write(&config_path, proxy_config(opts.listen, &addrs))?;
+        let config = Config::load(Some(&config_path), &Overrides::default())?;
+        let proxy = Proxy::build(config, &mut Registry::default())?;
+        let proxy_listeners = proxy.bind()?;
+        let proxy_addr = proxy_listeners
+            .first()
+            .map(|l| l.local_addr())
+            .transpose()?
+            .unwrap_or(opts.listen);
+        tasks.spawn(proxy.run(proxy_listeners, shutdown));
+        tasks.close();
+        Ok(Demo {
+            proxy: proxy_addr,
+            nodes: addrs,
+            ca: absolute(&certs.join("ca.pem")),
+            tasks,
+        })
+    }
+
+    /// Wait until every node and the proxy have stopped.
+    pub async fn wait(self) {
+        self.tasks.wait().await;
+    }
+
+    /// What to paste into another terminal.
+    pub fn instructions(&self) -> String {
+        let host = self.proxy.ip();
+        let port = self.proxy.port();
+        let ca = self.ca.display();
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("node{} {a}", i + 1))
+            .collect();
+        format!(
+            "mqttlb demo: TLS proxy on {proxy} in front of {n} meshed broker nodes ({nodes}).\n\
+             In another terminal:\n\n  \
+             mosquitto_sub -h {host} -p {port} --cafile {ca} -i sub-1 -t 'demo/#' -v\n  \
+             mosquitto_pub -h {host} -p {port} --cafile {ca} -i pub-1 -t demo/hello -m 'hello through mqttlb'\n\n\
+             Client ids are routed by hash: sub-1 and pub-1 may land on different nodes; the mesh delivers anyway.\n\
+             Ctrl-C stops everything.",
+            proxy = self.proxy,
+            n = self.nodes.len(),
+            nodes = nodes.join(", "),
+        )
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn proxy_config(listen: SocketAddr, nodes: &[SocketAddr]) -> String {
+    let servers: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{{ name = \"node{}\", addr = \"{a}\" }}", i + 1))
+        .collect();
+    format!(
+        r#"# Written by `mqttlb demo` (node ports are ephemeral: rewritten each start).
+[[listener]]
+name = "mqtts"
+listen = "{listen}"
+pool = "nodes"
+[listener.tls]
+cert = "certs/server.pem"
+key = "certs/server.key"
+[listener.mqtt]
+
+[pool.nodes]
+strategy = "client-id"
+proxy_protocol = "v2"
+health = {{ check = "mqtt", interval = "1s", timeout = "500ms", rise = 2, fall = 2, mqtt_version = "5.0" }}
+servers = [ {servers} ]
+
+[limits]
+drain_timeout = "2s"
+"#,
+        servers = servers.join(", ")
+    )
+}
