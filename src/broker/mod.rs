@@ -260,6 +260,17 @@ impl Broker {
         }
     }
 
+    /// Whether a connection with this client id is attached to a session.
+    pub fn is_online(&self, client_id: &str) -> bool {
+        let session = self.sessions().get(client_id).cloned();
+        session.is_some_and(|s| s.lock().attached.is_some())
+    }
+
+    /// Whether a session (online or offline) exists for this client id.
+    pub fn has_session(&self, client_id: &str) -> bool {
+        self.sessions().contains_key(client_id)
+    }
+
     /// A fresh server-assigned client id (MQTT 5, empty id in CONNECT).
     pub fn assign_client_id(&self) -> String {
         let n = self

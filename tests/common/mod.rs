@@ -380,3 +380,73 @@ pub async fn run(cmd: &mut tokio::process::Command) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
 }
+
+/// An mqttlb broker node running in-process on an ephemeral port.
+pub struct BrokerUnderTest {
+    pub addr: SocketAddr,
+    pub broker: Arc<mqttlb::broker::Broker>,
+    pub registry: Registry,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl BrokerUnderTest {
+    pub async fn start(
+        edit: impl FnOnce(&mut mqttlb::config::broker::BrokerConfig),
+    ) -> BrokerUnderTest {
+        Self::start_on(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+            edit,
+        )
+    }
+
+    /// Start on an already-bound listener (a mesh binds every node first).
+    pub fn start_on(
+        listener: tokio::net::TcpListener,
+        edit: impl FnOnce(&mut mqttlb::config::broker::BrokerConfig),
+    ) -> BrokerUnderTest {
+        let addr = listener.local_addr().expect("local addr");
+        let mut config = mqttlb::config::broker::BrokerConfig::with_listen(addr);
+        config.drain_timeout = Duration::from_secs(2);
+        edit(&mut config);
+        let mut registry = Registry::default();
+        let broker = mqttlb::broker::Broker::new(config, &mut registry);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(mqttlb::broker::serve(
+            broker.clone(),
+            listener,
+            shutdown.clone(),
+        ));
+        BrokerUnderTest {
+            addr,
+            broker,
+            registry,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = mqttlb::metrics::encode(&self.registry);
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Stop the node: listener closed, clients disconnected.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(DEADLINE, &mut self.task).await;
+    }
+}
+
+impl Drop for BrokerUnderTest {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,356 @@
+//! `mqttlb broker` against real third-party clients: rumqttc (3.1.1 and
+//! 5.0) and mosquitto_pub/mosquitto_sub.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, SubscribeReasonCode};
+use tokio::sync::mpsc;
+
+/// A rumqttc 3.1.1 client whose incoming packets arrive on a channel. The
+/// event loop stops at the first connection error (no reconnects).
+struct V4 {
+    client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Packet>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl V4 {
+    fn start(addr: SocketAddr, id: &str, clean: bool, edit: impl FnOnce(&mut MqttOptions)) -> V4 {
+        let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        opts.set_clean_session(clean);
+        opts.set_keep_alive(Duration::from_secs(10));
+        edit(&mut opts);
+        let (client, mut events) = AsyncClient::new(opts, 64);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Ok(ev) = events.poll().await {
+                if let Event::Incoming(p) = ev {
+                    if tx.send(p).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        V4 { client, rx, task }
+    }
+
+    /// Next incoming packet matching `f`, within the deadline.
+    async fn next<T>(&mut self, what: &str, mut f: impl FnMut(Packet) -> Option<T>) -> T {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                match self.rx.recv().await {
+                    Some(p) => {
+                        if let Some(t) = f(p) {
+                            return t;
+                        }
+                    }
+                    None => panic!("connection ended while waiting for {what}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    }
+
+    async fn connack(&mut self) -> bool {
+        self.next("CONNACK", |p| match p {
+            Packet::ConnAck(c) => Some(c.session_present),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<SubscribeReasonCode> {
+        self.client.subscribe(filter, qos).await.expect("subscribe");
+        self.next("SUBACK", |p| match p {
+            Packet::SubAck(s) => Some(s.return_codes),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn publish(&self, topic: &str, qos: QoS, retain: bool, payload: &[u8]) {
+        self.client
+            .publish(topic, qos, retain, payload.to_vec())
+            .await
+            .expect("publish");
+    }
+
+    async fn message(&mut self) -> rumqttc::Publish {
+        self.next("PUBLISH", |p| match p {
+            Packet::Publish(p) => Some(p),
+            _ => None,
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_0_1_2_and_retained_messages() {
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let mut sub = V4::start(node.addr, "sub", true, |_| {});
+    sub.connack().await;
+    assert_eq!(
+        sub.subscribe("t/#", QoS::ExactlyOnce).await,
+        vec![SubscribeReasonCode::Success(QoS::ExactlyOnce)]
+    );
+    let mut publ = V4::start(node.addr, "pub", true, |_| {});
+    publ.connack().await;
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        publ.publish(&format!("t/{i}"), qos, false, &[i as u8, 0, 255])
+            .await;
+        let m = sub.message().await;
+        assert_eq!(m.topic, format!("t/{i}"));
+        assert_eq!(m.qos, qos);
+        assert_eq!(&m.payload[..], &[i as u8, 0, 255]);
+        assert!(!m.retain);
+    }
+
+    // Retained: set, replace, delivered on subscribe with the retain flag.
+    publ.publish("r/a", QoS::AtLeastOnce, true, b"one").await;
+    publ.publish("r/a", QoS::AtLeastOnce, true, b"two").await;
+    wait_until("retained stored", DEADLINE, || async {
+        node.metric("mqttlb_broker_retained_messages") == 1.0
+    })
+    .await;
+    let mut late = V4::start(node.addr, "late", true, |_| {});
+    late.connack().await;
+    late.subscribe("r/#", QoS::AtLeastOnce).await;
+    let m = late.message().await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..], m.retain),
+        ("r/a", &b"two"[..], true)
+    );
+
+    // Cleared by an empty retained payload: a new subscriber gets only the
+    // marker published after its subscription.
+    publ.publish("r/a", QoS::AtLeastOnce, true, b"").await;
+    wait_until("retained cleared", DEADLINE, || async {
+        node.metric("mqttlb_broker_retained_messages") == 0.0
+    })
+    .await;
+    let mut later = V4::start(node.addr, "later", true, |_| {});
+    later.connack().await;
+    later.subscribe("r/#", QoS::AtLeastOnce).await;
+    publ.publish("r/marker", QoS::AtLeastOnce, false, b"m")
+        .await;
+    assert_eq!(later.message().await.topic, "r/marker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_session_queues_while_offline_and_is_taken_over() {
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let mut dev = V4::start(node.addr, "dev", false, |_| {});
+    assert!(!dev.connack().await, "first connect: no session");
+    dev.subscribe("cmd/#", QoS::AtLeastOnce).await;
+    dev.client.disconnect().await.expect("disconnect");
+    wait_until("dev offline", DEADLINE, || async {
+        !node.broker.is_online("dev")
+    })
+    .await;
+    dev.task.abort();
+    assert!(
+        node.broker.has_session("dev"),
+        "session outlives the connection"
+    );
+
+    let mut publ = V4::start(node.addr, "pub", true, |_| {});
+    publ.connack().await;
+    for i in 0..3u8 {
+        publ.publish("cmd/x", QoS::AtLeastOnce, false, &[i]).await;
+    }
+    publ.publish("cmd/x", QoS::AtMostOnce, false, b"qos0").await;
+    wait_until("queued offline", DEADLINE, || async {
+        node.metric("mqttlb_broker_messages_dropped_total{reason=\"offline_qos0\"}") == 1.0
+    })
+    .await;
+
+    let mut dev = V4::start(node.addr, "dev", false, |_| {});
+    assert!(dev.connack().await, "session present on resume");
+    for i in 0..3u8 {
+        let m = dev.message().await;
+        assert_eq!((&m.payload[..], m.qos), (&[i][..], QoS::AtLeastOnce));
+    }
+
+    // Takeover: a second connection with the same id closes the first.
+    let mut thief = V4::start(node.addr, "dev", false, |_| {});
+    assert!(thief.connack().await);
+    tokio::time::timeout(DEADLINE, &mut dev.task)
+        .await
+        .expect("first connection closed by the takeover")
+        .expect("event loop task");
+    assert!(node.broker.is_online("dev"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_is_sent_on_abnormal_disconnect_only() {
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let mut watcher = V4::start(node.addr, "watcher", true, |_| {});
+    watcher.connack().await;
+    watcher.subscribe("will/#", QoS::AtLeastOnce).await;
+
+    let will = |id: &'static str| {
+        move |o: &mut MqttOptions| {
+            o.set_last_will(LastWill::new(
+                format!("will/{id}"),
+                "gone",
+                QoS::AtLeastOnce,
+                false,
+            ));
+        }
+    };
+    // A clean DISCONNECT: no will.
+    let mut polite = V4::start(node.addr, "polite", true, will("polite"));
+    polite.connack().await;
+    polite.client.disconnect().await.expect("disconnect");
+    wait_until("polite gone", DEADLINE, || async {
+        !node.broker.has_session("polite")
+    })
+    .await;
+    // The socket just drops: will.
+    let mut rude = V4::start(node.addr, "rude", true, will("rude"));
+    rude.connack().await;
+    rude.task.abort();
+    let m = watcher.message().await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("will/rude", &b"gone"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_filters_and_dollar_topics() {
+    let node = BrokerUnderTest::start(|c| c.deny_subscribe = vec!["secret/#".into()]).await;
+    let mut c = V4::start(node.addr, "c", true, |_| {});
+    c.connack().await;
+    assert_eq!(
+        c.subscribe("secret/a", QoS::AtLeastOnce).await,
+        vec![SubscribeReasonCode::Failure]
+    );
+    assert_eq!(
+        c.subscribe("#", QoS::AtLeastOnce).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    c.publish("$internal/x", QoS::AtLeastOnce, false, b"hidden")
+        .await;
+    c.publish("plain", QoS::AtLeastOnce, false, b"seen").await;
+    let m = c.message().await;
+    assert_eq!(m.topic, "plain", "'#' does not match $-topics");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_properties_no_local_and_assigned_ids() {
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet as P5, PublishProperties};
+    use rumqttc::v5::{AsyncClient as C5, Event as E5, MqttOptions as O5};
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let mut opts = O5::new("", "127.0.0.1", node.addr.port());
+    opts.set_clean_start(true);
+    let (client, mut events) = C5::new(opts, 16);
+    let mut no_local = Filter::new("p/own", Q5::AtLeastOnce);
+    no_local.nolocal = true;
+    client
+        .subscribe_many([Filter::new("p/in", Q5::ExactlyOnce), no_local])
+        .await
+        .expect("subscribe");
+    let props = PublishProperties {
+        payload_format_indicator: Some(1),
+        content_type: Some("text/plain".into()),
+        response_topic: Some("p/reply".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"\x01\x02")),
+        user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+        ..Default::default()
+    };
+    let got = tokio::time::timeout(DEADLINE, async {
+        let mut assigned = None;
+        loop {
+            match events.poll().await.expect("connection stays up") {
+                E5::Incoming(P5::ConnAck(c)) => {
+                    assigned = c.properties.and_then(|p| p.assigned_client_identifier);
+                }
+                E5::Incoming(P5::SubAck(_)) => {
+                    // Our own publish on the no-local filter must not come
+                    // back; the one after it on p/in must.
+                    client
+                        .publish("p/own", Q5::AtLeastOnce, false, "own")
+                        .await
+                        .expect("publish");
+                    client
+                        .publish_with_properties(
+                            "p/in",
+                            Q5::ExactlyOnce,
+                            false,
+                            "in",
+                            props.clone(),
+                        )
+                        .await
+                        .expect("publish");
+                }
+                E5::Incoming(P5::Publish(p)) => return (assigned, p),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("message before the deadline");
+    let (assigned, p) = got;
+    assert!(
+        assigned.is_some_and(|id| id.starts_with("auto-")),
+        "server assigned an id"
+    );
+    assert_eq!(&p.topic[..], b"p/in");
+    assert_eq!(p.qos, Q5::ExactlyOnce);
+    let pp = p.properties.expect("properties forwarded");
+    assert_eq!(pp.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(pp.response_topic.as_deref(), Some("p/reply"));
+    assert_eq!(pp.correlation_data.as_deref(), Some(&b"\x01\x02"[..]));
+    assert_eq!(pp.payload_format_indicator, Some(1));
+    assert_eq!(pp.user_properties, props.user_properties);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_clients_against_the_broker() {
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let port = node.addr.port().to_string();
+    for version in ["mqttv311", "mqttv5"] {
+        let topic = format!("m/{version}");
+        let sub_id = format!("sub-{version}");
+        let mut sub = tokio::process::Command::new("mosquitto_sub");
+        sub.args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", "2"])
+            .args(["-i", &sub_id, "-t", &topic, "-C", "1", "-W", "15"]);
+        let sub = tokio::spawn(async move { run(&mut sub).await });
+        wait_until("subscription registered", DEADLINE, || async {
+            node.metric("mqttlb_broker_subscriptions") == 1.0
+        })
+        .await;
+        let (ok, out) = run(tokio::process::Command::new("mosquitto_pub").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            version,
+            "-q",
+            "2",
+            "-t",
+            &topic,
+            "-m",
+            "hello",
+        ]))
+        .await;
+        assert!(ok, "mosquitto_pub: {out}");
+        let (ok, out) = sub.await.expect("sub task");
+        assert!(ok && out.trim() == "hello", "{version}: {out}");
+        wait_until("subscriber session gone", DEADLINE, || async {
+            node.metric("mqttlb_broker_subscriptions") == 0.0
+        })
+        .await;
+    }
+}
