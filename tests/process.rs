@@ -196,3 +196,71 @@ async fn sigterm_stops_accepting_and_lets_a_live_connection_finish() {
         .expect("log");
     assert!(log.contains("draining"), "{log}");
 }
+
+/// `mqttlb demo` starts, prints client commands that work exactly as
+/// printed (run through `sh -c`), and stops with exit 0 on SIGINT.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_commands_that_work_and_stops_on_ctrl_c() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(BIN)
+        .args(["demo", "--nodes", "3", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mqttlb demo");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut sub_cmd, mut pub_cmd) = (None, None);
+    tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let line = line.trim().to_string();
+            if line.starts_with("mosquitto_sub") {
+                sub_cmd = Some(line);
+            } else if line.starts_with("mosquitto_pub") {
+                pub_cmd = Some(line);
+            } else if line.starts_with("Ctrl-C") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("demo prints its instructions");
+    let sub_cmd = sub_cmd.expect("a mosquitto_sub line") + " -C 1 -W 15";
+    let pub_cmd = pub_cmd.expect("a mosquitto_pub line");
+    assert!(dir.path().join("certs/ca.pem").is_file(), "dev certs made");
+
+    let sub = tokio::spawn(async move { run(Command::new("sh").args(["-c", &sub_cmd])).await });
+    // The subscriber is subscribed once a retained-free publish reaches it;
+    // publish until the subscriber exits with the message (bounded).
+    let mut got = None;
+    for _ in 0..100 {
+        let (ok, out) = run(Command::new("sh").args(["-c", &pub_cmd])).await;
+        assert!(ok, "printed mosquitto_pub works: {out}");
+        if sub.is_finished() {
+            got = Some(sub.await.expect("sub task"));
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let (ok, out) = got.expect("the subscriber received a message");
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "demo/hello hello through mqttlb");
+
+    let pid = child.id().expect("pid").to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .await
+            .expect("kill")
+            .success()
+    );
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("demo stops")
+        .expect("status");
+    assert_eq!(status.code(), Some(0));
+}

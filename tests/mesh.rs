@@ -1,0 +1,194 @@
+//! Three meshed mqttlb broker nodes behind the TLS proxy (client-id
+//! routing, MQTT 5 health checks, PROXY v2), driven by rumqttc over TLS.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use tokio::sync::mpsc;
+
+struct Client {
+    client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Packet>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    fn start(proxy: &ProxyUnderTest, certs: &Certs, id: &str) -> Client {
+        let mut opts = MqttOptions::new(id, "localhost", proxy.addr.port());
+        opts.set_keep_alive(Duration::from_secs(10));
+        opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
+            ca: certs.read("ca.pem"),
+            alpn: None,
+            client_auth: None,
+        }));
+        let (client, mut events) = AsyncClient::new(opts, 64);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Ok(ev) = events.poll().await {
+                if let Event::Incoming(p) = ev {
+                    if tx.send(p).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Client { client, rx, task }
+    }
+
+    async fn next<T>(&mut self, what: &str, mut f: impl FnMut(Packet) -> Option<T>) -> T {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                match self.rx.recv().await {
+                    Some(p) => {
+                        if let Some(t) = f(p) {
+                            return t;
+                        }
+                    }
+                    None => panic!("connection ended while waiting for {what}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    }
+
+    async fn connected(&mut self) {
+        self.next("CONNACK", |p| matches!(p, Packet::ConnAck(_)).then_some(()))
+            .await
+    }
+
+    async fn subscribe(&mut self, filter: &str) {
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        self.next("SUBACK", |p| matches!(p, Packet::SubAck(_)).then_some(()))
+            .await
+    }
+
+    async fn message(&mut self) -> rumqttc::Publish {
+        self.next("PUBLISH", |p| match p {
+            Packet::Publish(p) => Some(p),
+            _ => None,
+        })
+        .await
+    }
+}
+
+fn home(nodes: &[BrokerUnderTest], id: &str) -> Option<usize> {
+    nodes.iter().position(|n| n.broker.is_online(id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_delivers_across_nodes_and_survives_a_node_loss() {
+    let certs = Certs::new();
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        );
+    }
+    let addrs: Vec<_> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr"))
+        .collect();
+    let mut nodes: Vec<BrokerUnderTest> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let peers = addrs.iter().copied().filter(|a| *a != addrs[i]).collect();
+            BrokerUnderTest::start_on(l, |c| {
+                c.node_name = format!("node{}", i + 1);
+                c.peers = peers;
+                c.proxy_protocol = mqttlb::config::broker::ProxyIn::Optional;
+                c.peer_reconnect_max = Duration::from_millis(200);
+            })
+        })
+        .collect();
+    for n in &nodes {
+        wait_until("mesh links up", DEADLINE, || async {
+            n.metric("mqttlb_broker_peer_links_up") == 2.0
+        })
+        .await;
+    }
+    let servers: Vec<(&str, _)> = vec![
+        ("node1", addrs[0]),
+        ("node2", addrs[1]),
+        ("node3", addrs[2]),
+    ];
+    let pool = "strategy = \"client-id\"\nproxy_protocol = \"v2\"\nhealth = { check = \"mqtt\", mqtt_version = \"5.0\", interval = \"300ms\", timeout = \"250ms\", rise = 1, fall = 2 }";
+    let proxy = ProxyUnderTest::start(&config(&certs, &servers, "", pool), certs.dir.path()).await;
+
+    let mut sub = Client::start(&proxy, &certs, "mesh-sub");
+    sub.connected().await;
+    sub.subscribe("m/#").await;
+    let s = home(&nodes, "mesh-sub").expect("subscriber has a node");
+
+    // A publisher whose client id hashes to another node.
+    let mut publ = None;
+    for i in 0..50 {
+        let id = format!("mesh-pub-{i}");
+        let mut c = Client::start(&proxy, &certs, &id);
+        c.connected().await;
+        let p = home(&nodes, &id).expect("publisher has a node");
+        if p != s {
+            publ = Some((c, p));
+            break;
+        }
+        c.client.disconnect().await.expect("disconnect");
+    }
+    let (publ, _) = publ.expect("some client id lands on another node");
+
+    publ.client
+        .publish("m/1", QoS::AtLeastOnce, false, "across")
+        .await
+        .expect("publish");
+    let m = sub.message().await;
+    assert_eq!((m.topic.as_str(), &m.payload[..]), ("m/1", &b"across"[..]));
+    assert_eq!(m.qos, QoS::AtLeastOnce);
+
+    publ.client
+        .publish("m/ret", QoS::AtLeastOnce, true, "kept")
+        .await
+        .expect("publish retained");
+    assert_eq!(sub.message().await.topic, "m/ret");
+    for n in &nodes {
+        wait_until("retained on every node", DEADLINE, || async {
+            n.metric("mqttlb_broker_retained_messages") == 1.0
+        })
+        .await;
+    }
+    assert!(nodes[s].metric("mqttlb_broker_messages_received_total") >= 1.0);
+
+    // The subscriber's node dies; it reconnects through the proxy, lands on
+    // a live node, gets the retained message there, and traffic flows.
+    nodes[s].stop().await;
+    tokio::time::timeout(DEADLINE, &mut sub.task)
+        .await
+        .expect("subscriber's connection closed with its node")
+        .expect("task");
+    let mut sub = Client::start(&proxy, &certs, "mesh-sub");
+    sub.connected().await;
+    let now = home(&nodes, "mesh-sub").expect("subscriber back on a node");
+    assert_ne!(now, s, "not on the dead node");
+    sub.subscribe("m/#").await;
+    let r = sub.message().await;
+    assert_eq!(
+        (r.topic.as_str(), &r.payload[..], r.retain),
+        ("m/ret", &b"kept"[..], true)
+    );
+    publ.client
+        .publish("m/2", QoS::AtLeastOnce, false, "still here")
+        .await
+        .expect("publish");
+    let m = sub.message().await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("m/2", &b"still here"[..])
+    );
+}
