@@ -354,3 +354,96 @@ async fn mosquitto_clients_against_the_broker() {
         .await;
     }
 }
+
+/// Raw MQTT 3.1.1 CONNECT with keep-alive and a will, built by hand so the
+/// test controls exactly what is (not) sent afterwards.
+fn connect_with_will(client_id: &str, keep_alive: u16, will_topic: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&[0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x0e]); // clean, will QoS 1
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    for field in [client_id.as_bytes(), will_topic.as_bytes(), b"expired"] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field);
+    }
+    let mut out = vec![0x10, body.len() as u8];
+    out.extend_from_slice(&body);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_is_cut_after_one_and_a_half_keep_alives_and_its_will_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let mut watcher = V4::start(node.addr, "watcher", true, |_| {});
+    watcher.connack().await;
+    watcher.subscribe("ka/#", QoS::AtLeastOnce).await;
+
+    let mut raw = tokio::net::TcpStream::connect(node.addr)
+        .await
+        .expect("connect");
+    raw.write_all(&connect_with_will("silent", 1, "ka/silent"))
+        .await
+        .expect("CONNECT");
+    let mut connack = [0u8; 4];
+    raw.read_exact(&mut connack).await.expect("CONNACK");
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    let started = tokio::time::Instant::now();
+    // Send nothing more: the broker must close after 1.5 × 1 s.
+    let closed = tokio::time::timeout(DEADLINE, async {
+        let mut b = [0u8; 16];
+        loop {
+            match raw.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "silent client closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "not before 1.5 × keep-alive: {:?}",
+        started.elapsed()
+    );
+    let m = watcher.message().await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("ka/silent", &b"expired"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_header_required_refuses_direct_clients_and_serves_proxied_ones() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = BrokerUnderTest::start(|c| {
+        c.proxy_protocol = mqttlb::config::broker::ProxyIn::Required;
+    })
+    .await;
+    // Without a header: closed, counted.
+    let mut direct = tokio::net::TcpStream::connect(node.addr)
+        .await
+        .expect("connect");
+    direct
+        .write_all(&connect_packet(4, "direct"))
+        .await
+        .expect("write");
+    let got = read_to_close(&mut direct).await;
+    assert!(got.is_empty(), "no CONNACK without a PROXY header: {got:?}");
+    wait_until("refusal counted", DEADLINE, || async {
+        node.metric("mqttlb_broker_connections_rejected_total{reason=\"proxy_header_missing\"}")
+            == 1.0
+    })
+    .await;
+
+    // With a v1 header: served.
+    let mut proxied = tokio::net::TcpStream::connect(node.addr)
+        .await
+        .expect("connect");
+    let mut first = b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 1883\r\n".to_vec();
+    first.extend_from_slice(&connect_packet(4, "proxied"));
+    proxied.write_all(&first).await.expect("write");
+    let mut connack = [0u8; 4];
+    proxied.read_exact(&mut connack).await.expect("CONNACK");
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    assert!(node.broker.is_online("proxied"));
+}
