@@ -38,6 +38,10 @@ use crate::mqtt::codec::{
 /// Stop pulling from the session queue while this much is unwritten.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 const READ_CHUNK: usize = 4 * 1024;
+/// Stop reading from a client whose own acknowledgements (PUBACK, PUBREC,
+/// SUBACK…) pile up unwritten: it is not reading, so it gets backpressure
+/// instead of an unbounded write buffer.
+const READ_PAUSE: usize = 256 * 1024;
 
 /// Reason codes used below (MQTT 5; 3.1.1 clients just see the close).
 mod rc {
@@ -329,7 +333,7 @@ async fn run(
         }
         let ka_deadline = last_heard + keep_alive.unwrap_or(far);
         tokio::select! {
-            r = rd.read_buf(&mut rbuf) => match r {
+            r = rd.read_buf(&mut rbuf), if c.wbuf.len() < READ_PAUSE => match r {
                 Ok(0) => break End::Abnormal("closed"),
                 Ok(_) => last_heard = Instant::now(),
                 Err(_) => break End::Abnormal("read_error"),
