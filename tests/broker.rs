@@ -7,98 +7,29 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, SubscribeReasonCode};
-use tokio::sync::mpsc;
+use rumqttc::{LastWill, MqttOptions, QoS, SubscribeReasonCode};
 
-/// A rumqttc 3.1.1 client whose incoming packets arrive on a channel. The
-/// event loop stops at the first connection error (no reconnects).
-struct V4 {
-    client: AsyncClient,
-    rx: mpsc::UnboundedReceiver<Packet>,
-    task: tokio::task::JoinHandle<()>,
-}
+type V4 = MqttClient;
 
-impl V4 {
-    fn start(addr: SocketAddr, id: &str, clean: bool, edit: impl FnOnce(&mut MqttOptions)) -> V4 {
-        let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-        opts.set_clean_session(clean);
-        opts.set_keep_alive(Duration::from_secs(10));
-        edit(&mut opts);
-        let (client, mut events) = AsyncClient::new(opts, 64);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            while let Ok(ev) = events.poll().await {
-                if let Event::Incoming(p) = ev {
-                    if tx.send(p).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        V4 { client, rx, task }
-    }
-
-    /// Next incoming packet matching `f`, within the deadline.
-    async fn next<T>(&mut self, what: &str, mut f: impl FnMut(Packet) -> Option<T>) -> T {
-        tokio::time::timeout(DEADLINE, async {
-            loop {
-                match self.rx.recv().await {
-                    Some(p) => {
-                        if let Some(t) = f(p) {
-                            return t;
-                        }
-                    }
-                    None => panic!("connection ended while waiting for {what}"),
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-    }
-
-    async fn connack(&mut self) -> bool {
-        self.next("CONNACK", |p| match p {
-            Packet::ConnAck(c) => Some(c.session_present),
-            _ => None,
-        })
-        .await
-    }
-
-    async fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<SubscribeReasonCode> {
-        self.client.subscribe(filter, qos).await.expect("subscribe");
-        self.next("SUBACK", |p| match p {
-            Packet::SubAck(s) => Some(s.return_codes),
-            _ => None,
-        })
-        .await
-    }
-
-    async fn publish(&self, topic: &str, qos: QoS, retain: bool, payload: &[u8]) {
-        self.client
-            .publish(topic, qos, retain, payload.to_vec())
-            .await
-            .expect("publish");
-    }
-
-    async fn message(&mut self) -> rumqttc::Publish {
-        self.next("PUBLISH", |p| match p {
-            Packet::Publish(p) => Some(p),
-            _ => None,
-        })
-        .await
-    }
+/// A rumqttc 3.1.1 client straight to `addr`.
+fn v4(addr: SocketAddr, id: &str, clean: bool, edit: impl FnOnce(&mut MqttOptions)) -> V4 {
+    let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    opts.set_clean_session(clean);
+    opts.set_keep_alive(Duration::from_secs(10));
+    edit(&mut opts);
+    MqttClient::start(opts)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos_0_1_2_and_retained_messages() {
     let node = BrokerUnderTest::start(|_| {}).await;
-    let mut sub = V4::start(node.addr, "sub", true, |_| {});
+    let mut sub = v4(node.addr, "sub", true, |_| {});
     sub.connack().await;
     assert_eq!(
         sub.subscribe("t/#", QoS::ExactlyOnce).await,
         vec![SubscribeReasonCode::Success(QoS::ExactlyOnce)]
     );
-    let mut publ = V4::start(node.addr, "pub", true, |_| {});
+    let mut publ = v4(node.addr, "pub", true, |_| {});
     publ.connack().await;
     for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
         .into_iter()
@@ -120,7 +51,7 @@ async fn qos_0_1_2_and_retained_messages() {
         node.metric("mqttlb_broker_retained_messages") == 1.0
     })
     .await;
-    let mut late = V4::start(node.addr, "late", true, |_| {});
+    let mut late = v4(node.addr, "late", true, |_| {});
     late.connack().await;
     late.subscribe("r/#", QoS::AtLeastOnce).await;
     let m = late.message().await;
@@ -136,7 +67,7 @@ async fn qos_0_1_2_and_retained_messages() {
         node.metric("mqttlb_broker_retained_messages") == 0.0
     })
     .await;
-    let mut later = V4::start(node.addr, "later", true, |_| {});
+    let mut later = v4(node.addr, "later", true, |_| {});
     later.connack().await;
     later.subscribe("r/#", QoS::AtLeastOnce).await;
     publ.publish("r/marker", QoS::AtLeastOnce, false, b"m")
@@ -147,7 +78,7 @@ async fn qos_0_1_2_and_retained_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_session_queues_while_offline_and_is_taken_over() {
     let node = BrokerUnderTest::start(|_| {}).await;
-    let mut dev = V4::start(node.addr, "dev", false, |_| {});
+    let mut dev = v4(node.addr, "dev", false, |_| {});
     assert!(!dev.connack().await, "first connect: no session");
     dev.subscribe("cmd/#", QoS::AtLeastOnce).await;
     dev.client.disconnect().await.expect("disconnect");
@@ -161,7 +92,7 @@ async fn persistent_session_queues_while_offline_and_is_taken_over() {
         "session outlives the connection"
     );
 
-    let mut publ = V4::start(node.addr, "pub", true, |_| {});
+    let mut publ = v4(node.addr, "pub", true, |_| {});
     publ.connack().await;
     for i in 0..3u8 {
         publ.publish("cmd/x", QoS::AtLeastOnce, false, &[i]).await;
@@ -172,7 +103,7 @@ async fn persistent_session_queues_while_offline_and_is_taken_over() {
     })
     .await;
 
-    let mut dev = V4::start(node.addr, "dev", false, |_| {});
+    let mut dev = v4(node.addr, "dev", false, |_| {});
     assert!(dev.connack().await, "session present on resume");
     for i in 0..3u8 {
         let m = dev.message().await;
@@ -180,7 +111,7 @@ async fn persistent_session_queues_while_offline_and_is_taken_over() {
     }
 
     // Takeover: a second connection with the same id closes the first.
-    let mut thief = V4::start(node.addr, "dev", false, |_| {});
+    let mut thief = v4(node.addr, "dev", false, |_| {});
     assert!(thief.connack().await);
     tokio::time::timeout(DEADLINE, &mut dev.task)
         .await
@@ -192,7 +123,7 @@ async fn persistent_session_queues_while_offline_and_is_taken_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_is_sent_on_abnormal_disconnect_only() {
     let node = BrokerUnderTest::start(|_| {}).await;
-    let mut watcher = V4::start(node.addr, "watcher", true, |_| {});
+    let mut watcher = v4(node.addr, "watcher", true, |_| {});
     watcher.connack().await;
     watcher.subscribe("will/#", QoS::AtLeastOnce).await;
 
@@ -207,7 +138,7 @@ async fn will_is_sent_on_abnormal_disconnect_only() {
         }
     };
     // A clean DISCONNECT: no will.
-    let mut polite = V4::start(node.addr, "polite", true, will("polite"));
+    let mut polite = v4(node.addr, "polite", true, will("polite"));
     polite.connack().await;
     polite.client.disconnect().await.expect("disconnect");
     wait_until("polite gone", DEADLINE, || async {
@@ -215,7 +146,7 @@ async fn will_is_sent_on_abnormal_disconnect_only() {
     })
     .await;
     // The socket just drops: will.
-    let mut rude = V4::start(node.addr, "rude", true, will("rude"));
+    let mut rude = v4(node.addr, "rude", true, will("rude"));
     rude.connack().await;
     rude.task.abort();
     let m = watcher.message().await;
@@ -228,7 +159,7 @@ async fn will_is_sent_on_abnormal_disconnect_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_filters_and_dollar_topics() {
     let node = BrokerUnderTest::start(|c| c.deny_subscribe = vec!["secret/#".into()]).await;
-    let mut c = V4::start(node.addr, "c", true, |_| {});
+    let mut c = v4(node.addr, "c", true, |_| {});
     c.connack().await;
     assert_eq!(
         c.subscribe("secret/a", QoS::AtLeastOnce).await,
@@ -374,7 +305,7 @@ fn connect_with_will(client_id: &str, keep_alive: u16, will_topic: &str) -> Vec<
 async fn silent_client_is_cut_after_one_and_a_half_keep_alives_and_its_will_sent() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let node = BrokerUnderTest::start(|_| {}).await;
-    let mut watcher = V4::start(node.addr, "watcher", true, |_| {});
+    let mut watcher = v4(node.addr, "watcher", true, |_| {});
     watcher.connack().await;
     watcher.subscribe("ka/#", QoS::AtLeastOnce).await;
 
@@ -531,7 +462,7 @@ async fn unacknowledged_qos1_is_redelivered_with_dup_after_reconnect() {
         P::Suback { .. }
     ));
 
-    let mut publ = V4::start(node.addr, "pub", true, |_| {});
+    let mut publ = v4(node.addr, "pub", true, |_| {});
     publ.connack().await;
     publ.publish("q/1", QoS::AtLeastOnce, false, b"again").await;
     let first = match read_packet(&mut s, &mut buf).await {

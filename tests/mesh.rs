@@ -6,76 +6,18 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-use tokio::sync::mpsc;
+use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
 
-struct Client {
-    client: AsyncClient,
-    rx: mpsc::UnboundedReceiver<Packet>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Client {
-    fn start(proxy: &ProxyUnderTest, certs: &Certs, id: &str) -> Client {
-        let mut opts = MqttOptions::new(id, "localhost", proxy.addr.port());
-        opts.set_keep_alive(Duration::from_secs(10));
-        opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
-            ca: certs.read("ca.pem"),
-            alpn: None,
-            client_auth: None,
-        }));
-        let (client, mut events) = AsyncClient::new(opts, 64);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            while let Ok(ev) = events.poll().await {
-                if let Event::Incoming(p) = ev {
-                    if tx.send(p).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Client { client, rx, task }
-    }
-
-    async fn next<T>(&mut self, what: &str, mut f: impl FnMut(Packet) -> Option<T>) -> T {
-        tokio::time::timeout(DEADLINE, async {
-            loop {
-                match self.rx.recv().await {
-                    Some(p) => {
-                        if let Some(t) = f(p) {
-                            return t;
-                        }
-                    }
-                    None => panic!("connection ended while waiting for {what}"),
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-    }
-
-    async fn connected(&mut self) {
-        self.next("CONNACK", |p| matches!(p, Packet::ConnAck(_)).then_some(()))
-            .await
-    }
-
-    async fn subscribe(&mut self, filter: &str) {
-        self.client
-            .subscribe(filter, QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
-        self.next("SUBACK", |p| matches!(p, Packet::SubAck(_)).then_some(()))
-            .await
-    }
-
-    async fn message(&mut self) -> rumqttc::Publish {
-        self.next("PUBLISH", |p| match p {
-            Packet::Publish(p) => Some(p),
-            _ => None,
-        })
-        .await
-    }
+/// A rumqttc client through the proxy over TLS.
+fn tls_client(proxy: &ProxyUnderTest, certs: &Certs, id: &str) -> MqttClient {
+    let mut opts = MqttOptions::new(id, "localhost", proxy.addr.port());
+    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
+        ca: certs.read("ca.pem"),
+        alpn: None,
+        client_auth: None,
+    }));
+    MqttClient::start(opts)
 }
 
 fn home(nodes: &[BrokerUnderTest], id: &str) -> Option<usize> {
@@ -124,17 +66,17 @@ async fn mesh_delivers_across_nodes_and_survives_a_node_loss() {
     let pool = "strategy = \"client-id\"\nproxy_protocol = \"v2\"\nhealth = { check = \"mqtt\", mqtt_version = \"5.0\", interval = \"300ms\", timeout = \"250ms\", rise = 1, fall = 2 }";
     let proxy = ProxyUnderTest::start(&config(&certs, &servers, "", pool), certs.dir.path()).await;
 
-    let mut sub = Client::start(&proxy, &certs, "mesh-sub");
-    sub.connected().await;
-    sub.subscribe("m/#").await;
+    let mut sub = tls_client(&proxy, &certs, "mesh-sub");
+    sub.connack().await;
+    sub.subscribe("m/#", QoS::AtLeastOnce).await;
     let s = home(&nodes, "mesh-sub").expect("subscriber has a node");
 
     // A publisher whose client id hashes to another node.
     let mut publ = None;
     for i in 0..50 {
         let id = format!("mesh-pub-{i}");
-        let mut c = Client::start(&proxy, &certs, &id);
-        c.connected().await;
+        let mut c = tls_client(&proxy, &certs, &id);
+        c.connack().await;
         let p = home(&nodes, &id).expect("publisher has a node");
         if p != s {
             publ = Some((c, p));
@@ -172,11 +114,11 @@ async fn mesh_delivers_across_nodes_and_survives_a_node_loss() {
         .await
         .expect("subscriber's connection closed with its node")
         .expect("task");
-    let mut sub = Client::start(&proxy, &certs, "mesh-sub");
-    sub.connected().await;
+    let mut sub = tls_client(&proxy, &certs, "mesh-sub");
+    sub.connack().await;
     let now = home(&nodes, "mesh-sub").expect("subscriber back on a node");
     assert_ne!(now, s, "not on the dead node");
-    sub.subscribe("m/#").await;
+    sub.subscribe("m/#", QoS::AtLeastOnce).await;
     let r = sub.message().await;
     assert_eq!(
         (r.topic.as_str(), &r.payload[..], r.retain),

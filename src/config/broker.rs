@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, ConfigErrors, Cx, parse_toml};
+use super::{ConfigErrors, Cx, parse_toml, read_file};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,14 +88,7 @@ impl BrokerConfig {
     pub fn load(path: Option<&Path>, o: &BrokerOverrides) -> Result<BrokerConfig, ConfigErrors> {
         let (source, mut raw) = match path {
             Some(path) => {
-                let source = path.display().to_string();
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigErrors(vec![ConfigError {
-                        file: source.clone(),
-                        key: String::new(),
-                        reason: format!("cannot read: {e}"),
-                    }])
-                })?;
+                let (source, text) = read_file(path)?;
                 let raw = parse_toml::<RawBrokerFile>(&source, &text)?.broker;
                 (source, raw)
             }

@@ -292,14 +292,7 @@ impl Config {
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigErrors> {
         let (source, mut raw) = match path {
             Some(path) => {
-                let source = path.display().to_string();
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigErrors(vec![ConfigError {
-                        file: source.clone(),
-                        key: String::new(),
-                        reason: format!("cannot read: {e}"),
-                    }])
-                })?;
+                let (source, text) = read_file(path)?;
                 let raw = parse_toml::<RawConfig>(&source, &text)?;
                 (source, raw)
             }
@@ -375,6 +368,19 @@ impl Config {
         } else {
             Err(ConfigErrors(cx.errors))
         }
+    }
+}
+
+/// Read a configuration file: its name for messages, and its text.
+pub(crate) fn read_file(path: &Path) -> Result<(String, String), ConfigErrors> {
+    let source = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((source, text)),
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            file: source,
+            key: String::new(),
+            reason: format!("cannot read: {e}"),
+        }])),
     }
 }
 

@@ -233,13 +233,7 @@ impl ProxyUnderTest {
     /// Current value of a metric sample, e.g.
     /// `mqttlb_connections_rejected_total{listener="l",reason="http"}`.
     pub fn metric(&self, sample: &str) -> f64 {
-        let text = mqttlb::metrics::encode(&self.registry);
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(sample)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        metric_sample(&self.registry, sample)
     }
 
     pub fn rejected(&self, reason: &str) -> f64 {
@@ -381,6 +375,18 @@ pub async fn run(cmd: &mut tokio::process::Command) -> (bool, String) {
     )
 }
 
+/// Current value of a metric sample in `registry` (0 when absent), e.g.
+/// `mqttlb_broker_retained_messages`.
+pub fn metric_sample(registry: &Registry, sample: &str) -> f64 {
+    let text = mqttlb::metrics::encode(registry);
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
 /// An mqttlb broker node running in-process on an ephemeral port.
 pub struct BrokerUnderTest {
     pub addr: SocketAddr,
@@ -429,13 +435,7 @@ impl BrokerUnderTest {
     }
 
     pub fn metric(&self, sample: &str) -> f64 {
-        let text = mqttlb::metrics::encode(&self.registry);
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(sample)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        metric_sample(&self.registry, sample)
     }
 
     /// Stop the node: listener closed, clients disconnected.
@@ -448,5 +448,88 @@ impl BrokerUnderTest {
 impl Drop for BrokerUnderTest {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// A rumqttc client (3.1.1) whose incoming packets arrive on a channel. The
+/// event loop stops at the first connection error (no reconnects).
+pub struct MqttClient {
+    pub client: rumqttc::AsyncClient,
+    pub rx: tokio::sync::mpsc::UnboundedReceiver<rumqttc::Packet>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl MqttClient {
+    pub fn start(opts: rumqttc::MqttOptions) -> MqttClient {
+        let (client, mut events) = rumqttc::AsyncClient::new(opts, 64);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Ok(ev) = events.poll().await {
+                if let rumqttc::Event::Incoming(p) = ev {
+                    if tx.send(p).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        MqttClient { client, rx, task }
+    }
+
+    /// Next incoming packet matching `f`, within the deadline.
+    pub async fn next<T>(
+        &mut self,
+        what: &str,
+        mut f: impl FnMut(rumqttc::Packet) -> Option<T>,
+    ) -> T {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                match self.rx.recv().await {
+                    Some(p) => {
+                        if let Some(t) = f(p) {
+                            return t;
+                        }
+                    }
+                    None => panic!("connection ended while waiting for {what}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    }
+
+    pub async fn connack(&mut self) -> bool {
+        self.next("CONNACK", |p| match p {
+            rumqttc::Packet::ConnAck(c) => Some(c.session_present),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn subscribe(
+        &mut self,
+        filter: &str,
+        qos: rumqttc::QoS,
+    ) -> Vec<rumqttc::SubscribeReasonCode> {
+        self.client.subscribe(filter, qos).await.expect("subscribe");
+        self.next("SUBACK", |p| match p {
+            rumqttc::Packet::SubAck(s) => Some(s.return_codes),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn publish(&self, topic: &str, qos: rumqttc::QoS, retain: bool, payload: &[u8]) {
+        self.client
+            .publish(topic, qos, retain, payload.to_vec())
+            .await
+            .expect("publish");
+    }
+
+    pub async fn message(&mut self) -> rumqttc::Publish {
+        self.next("PUBLISH", |p| match p {
+            rumqttc::Packet::Publish(p) => Some(p),
+            _ => None,
+        })
+        .await
     }
 }
