@@ -379,95 +379,39 @@ async fn proxy_header_required_refuses_direct_clients_and_serves_proxied_ones() 
     assert!(node.broker.is_online("proxied"));
 }
 
-/// A raw 3.1.1 session: the test decides which acknowledgements to send.
-async fn raw_session(addr: SocketAddr, id: &str) -> (tokio::net::TcpStream, bytes::BytesMut, bool) {
-    use mqttlb::mqtt::codec::{self, ConnectPacket, Packet as P, Properties};
-    use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut out = bytes::BytesMut::new();
-    let connect = ConnectPacket {
-        protocol: mqttlb::mqtt::ProtocolVersion::V311,
-        clean: false,
-        keep_alive: 30,
-        client_id: id.into(),
-        will: None,
-        username: None,
-        password: None,
-        props: Properties::default(),
-    };
-    codec::encode(
-        &P::Connect(Box::new(connect)),
-        mqttlb::mqtt::ProtocolVersion::V311,
-        &mut out,
-    );
-    s.write_all(&out).await.expect("CONNECT");
-    let mut buf = bytes::BytesMut::new();
-    let present = match read_packet(&mut s, &mut buf).await {
-        P::Connack {
-            session_present,
-            code: 0,
-            ..
-        } => session_present,
-        other => panic!("expected CONNACK, got {other:?}"),
-    };
-    (s, buf, present)
-}
-
-async fn read_packet(
-    s: &mut tokio::net::TcpStream,
-    buf: &mut bytes::BytesMut,
-) -> mqttlb::mqtt::codec::Packet {
-    use mqttlb::mqtt::codec;
-    use tokio::io::AsyncReadExt;
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            if let Some(n) = codec::frame_len(buf, 1 << 20).expect("framing") {
-                let frame = buf.split_to(n).freeze();
-                return codec::decode(frame, mqttlb::mqtt::ProtocolVersion::V311).expect("decode");
-            }
-            assert!(s.read_buf(buf).await.expect("read") > 0, "closed");
-        }
-    })
-    .await
-    .expect("packet before the deadline")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_qos1_is_redelivered_with_dup_after_reconnect() {
-    use mqttlb::mqtt::codec::{self, Packet as P, Properties, SubOptions};
-    use tokio::io::AsyncWriteExt;
+    use mqttlb::mqtt::codec::{Packet as P, Properties, SubOptions};
     let v311 = mqttlb::mqtt::ProtocolVersion::V311;
     let node = BrokerUnderTest::start(|_| {}).await;
-    let (mut s, mut buf, present) = raw_session(node.addr, "forgetful").await;
-    assert!(!present);
-    let mut out = bytes::BytesMut::new();
-    codec::encode(
-        &P::Subscribe {
-            pkid: 1,
-            filters: vec![(
-                "q/1".into(),
-                SubOptions {
-                    qos: 1,
-                    ..SubOptions::default()
-                },
-            )],
-            props: Properties::default(),
-        },
-        v311,
-        &mut out,
-    );
-    s.write_all(&out).await.expect("SUBSCRIBE");
+    let (mut s, connack) = RawMqtt::connect(node.addr, raw_connect(v311, "forgetful", false)).await;
     assert!(matches!(
-        read_packet(&mut s, &mut buf).await,
-        P::Suback { .. }
+        connack,
+        P::Connack {
+            session_present: false,
+            code: 0,
+            ..
+        }
     ));
+    s.send(&P::Subscribe {
+        pkid: 1,
+        filters: vec![(
+            "q/1".into(),
+            SubOptions {
+                qos: 1,
+                ..SubOptions::default()
+            },
+        )],
+        props: Properties::default(),
+    })
+    .await;
+    assert!(matches!(s.read().await, Some(P::Suback { .. })));
 
     let mut publ = v4(node.addr, "pub", true, |_| {});
     publ.connack().await;
     publ.publish("q/1", QoS::AtLeastOnce, false, b"again").await;
-    let first = match read_packet(&mut s, &mut buf).await {
-        P::Publish(p) => p,
-        other => panic!("expected PUBLISH, got {other:?}"),
+    let Some(P::Publish(first)) = s.read().await else {
+        panic!("expected PUBLISH");
     };
     assert!(!first.dup);
     // Leave without PUBACK.
@@ -477,11 +421,17 @@ async fn unacknowledged_qos1_is_redelivered_with_dup_after_reconnect() {
     })
     .await;
 
-    let (mut s, mut buf, present) = raw_session(node.addr, "forgetful").await;
-    assert!(present);
-    let again = match read_packet(&mut s, &mut buf).await {
-        P::Publish(p) => p,
-        other => panic!("expected the redelivery, got {other:?}"),
+    let (mut s, connack) = RawMqtt::connect(node.addr, raw_connect(v311, "forgetful", false)).await;
+    assert!(matches!(
+        connack,
+        P::Connack {
+            session_present: true,
+            code: 0,
+            ..
+        }
+    ));
+    let Some(P::Publish(again)) = s.read().await else {
+        panic!("expected the redelivery");
     };
     assert!(again.dup, "redelivery carries DUP");
     assert_eq!(again.pkid, first.pkid);

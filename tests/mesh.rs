@@ -49,6 +49,7 @@ async fn mesh_delivers_across_nodes_and_survives_a_node_loss() {
                 c.peers = peers;
                 c.proxy_protocol = mqttlb::config::broker::ProxyIn::Optional;
                 c.peer_reconnect_max = Duration::from_millis(200);
+                c.mesh_secret = Some(mqttlb::config::broker::Secret("mesh-test".into()));
             })
         })
         .collect();

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info};
 
 use super::router::Sub;
-use super::session::{Attached, Delivery, Inflight, NEVER_EXPIRES, Session, kick};
+use super::session::{Attached, Delivery, Inflight, NEVER_EXPIRES, PEER_PREFIX, Session, kick};
 use super::topic;
 use super::{Broker, Message};
 use crate::config::broker::ProxyIn;
@@ -88,8 +88,8 @@ pub async fn handle(
         let (mut rd, mut wr) = tcp.into_split();
         let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
         let deadline = Instant::now() + broker.config.connect_timeout;
-        let cn = match read_proxy_header(&broker, &mut rd, &mut rbuf, deadline).await {
-            Ok(cn) => cn,
+        let proxied = match read_proxy_header(&broker, &mut rd, &mut rbuf, deadline).await {
+            Ok(p) => p,
             Err(reason) => {
                 broker.metrics.rejected(reason);
                 debug!(reason, "closed before CONNECT");
@@ -105,8 +105,27 @@ pub async fn handle(
             }
         };
         let mut connect = *connect;
+        if connect.client_id.starts_with(PEER_PREFIX)
+            && !mesh_link_allowed(&broker, &connect, addr, &proxied)
+        {
+            broker.metrics.rejected("mesh_link_not_authorized");
+            info!("mesh link refused: wrong secret, unknown peer address, or behind a proxy");
+            let code = if connect.protocol == ProtocolVersion::V5 {
+                rc::NOT_AUTHORIZED
+            } else {
+                0x05
+            };
+            let mut out = BytesMut::new();
+            codec::encode(
+                &connack(false, code, Properties::default()),
+                connect.protocol,
+                &mut out,
+            );
+            let _ = timeout(Duration::from_secs(1), wr.write_all(&out)).await;
+            return;
+        }
         if broker.config.cn_as_username {
-            if let Some(cn) = cn {
+            if let Some(cn) = proxied.cn {
                 connect.username = Some(cn);
             }
         }
@@ -116,18 +135,42 @@ pub async fn handle(
     .await
 }
 
-/// Read an optional or required PROXY v1/v2 header. Returns the client
-/// certificate CN from a v2 SSL TLV, if any.
+/// What a PROXY header said.
+#[derive(Debug, Default)]
+struct Proxied {
+    /// A header was present: the connection came through a proxy.
+    present: bool,
+    /// Client-certificate CN from a v2 SSL TLV.
+    cn: Option<String>,
+}
+
+/// Mesh links authenticate with the mesh secret, or without one come
+/// straight (no PROXY header) from a configured peer's IP address.
+fn mesh_link_allowed(broker: &Broker, c: &ConnectPacket, addr: SocketAddr, p: &Proxied) -> bool {
+    if p.present {
+        return false;
+    }
+    match &broker.config.mesh_secret {
+        Some(secret) => c.password.as_ref().is_some_and(|pw| secret.matches(pw)),
+        None => broker
+            .config
+            .peers
+            .iter()
+            .any(|peer| peer.ip() == addr.ip()),
+    }
+}
+
+/// Read an optional or required PROXY v1/v2 header.
 async fn read_proxy_header(
     broker: &Broker,
     rd: &mut OwnedReadHalf,
     rbuf: &mut BytesMut,
     deadline: Instant,
-) -> Result<Option<String>, &'static str> {
+) -> Result<Proxied, &'static str> {
     use proxy_header::{Error, ParseConfig, ProxyHeader};
     let mode = broker.config.proxy_protocol;
     if mode == ProxyIn::Off {
-        return Ok(None);
+        return Ok(Proxied::default());
     }
     loop {
         if !rbuf.is_empty() {
@@ -139,7 +182,7 @@ async fn read_proxy_header(
             if !looks_like_proxy {
                 return match mode {
                     ProxyIn::Required => Err("proxy_header_missing"),
-                    _ => Ok(None),
+                    _ => Ok(Proxied::default()),
                 };
             }
             match ProxyHeader::parse(&rbuf[..], ParseConfig::default()) {
@@ -149,7 +192,7 @@ async fn read_proxy_header(
                     }
                     let cn = h.ssl().and_then(|s| s.cn().map(str::to_owned));
                     rbuf.advance(used);
-                    return Ok(cn);
+                    return Ok(Proxied { present: true, cn });
                 }
                 Err(Error::BufferTooShort) if rbuf.len() < 536 => {}
                 Err(_) => return Err("proxy_header_invalid"),
@@ -627,7 +670,14 @@ impl Conn {
             Packet::Pingreq => self.send(&Packet::Pingresp),
             Packet::Disconnect { code, props } => {
                 if let Some(e) = props.session_expiry {
-                    self.session.lock().expiry = e;
+                    let mut st = self.session.lock();
+                    // Zero on CONNECT cannot become non-zero on DISCONNECT
+                    // [MQTT-3.14.2.2.2].
+                    if st.expiry == 0 && e != 0 {
+                        drop(st);
+                        return Err(self.protocol_error("session_expiry_raised"));
+                    }
+                    st.expiry = e;
                 }
                 return Ok(Some(End::Disconnect(code)));
             }

@@ -90,7 +90,11 @@ async fn link(broker: &Broker, peer: SocketAddr) -> Result<(), LinkError> {
         client_id: format!("{PEER_PREFIX}{}", broker.config.node_name),
         will: None,
         username: None,
-        password: None,
+        password: broker
+            .config
+            .mesh_secret
+            .as_ref()
+            .map(|s| bytes::Bytes::from(s.0.clone().into_bytes())),
         props: Properties {
             receive_maximum: Some(broker.config.receive_maximum),
             maximum_packet_size: Some(broker.config.max_packet_size as u32),

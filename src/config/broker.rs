@@ -34,6 +34,7 @@ pub struct RawBroker {
     pub connect_timeout: Option<String>,
     pub drain_timeout: Option<String>,
     pub peer_reconnect_max: Option<String>,
+    pub mesh_secret: Option<String>,
     #[serde(default)]
     pub deny_subscribe: Vec<String>,
 }
@@ -72,9 +73,34 @@ pub struct BrokerConfig {
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
     pub peer_reconnect_max: Duration,
+    /// Password mesh links present and require. Without one, a mesh link
+    /// is accepted only from the IP address of a configured peer.
+    pub mesh_secret: Option<Secret>,
     /// Topic filters refused with SUBACK 0x80 (matched as filters against
     /// the requested filter, so `secret/#` denies `secret/a` and `secret/#`).
     pub deny_subscribe: Vec<String>,
+}
+
+/// A secret that never appears in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Secret {
+    /// Compare without an early exit on the first differing byte.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let s = self.0.as_bytes();
+        s.len() == candidate.len()
+            && s.iter()
+                .zip(candidate)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
 }
 
 /// Flags of `mqttlb broker`; they override the file.
@@ -215,6 +241,7 @@ impl BrokerConfig {
                 Duration::from_secs(5),
             ),
             deny_subscribe,
+            mesh_secret: raw.mesh_secret.map(Secret),
         };
         if cx.errors.is_empty() {
             Ok(config)

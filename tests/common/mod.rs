@@ -476,25 +476,8 @@ impl MqttClient {
     }
 
     /// Next incoming packet matching `f`, within the deadline.
-    pub async fn next<T>(
-        &mut self,
-        what: &str,
-        mut f: impl FnMut(rumqttc::Packet) -> Option<T>,
-    ) -> T {
-        tokio::time::timeout(DEADLINE, async {
-            loop {
-                match self.rx.recv().await {
-                    Some(p) => {
-                        if let Some(t) = f(p) {
-                            return t;
-                        }
-                    }
-                    None => panic!("connection ended while waiting for {what}"),
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    pub async fn next<T>(&mut self, what: &str, f: impl FnMut(rumqttc::Packet) -> Option<T>) -> T {
+        next_matching(&mut self.rx, what, f).await
     }
 
     pub async fn connack(&mut self) -> bool {
@@ -531,5 +514,168 @@ impl MqttClient {
             _ => None,
         })
         .await
+    }
+}
+
+/// Next item on `rx` for which `f` returns `Some`, within [`DEADLINE`];
+/// panics naming `what` when the channel closes or time runs out.
+pub async fn next_matching<P, T>(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<P>,
+    what: &str,
+    mut f: impl FnMut(P) -> Option<T>,
+) -> T {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match rx.recv().await {
+                Some(p) => {
+                    if let Some(t) = f(p) {
+                        return t;
+                    }
+                }
+                None => panic!("connection ended while waiting for {what}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A rumqttc MQTT 5 client; incoming packets arrive on a channel, the
+/// event loop stops at the first connection error.
+pub struct Mqtt5Client {
+    pub client: rumqttc::v5::AsyncClient,
+    pub rx: tokio::sync::mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Packet>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Mqtt5Client {
+    /// A client straight to `addr` with clean start; `edit` adjusts options.
+    pub fn start(
+        addr: SocketAddr,
+        id: &str,
+        edit: impl FnOnce(&mut rumqttc::v5::MqttOptions),
+    ) -> Mqtt5Client {
+        let mut opts = rumqttc::v5::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        opts.set_keep_alive(Duration::from_secs(10));
+        edit(&mut opts);
+        let (client, mut events) = rumqttc::v5::AsyncClient::new(opts, 64);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Ok(ev) = events.poll().await {
+                if let rumqttc::v5::Event::Incoming(p) = ev {
+                    if tx.send(p).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Mqtt5Client { client, rx, task }
+    }
+
+    pub async fn next<T>(
+        &mut self,
+        what: &str,
+        f: impl FnMut(rumqttc::v5::mqttbytes::v5::Packet) -> Option<T>,
+    ) -> T {
+        next_matching(&mut self.rx, what, f).await
+    }
+
+    /// The CONNACK: (session present, reason code).
+    pub async fn connack(&mut self) -> (bool, rumqttc::v5::mqttbytes::v5::ConnectReturnCode) {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        self.next("CONNACK", |p| match p {
+            Packet::ConnAck(c) => Some((c.session_present, c.code)),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn suback(&mut self) -> Vec<rumqttc::v5::mqttbytes::v5::SubscribeReasonCode> {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        self.next("SUBACK", |p| match p {
+            Packet::SubAck(s) => Some(s.return_codes),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn message(&mut self) -> rumqttc::v5::mqttbytes::v5::Publish {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        self.next("PUBLISH", |p| match p {
+            Packet::Publish(p) => Some(p),
+            _ => None,
+        })
+        .await
+    }
+}
+
+/// A raw MQTT connection speaking mqttlb's own codec, for protocol edges no
+/// well-behaved client produces (withheld acknowledgements, aliases,
+/// oversize packets). Behaviour is still judged by what the broker does.
+pub struct RawMqtt {
+    pub stream: tokio::net::TcpStream,
+    pub protocol: mqttlb::mqtt::ProtocolVersion,
+    buf: bytes::BytesMut,
+}
+
+impl RawMqtt {
+    /// Connect and send CONNECT; returns the connection and the CONNACK.
+    pub async fn connect(
+        addr: SocketAddr,
+        connect: mqttlb::mqtt::codec::ConnectPacket,
+    ) -> (RawMqtt, mqttlb::mqtt::codec::Packet) {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut raw = RawMqtt {
+            stream,
+            protocol: connect.protocol,
+            buf: bytes::BytesMut::new(),
+        };
+        raw.send(&mqttlb::mqtt::codec::Packet::Connect(Box::new(connect)))
+            .await;
+        let connack = raw.read().await.expect("CONNACK");
+        (raw, connack)
+    }
+
+    pub async fn send(&mut self, p: &mqttlb::mqtt::codec::Packet) {
+        let mut out = bytes::BytesMut::new();
+        mqttlb::mqtt::codec::encode(p, self.protocol, &mut out);
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    /// Next packet, or `None` once the broker closed the connection.
+    pub async fn read(&mut self) -> Option<mqttlb::mqtt::codec::Packet> {
+        use mqttlb::mqtt::codec;
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                if let Some(n) = codec::frame_len(&self.buf, 1 << 24).expect("framing") {
+                    let frame = self.buf.split_to(n).freeze();
+                    return Some(codec::decode(frame, self.protocol).expect("decode"));
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("packet or close before the deadline")
+    }
+}
+
+/// A CONNECT for [`RawMqtt`]: clean start, keep-alive 30 s, no will.
+pub fn raw_connect(
+    protocol: mqttlb::mqtt::ProtocolVersion,
+    client_id: &str,
+    clean: bool,
+) -> mqttlb::mqtt::codec::ConnectPacket {
+    mqttlb::mqtt::codec::ConnectPacket {
+        protocol,
+        clean,
+        keep_alive: 30,
+        client_id: client_id.into(),
+        will: None,
+        username: None,
+        password: None,
+        props: mqttlb::mqtt::codec::Properties::default(),
     }
 }
