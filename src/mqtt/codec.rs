@@ -7,8 +7,11 @@
 //! message fanned out to many subscribers is never copied.
 //!
 //! Hand-written for the same reasons as the CONNECT peek (one codec for all
-//! three versions, binary passwords, no panics on hostile input); it is
-//! cross-checked against rumqttc's independent encoder in the tests below.
+//! three versions, binary passwords, no panics on hostile input), and a
+//! CONNECT is first validated by that peek, so the proxy and the broker
+//! agree on what a valid CONNECT is. Cross-checked both ways against
+//! independent implementations in the tests below: rumqttc's encoder feeds
+//! this decoder, mqtt-protocol-core's decoder reads this encoder's output.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -41,6 +44,23 @@ pub enum DecodeError {
     ZeroPacketId,
     #[error("SUBSCRIBE or UNSUBSCRIBE without topic filters")]
     EmptySubscription,
+}
+
+impl From<super::ConnectError> for DecodeError {
+    fn from(e: super::ConnectError) -> DecodeError {
+        use super::ConnectError as C;
+        match e {
+            C::UnsupportedProtocol => DecodeError::UnsupportedProtocol,
+            C::BadRemainingLength => DecodeError::BadLength,
+            C::TooLarge { size, limit } => DecodeError::TooLarge { size, limit },
+            C::BadFlags => DecodeError::BadFlags,
+            C::BadUtf8 => DecodeError::BadUtf8,
+            C::BadProperties => DecodeError::BadProperties,
+            C::NotConnect(b) => DecodeError::BadType(b),
+            C::Tls | C::Http => DecodeError::BadType(0),
+            C::Truncated | C::TrailingBytes => DecodeError::Truncated,
+        }
+    }
 }
 
 /// MQTT 5 properties. Absent fields were not on the wire; 3.x packets
@@ -221,7 +241,13 @@ pub fn decode(frame: Bytes, protocol: ProtocolVersion) -> Result<Packet, DecodeE
     };
     let flags = first & 0x0f;
     let packet = match first >> 4 {
-        1 if flags == 0 => return decode_connect(r.buf),
+        1 if flags == 0 => {
+            // One definition of a valid CONNECT for proxy and broker: the
+            // proxy's peek validates (flags, protocol names and levels,
+            // property framing), then the owned fields are read.
+            super::connect::peek_connect(&frame, usize::MAX).map_err(DecodeError::from)?;
+            return decode_connect(r.buf);
+        }
         2 if flags == 0 => {
             let session_present = r.u8()? & 0x01 != 0;
             let code = r.u8()?;
@@ -1085,6 +1111,90 @@ mod tests {
             }
         }
         assert!(decoded > 0, "some random frames are valid packets");
+    }
+
+    /// Cross-check the other way: what this codec encodes, mqtt-protocol-core
+    /// (an independent implementation) decodes to the same meaning.
+    #[test]
+    fn mqtt_protocol_core_decodes_what_we_encode() {
+        use mqtt_protocol_core::mqtt::packet::{Qos, RetainHandling, v3_1_1, v5_0};
+        use std::sync::Arc;
+        fn body(frame: &[u8]) -> (u8, &[u8]) {
+            let (_, used) = decode_varint(&frame[1..]).unwrap().unwrap();
+            (frame[0] & 0x0f, &frame[1 + used..])
+        }
+        let mut checked = 0;
+        for qos in 0..=2u8 {
+            for v in [V311, V5] {
+                let props = if v == V5 {
+                    Properties {
+                        content_type: Some("ct".into()),
+                        user: vec![("k".into(), "v".into())],
+                        message_expiry: Some(30),
+                        ..Properties::default()
+                    }
+                } else {
+                    Properties::default()
+                };
+                let mut out = BytesMut::new();
+                encode(&publish(qos, props), v, &mut out);
+                let (flags, b) = body(&out);
+                let data: Arc<[u8]> = Arc::from(b);
+                let (topic, their_qos, pkid, payload, nprops) = if v == V5 {
+                    let (p, _) = v5_0::Publish::parse(flags, data).expect("parses");
+                    (
+                        p.topic_name().to_string(),
+                        p.qos(),
+                        p.packet_id(),
+                        p.payload().as_slice().to_vec(),
+                        p.props.len(),
+                    )
+                } else {
+                    let (p, _) = v3_1_1::Publish::parse(flags, data).expect("parses");
+                    (
+                        p.topic_name().to_string(),
+                        p.qos(),
+                        p.packet_id(),
+                        p.payload().as_slice().to_vec(),
+                        0,
+                    )
+                };
+                let want_qos = [Qos::AtMostOnce, Qos::AtLeastOnce, Qos::ExactlyOnce][qos as usize];
+                assert_eq!(topic, "a/b");
+                assert_eq!(their_qos, want_qos);
+                assert_eq!(pkid, (qos > 0).then_some(7));
+                assert_eq!(payload, b"\x00\xffpayload");
+                assert_eq!(nprops, if v == V5 { 3 } else { 0 });
+                checked += 1;
+            }
+        }
+        let mut out = BytesMut::new();
+        let opts = SubOptions {
+            qos: 1,
+            no_local: true,
+            retain_as_published: true,
+            retain_handling: 1,
+        };
+        encode(
+            &Packet::Subscribe {
+                pkid: 9,
+                filters: vec![("x/+".into(), opts)],
+                props: Properties::default(),
+            },
+            V5,
+            &mut out,
+        );
+        let (_, b) = body(&out);
+        let (sub, _) = v5_0::Subscribe::parse(b).expect("parses");
+        assert_eq!(sub.packet_id(), 9);
+        let e = &sub.entries()[0];
+        assert_eq!(e.topic_filter(), "x/+");
+        let o = e.sub_opts();
+        assert_eq!(o.qos(), Qos::AtLeastOnce);
+        assert!(o.nl() && o.rap());
+        assert_eq!(o.rh(), RetainHandling::SendRetainedIfNotExists);
+        checked += 1;
+        assert_eq!(checked, 7);
     }
 
     /// Cross-check: rumqttc's encoder (an independent implementation)
