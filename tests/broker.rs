@@ -250,7 +250,7 @@ async fn mqtt5_properties_no_local_and_assigned_ids() {
 async fn mosquitto_clients_against_the_broker() {
     let node = BrokerUnderTest::start(|_| {}).await;
     let port = node.addr.port().to_string();
-    for version in ["mqttv311", "mqttv5"] {
+    for version in ["mqttv31", "mqttv311", "mqttv5"] {
         let topic = format!("m/{version}");
         let sub_id = format!("sub-{version}");
         let mut sub = tokio::process::Command::new("mosquitto_sub");

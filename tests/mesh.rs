@@ -135,3 +135,49 @@ async fn mesh_delivers_across_nodes_and_survives_a_node_loss() {
         ("m/2", &b"still here"[..])
     );
 }
+
+/// Mutual TLS at the proxy, PROXY v2 to a broker that requires the header
+/// and takes the certificate CN as the user name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_cn_becomes_the_broker_user_name() {
+    let certs = Certs::new();
+    let node = BrokerUnderTest::start(|c| {
+        c.proxy_protocol = mqttlb::config::broker::ProxyIn::Required;
+        c.cn_as_username = true;
+    })
+    .await;
+    let text = config(
+        &certs,
+        &[("node1", node.addr)],
+        "",
+        "proxy_protocol = \"v2\"\nhealth = { check = \"mqtt\", interval = \"200ms\", timeout = \"500ms\" }",
+    )
+    .replace(
+        "[listener.mqtt]",
+        &format!(
+            "client_auth = \"required\"\nclient_ca = \"{}\"\n[listener.mqtt]",
+            certs.p("ca.pem")
+        ),
+    );
+    let proxy = ProxyUnderTest::start(&text, certs.dir.path()).await;
+    let mut opts = MqttOptions::new("cn-client", "localhost", proxy.addr.port());
+    opts.set_credentials("claimed-name", "pw");
+    opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
+        ca: certs.read("ca.pem"),
+        alpn: None,
+        client_auth: Some((certs.read("client.pem"), certs.read("client.key"))),
+    }));
+    let mut c = MqttClient::start(opts);
+    c.connack().await;
+    assert_eq!(
+        node.broker.username_of("cn-client").as_deref(),
+        Some(mqttlb::certs::CLIENT_CN),
+        "the CN from the PROXY v2 SSL TLV replaces the claimed user name"
+    );
+    // The health checks' LOCAL headers are accepted by the same listener.
+    wait_until("health checks pass", DEADLINE, || async {
+        proxy.metric("mqttlb_health_checks_total{backend=\"node1\",result=\"ok\"}") >= 2.0
+    })
+    .await;
+    assert!(proxy.backend_up("node1"));
+}

@@ -322,6 +322,7 @@ async fn run(
         &kick_token,
         &kick_reason,
     );
+    session.lock().username = connect.username.clone();
 
     let mut props = Properties::default();
     if v5 {

@@ -266,6 +266,13 @@ impl Broker {
         session.is_some_and(|s| s.lock().attached.is_some())
     }
 
+    /// The user name a client id connected with (for a CN taken from the
+    /// PROXY header, the certificate's CN).
+    pub fn username_of(&self, client_id: &str) -> Option<String> {
+        let session = self.sessions().get(client_id).cloned();
+        session.and_then(|s| s.lock().username.clone())
+    }
+
     /// Whether a session (online or offline) exists for this client id.
     pub fn has_session(&self, client_id: &str) -> bool {
         self.sessions().contains_key(client_id)

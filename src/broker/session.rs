@@ -82,6 +82,8 @@ pub struct SessionState {
     pub subscriptions: HashMap<String, (SubOptions, Option<u32>)>,
     /// Seconds the session outlives its connection.
     pub expiry: u32,
+    /// User name of the attached (or last) connection.
+    pub username: Option<String>,
 }
 
 /// What happened to a message offered to a session.
@@ -119,6 +121,7 @@ impl Session {
                 incoming_qos2: HashSet::new(),
                 subscriptions: HashMap::new(),
                 expiry: 0,
+                username: None,
             }),
             notify: Notify::new(),
         }
