@@ -362,10 +362,15 @@ where
 
 /// Run a command with a deadline, returning (status success, stdout).
 pub async fn run(cmd: &mut tokio::process::Command) -> (bool, String) {
+    run_within(cmd, DEADLINE).await
+}
+
+/// [`run`] with its own deadline.
+pub async fn run_within(cmd: &mut tokio::process::Command, deadline: Duration) -> (bool, String) {
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let out = tokio::time::timeout(DEADLINE, cmd.output())
+    let out = tokio::time::timeout(deadline, cmd.output())
         .await
         .expect("command finished before the deadline")
         .expect("command runs");
