@@ -233,7 +233,7 @@ impl Broker {
             let s = self.sessions();
             targets
                 .into_iter()
-                .filter_map(|t| s.get(&t.client_id).cloned().map(|s| (s, t)))
+                .filter_map(|t| s.get(&*t.client_id).cloned().map(|s| (s, t)))
                 .collect()
         };
         let cap = self.config.max_queued_messages;
