@@ -69,7 +69,7 @@ async fn mesh_delivers_across_nodes_and_survives_a_node_loss() {
 
     let mut sub = tls_client(&proxy, &certs, "mesh-sub");
     sub.connack().await;
-    sub.subscribe("m/#", QoS::AtLeastOnce).await;
+    sub.subscribe("m/#", QoS::ExactlyOnce).await;
     let s = home(&nodes, "mesh-sub").expect("subscriber has a node");
 
     // A publisher whose client id hashes to another node.
@@ -80,12 +80,12 @@ async fn mesh_delivers_across_nodes_and_survives_a_node_loss() {
         c.connack().await;
         let p = home(&nodes, &id).expect("publisher has a node");
         if p != s {
-            publ = Some((c, p));
+            publ = Some((c, p, id));
             break;
         }
         c.client.disconnect().await.expect("disconnect");
     }
-    let (publ, _) = publ.expect("some client id lands on another node");
+    let (publ, p, publ_id) = publ.expect("some client id lands on another node");
 
     publ.client
         .publish("m/1", QoS::AtLeastOnce, false, "across")
@@ -94,6 +94,13 @@ async fn mesh_delivers_across_nodes_and_survives_a_node_loss() {
     let m = sub.message().await;
     assert_eq!((m.topic.as_str(), &m.payload[..]), ("m/1", &b"across"[..]));
     assert_eq!(m.qos, QoS::AtLeastOnce);
+    // QoS 2 crosses the link as QoS 2.
+    publ.client
+        .publish("m/q2", QoS::ExactlyOnce, false, "exactly")
+        .await
+        .expect("publish");
+    let m = sub.message().await;
+    assert_eq!((m.topic.as_str(), m.qos), ("m/q2", QoS::ExactlyOnce));
 
     publ.client
         .publish("m/ret", QoS::AtLeastOnce, true, "kept")
@@ -119,7 +126,7 @@ async fn mesh_delivers_across_nodes_and_survives_a_node_loss() {
     sub.connack().await;
     let now = home(&nodes, "mesh-sub").expect("subscriber back on a node");
     assert_ne!(now, s, "not on the dead node");
-    sub.subscribe("m/#", QoS::AtLeastOnce).await;
+    sub.subscribe("m/#", QoS::ExactlyOnce).await;
     let r = sub.message().await;
     assert_eq!(
         (r.topic.as_str(), &r.payload[..], r.retain),
@@ -133,6 +140,41 @@ async fn mesh_delivers_across_nodes_and_survives_a_node_loss() {
     assert_eq!(
         (m.topic.as_str(), &m.payload[..]),
         ("m/2", &b"still here"[..])
+    );
+
+    // Now the publisher's node dies too: both reconnect through the proxy
+    // to what is left, and traffic continues.
+    nodes[p].stop().await;
+    let mut publ = publ;
+    tokio::time::timeout(DEADLINE, &mut publ.task)
+        .await
+        .expect("publisher's connection closed with its node")
+        .expect("task");
+    if now == p {
+        tokio::time::timeout(DEADLINE, &mut sub.task)
+            .await
+            .expect("subscriber's connection closed with its node")
+            .expect("task");
+        sub = tls_client(&proxy, &certs, "mesh-sub");
+        sub.connack().await;
+        sub.subscribe("m/#", QoS::ExactlyOnce).await;
+        assert_eq!(
+            sub.message().await.topic,
+            "m/ret",
+            "retained on the last node"
+        );
+    }
+    let mut publ = tls_client(&proxy, &certs, &publ_id);
+    publ.connack().await;
+    assert!(home(&nodes, &publ_id).is_some_and(|n| n != p && n != s));
+    publ.client
+        .publish("m/3", QoS::ExactlyOnce, false, "after two losses")
+        .await
+        .expect("publish");
+    let m = sub.message().await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("m/3", &b"after two losses"[..])
     );
 }
 
