@@ -223,3 +223,61 @@ async fn certificate_cn_becomes_the_broker_user_name() {
     .await;
     assert!(proxy.backend_up("node1"));
 }
+
+/// A peer that goes away is reconnected (with backoff) when it returns,
+/// and messages flow both ways again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_links_reconnect_when_a_node_returns() {
+    let la = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let lb = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let (a_addr, b_addr) = (la.local_addr().expect("a"), lb.local_addr().expect("b"));
+    let mesh = move |peer: std::net::SocketAddr| {
+        move |c: &mut mqttlb::config::broker::BrokerConfig| {
+            c.peers = vec![peer];
+            c.peer_reconnect_max = Duration::from_millis(200);
+        }
+    };
+    let a = BrokerUnderTest::start_on(la, mesh(b_addr));
+    let mut b = BrokerUnderTest::start_on(lb, mesh(a_addr));
+    for n in [&a, &b] {
+        wait_until("links up", DEADLINE, || async {
+            n.metric("mqttlb_broker_peer_links_up") == 1.0
+        })
+        .await;
+    }
+    b.stop().await;
+    wait_until("A notices B is gone", DEADLINE, || async {
+        a.metric("mqttlb_broker_peer_links_up") == 0.0
+    })
+    .await;
+
+    // B comes back on the same address.
+    let lb = tokio::net::TcpListener::bind(b_addr)
+        .await
+        .expect("rebind B");
+    let b = BrokerUnderTest::start_on(lb, mesh(a_addr));
+    for n in [&a, &b] {
+        wait_until("links up again", DEADLINE, || async {
+            n.metric("mqttlb_broker_peer_links_up") == 1.0
+        })
+        .await;
+    }
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        let mut sub = MqttClient::start(MqttOptions::new("sub", "127.0.0.1", to.addr.port()));
+        sub.connack().await;
+        sub.subscribe("back/#", QoS::AtLeastOnce).await;
+        let mut publ = MqttClient::start(MqttOptions::new("pub", "127.0.0.1", from.addr.port()));
+        publ.connack().await;
+        publ.client
+            .publish("back/1", QoS::AtLeastOnce, false, "hello again")
+            .await
+            .expect("publish");
+        assert_eq!(&sub.message().await.payload[..], b"hello again");
+        sub.client.disconnect().await.expect("disconnect");
+        publ.client.disconnect().await.expect("disconnect");
+    }
+}

@@ -137,12 +137,19 @@ async fn link(broker: &Broker, peer: SocketAddr) -> Result<(), LinkError> {
             let packet =
                 codec::decode(frame, V5).map_err(|e| LinkError::Protocol(e.to_string()))?;
             match packet {
-                Packet::Connack { code: 0, .. } => {
+                Packet::Connack { code: 0, .. } | Packet::Pingresp => {}
+                Packet::Connack { code, .. } => return Err(LinkError::Refused(code)),
+                // Up once the peer holds our subscription: from then on
+                // everything its clients publish reaches us.
+                Packet::Suback { codes, .. } if codes.first().is_some_and(|c| *c <= 2) => {
                     up.set();
                     info!(%peer, "peer link up");
                 }
-                Packet::Connack { code, .. } => return Err(LinkError::Refused(code)),
-                Packet::Suback { .. } | Packet::Pingresp => {}
+                Packet::Suback { codes, .. } => {
+                    return Err(LinkError::Protocol(format!(
+                        "peer refused the subscription: {codes:02x?}"
+                    )));
+                }
                 Packet::Publish(p) => on_publish(broker, p, &mut out),
                 Packet::Ack {
                     kind: AckKind::Pubrel,
