@@ -82,6 +82,9 @@ struct BrokerArgs {
     /// Another node of the mesh (repeatable); replaces `peers`.
     #[arg(long = "peer")]
     peers: Vec<String>,
+    /// Admin HTTP listener (/metrics, /healthz, /readyz).
+    #[arg(long)]
+    admin: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -110,6 +113,9 @@ struct ProxyArgs {
     /// off | v1 | v2
     #[arg(long)]
     proxy_protocol: Option<String>,
+    /// Admin HTTP listener (/metrics, /healthz, /readyz, /api/v1/…).
+    #[arg(long)]
+    admin: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -184,6 +190,7 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
     let overrides = BrokerOverrides {
         listen: args.listen,
         peers: args.peers,
+        admin: args.admin,
     };
     let config = match BrokerConfig::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,
@@ -240,6 +247,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         backends: args.backends,
         strategy: args.strategy,
         proxy_protocol: args.proxy_protocol,
+        admin: args.admin,
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,

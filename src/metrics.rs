@@ -44,6 +44,11 @@ pub struct ProtocolLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CheckLabel {
     pub backend: Arc<String>,
     pub result: &'static str,
@@ -85,6 +90,7 @@ pub struct Metrics {
     pub health_check_duration: Family<BackendLabel, Histogram>,
     pub bytes: Family<DirectionLabel, Counter>,
     pub accept_errors: Counter,
+    pub config_reloads: Family<OutcomeLabel, Counter>,
 }
 
 impl Metrics {
@@ -104,6 +110,7 @@ impl Metrics {
             health_check_duration: Family::new_with_constructor(latency_histogram),
             bytes: Family::default(),
             accept_errors: Counter::default(),
+            config_reloads: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("mqttlb");
         r.register(
@@ -180,7 +187,33 @@ impl Metrics {
             "Failed accept() calls (e.g. EMFILE)",
             m.accept_errors.clone(),
         );
+        r.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP or POST /api/v1/reload) by result",
+            m.config_reloads.clone(),
+        );
+        // Both outcomes exist from the start, so rate() and alerts work
+        // before the first reload.
+        for result in ["ok", "error"] {
+            let _ = m.config_reloads.get_or_create(&OutcomeLabel { result });
+        }
         m
+    }
+
+    pub fn reload(&self, result: &'static str) {
+        self.config_reloads
+            .get_or_create(&OutcomeLabel { result })
+            .inc();
+    }
+
+    /// Stop exporting the gauges of a backend removed by a reload (its
+    /// open connections, if any, keep running).
+    pub fn forget_backend(&self, name: &str) {
+        let label = BackendLabel {
+            backend: Arc::new(name.to_string()),
+        };
+        self.backend_up.remove(&label);
+        self.backend_connections_active.remove(&label);
     }
 
     /// Pre-resolved handles for one listener.

@@ -72,10 +72,13 @@ async fn run(
         let result = tokio::time::timeout(pool.health.timeout, check(&pool, &backend, &client_id))
             .await
             .unwrap_or(Err(CheckError::Timeout));
-        backend
-            .metrics
-            .check_duration
-            .observe(started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
+        backend.metrics.check_duration.observe(seconds);
+        backend.record_check(super::LastCheck {
+            ok: result.is_ok(),
+            seconds,
+            error: result.as_ref().err().map(ToString::to_string),
+        });
         match &result {
             Ok(()) => {
                 backend.metrics.check_ok.inc();

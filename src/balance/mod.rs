@@ -6,7 +6,7 @@ pub mod state;
 pub mod strategy;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{HashKey, HealthConfig, PoolConfig, ProxyProtocol, Strategy};
@@ -18,7 +18,8 @@ use strategy::{NodeView, SmoothWrr};
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
-    pub weight: u32,
+    /// Reweighted in place by a reload.
+    weight: AtomicU32,
     seed: u64,
     /// Mirrors `health.up` for lock-free reads on the data path.
     up: AtomicBool,
@@ -27,9 +28,20 @@ pub struct Backend {
     active: AtomicU64,
     // A std Mutex: held for a few instructions, never across an await.
     health: Mutex<HealthState>,
-    rise: u32,
-    fall: u32,
+    rise: AtomicU32,
+    fall: AtomicU32,
+    /// Outcome of the last active check, for the admin API.
+    last_check: Mutex<Option<LastCheck>>,
     pub metrics: BackendMetrics,
+}
+
+/// The last active health check of a backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastCheck {
+    pub ok: bool,
+    pub seconds: f64,
+    /// Why it failed.
+    pub error: Option<String>,
 }
 
 impl Backend {
@@ -45,16 +57,44 @@ impl Backend {
         Backend {
             name: name.to_string(),
             addr,
-            weight,
+            weight: AtomicU32::new(weight),
             seed: strategy::name_seed(name),
             up: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             active: AtomicU64::new(0),
             health: Mutex::new(HealthState::new()),
-            rise: health.rise.get(),
-            fall: health.fall.get(),
+            rise: AtomicU32::new(health.rise.get()),
+            fall: AtomicU32::new(health.fall.get()),
+            last_check: Mutex::new(None),
             metrics: m,
         }
+    }
+
+    /// Apply a reloaded configuration to a backend that stays: health
+    /// state, counters and open connections are kept.
+    pub fn update(&self, weight: u32, health: &HealthConfig) {
+        self.weight.store(weight, Ordering::Relaxed);
+        self.rise.store(health.rise.get(), Ordering::Relaxed);
+        self.fall.store(health.fall.get(), Ordering::Relaxed);
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn last_check(&self) -> Option<LastCheck> {
+        self.last_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn record_check(&self, check: LastCheck) {
+        *self.last_check.lock().unwrap_or_else(|p| p.into_inner()) = Some(check);
     }
 
     pub fn is_up(&self) -> bool {
@@ -85,7 +125,11 @@ impl Backend {
     /// state on a transition, which is also logged and exported.
     pub fn observe(&self, ok: bool) -> Option<bool> {
         let t = self.with_health(|h| {
-            let t = h.observe(ok, self.rise, self.fall);
+            let t = h.observe(
+                ok,
+                self.rise.load(Ordering::Relaxed),
+                self.fall.load(Ordering::Relaxed),
+            );
             // Publish under the lock so transitions are seen in order.
             self.up.store(h.up, Ordering::Release);
             t
@@ -119,7 +163,7 @@ impl Backend {
     fn view(&self) -> NodeView {
         NodeView {
             seed: self.seed,
-            weight: self.weight,
+            weight: self.weight(),
             active: self.active(),
         }
     }
@@ -151,6 +195,17 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(cfg: &PoolConfig, metrics: &Metrics) -> Pool {
+        Pool::reusing(cfg, metrics, &|_, _| None)
+    }
+
+    /// Build a pool, taking over existing backends (same name and address)
+    /// from `reuse` so a reload keeps their health, counters and
+    /// connections; they are reweighted in place.
+    pub fn reusing(
+        cfg: &PoolConfig,
+        metrics: &Metrics,
+        reuse: &dyn Fn(&str, SocketAddr) -> Option<Arc<Backend>>,
+    ) -> Pool {
         Pool {
             name: cfg.name.clone(),
             strategy: cfg.strategy,
@@ -162,14 +217,18 @@ impl Pool {
             backends: cfg
                 .servers
                 .iter()
-                .map(|s| {
-                    Arc::new(Backend::new(
+                .map(|s| match reuse(&s.name, s.addr) {
+                    Some(b) => {
+                        b.update(s.weight.get(), &cfg.health);
+                        b
+                    }
+                    None => Arc::new(Backend::new(
                         &s.name,
                         s.addr,
                         s.weight.get(),
                         &cfg.health,
                         metrics,
-                    ))
+                    )),
                 })
                 .collect(),
             wrr: Mutex::new(SmoothWrr::default()),

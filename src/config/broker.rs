@@ -35,6 +35,7 @@ pub struct RawBroker {
     pub drain_timeout: Option<String>,
     pub peer_reconnect_max: Option<String>,
     pub mesh_secret: Option<String>,
+    pub admin: Option<String>,
     #[serde(default)]
     pub deny_subscribe: Vec<String>,
 }
@@ -76,6 +77,8 @@ pub struct BrokerConfig {
     /// Password mesh links present and require. Without one, a mesh link
     /// is accepted only from the IP address of a configured peer.
     pub mesh_secret: Option<Secret>,
+    /// Admin HTTP listener (metrics, health); off when `None`.
+    pub admin: Option<SocketAddr>,
     /// Topic filters refused with SUBACK 0x80 (matched as filters against
     /// the requested filter, so `secret/#` denies `secret/a` and `secret/#`).
     pub deny_subscribe: Vec<String>,
@@ -108,6 +111,7 @@ impl Secret {
 pub struct BrokerOverrides {
     pub listen: Option<String>,
     pub peers: Vec<String>,
+    pub admin: Option<String>,
 }
 
 impl BrokerConfig {
@@ -125,6 +129,9 @@ impl BrokerConfig {
         }
         if !o.peers.is_empty() {
             raw.peers = o.peers.clone();
+        }
+        if o.admin.is_some() {
+            raw.admin = o.admin.clone();
         }
         BrokerConfig::from_raw(&source, raw)
     }
@@ -242,6 +249,7 @@ impl BrokerConfig {
             ),
             deny_subscribe,
             mesh_secret: raw.mesh_secret.map(Secret),
+            admin: raw.admin.as_deref().and_then(|a| cx.addr(&k("admin"), a)),
         };
         if cx.errors.is_empty() {
             Ok(config)

@@ -62,6 +62,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub pools: BTreeMap<String, PoolConfig>,
     pub limits: Limits,
+    /// Admin HTTP listener (metrics, health, API); off when `None`.
+    pub admin: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -187,6 +189,7 @@ pub struct Limits {
 pub mod defaults {
     use std::time::Duration;
     pub const LISTEN_TLS: &str = "0.0.0.0:8883";
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9100";
     pub const BACKLOG: u32 = 1024;
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const MAX_CONNECT_SIZE: usize = 64 * 1024;
@@ -216,6 +219,7 @@ pub struct Overrides {
     pub backends: Vec<String>,
     pub strategy: Option<String>,
     pub proxy_protocol: Option<String>,
+    pub admin: Option<String>,
 }
 
 impl Overrides {
@@ -233,6 +237,9 @@ impl Overrides {
     /// an MQTT-aware TLS listener and a pool named `default` when the file
     /// has none.
     fn apply(&self, raw: &mut RawConfig) {
+        if let Some(a) = &self.admin {
+            raw.admin.get_or_insert_with(Default::default).listen = Some(a.clone());
+        }
         if self.is_empty() {
             return;
         }
@@ -358,12 +365,19 @@ impl Config {
             listeners.push(l);
         }
 
+        let admin = raw.admin.and_then(|a| {
+            cx.addr(
+                "admin.listen",
+                a.listen.as_deref().unwrap_or(defaults::ADMIN_LISTEN),
+            )
+        });
         if cx.errors.is_empty() {
             Ok(Config {
                 source: source.to_string(),
                 listeners,
                 pools,
                 limits,
+                admin,
             })
         } else {
             Err(ConfigErrors(cx.errors))

@@ -15,6 +15,13 @@ pub struct RawConfig {
     pub pool: BTreeMap<String, RawPool>,
     #[serde(default)]
     pub limits: RawLimits,
+    pub admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -205,10 +205,7 @@ impl ProxyUnderTest {
         let pool_names: Vec<String> = config.pools.keys().cloned().collect();
         let mut registry = Registry::default();
         let proxy = Proxy::build(config, &mut registry).expect("proxy builds");
-        let pools = pool_names
-            .iter()
-            .filter_map(|n| proxy.pool(n).cloned())
-            .collect();
+        let pools = pool_names.iter().filter_map(|n| proxy.pool(n)).collect();
         let listeners = proxy.bind().expect("bind");
         let addr = listeners[0].local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
