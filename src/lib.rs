@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //!
+//! * [`admin`] — the admin HTTP server (hyper): metrics, health, backend
+//!   API, reload; and the `mqttlb health` probe.
 //! * [`config`] — TOML + flags → typed [`config::Config`]; errors carry the
 //!   file, key path and reason.
 //! * [`tls`] — rustls server configuration: certificates by SNI, client
@@ -26,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod balance;
 pub mod broker;
 pub mod certs;

@@ -5,13 +5,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use mqttlb::admin::{Admin, Role};
 use mqttlb::broker::Broker;
 use mqttlb::certs::{CLIENT_CN, DevCerts};
 use mqttlb::config::broker::{BrokerConfig, BrokerOverrides};
 use mqttlb::config::{Config, ConfigErrors, Overrides};
 use mqttlb::demo::{Demo, DemoError, DemoOptions};
-use mqttlb::proxy::Proxy;
+use mqttlb::proxy::{Proxy, ProxyHandle};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -63,6 +65,14 @@ enum Command {
         /// Address of the TLS proxy.
         #[arg(long, default_value = "127.0.0.1:8883")]
         listen: std::net::SocketAddr,
+    },
+    /// GET an admin URL and exit 0 on HTTP 200 (container health checks).
+    Health {
+        /// e.g. http://127.0.0.1:9100/healthz
+        url: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Validate a configuration file: exit 0, or print every problem and exit 64.
     Check {
@@ -150,6 +160,13 @@ fn main() -> ExitCode {
         }
         Command::Proxy(args) => run_proxy(args),
         Command::Broker(args) => run_broker(args),
+        Command::Health { url, timeout } => match mqttlb::admin::probe(&url, timeout) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mqttlb health: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Demo { nodes, dir, listen } => run_demo(DemoOptions { nodes, dir, listen }),
     }
 }
@@ -197,20 +214,31 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
         Err(e) => return config_failure(&e),
     };
     log_nofile();
+    let mut registry = Registry::default();
+    let admin_addr = config.admin;
+    let broker = Broker::new(config, &mut registry);
+    let shutdown = CancellationToken::new();
+    let role = Role::Broker {
+        broker: broker.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let _admin = match start_admin(admin_addr, registry, role, &shutdown) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
-        let listener = match mqttlb::sys::bind_tcp(config.listen, 1024) {
+        let listen = broker.config.listen;
+        let listener = match mqttlb::sys::bind_tcp(listen, 1024) {
             Ok(l) => l,
             Err(e) => {
-                error!(addr = %config.listen, error = %e, "cannot bind");
+                error!(addr = %listen, error = %e, "cannot bind");
                 return ExitCode::FAILURE;
             }
         };
-        let broker = Broker::new(config, &mut Registry::default());
-        let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
+        tokio::spawn(signals(shutdown.clone(), None));
         mqttlb::broker::serve(broker, listener, shutdown).await;
         ExitCode::SUCCESS
     })
@@ -232,7 +260,7 @@ fn run_demo(opts: DemoOptions) -> ExitCode {
             }
         };
         println!("{}", demo.instructions());
-        tokio::spawn(signals(shutdown));
+        tokio::spawn(signals(shutdown, None));
         demo.wait().await;
         ExitCode::SUCCESS
     })
@@ -254,10 +282,20 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         Err(e) => return config_failure(&e),
     };
     log_nofile();
+    let admin_addr = config.admin;
     let mut registry = Registry::default();
-    let proxy = match Proxy::build(config, &mut registry) {
+    let mut proxy = match Proxy::build(config, &mut registry) {
         Ok(p) => p,
         Err(e) => return config_failure(&e),
+    };
+    if let Some(path) = args.config {
+        proxy = proxy.with_source(path, overrides);
+    }
+    let handle = proxy.handle();
+    let shutdown = CancellationToken::new();
+    let _admin = match start_admin(admin_addr, registry, Role::Proxy(handle.clone()), &shutdown) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
@@ -270,35 +308,73 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
+        tokio::spawn(signals(shutdown.clone(), Some(handle)));
         proxy.run(listeners, shutdown).await;
         ExitCode::SUCCESS
     })
 }
 
+/// Start the admin server thread when an address is configured.
+fn start_admin(
+    addr: Option<std::net::SocketAddr>,
+    registry: Registry,
+    role: Role,
+    shutdown: &CancellationToken,
+) -> Result<Option<std::thread::JoinHandle<()>>, ExitCode> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let admin = Arc::new(Admin {
+        registry: Arc::new(registry),
+        role,
+    });
+    match mqttlb::admin::spawn_thread(addr, admin, shutdown.clone()) {
+        Ok((local, thread)) => {
+            info!(addr = %local, "admin API on http://{local}/");
+            Ok(Some(thread))
+        }
+        Err(e) => {
+            error!(addr = %addr, error = %e, "cannot start the admin server");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
 /// SIGTERM / SIGINT (Ctrl-C on Windows) start a graceful shutdown; a second
 /// one is logged and ignored while draining (the drain deadline bounds it).
-async fn signals(shutdown: CancellationToken) {
+/// SIGHUP reloads the proxy's configuration and certificates.
+async fn signals(shutdown: CancellationToken, proxy: Option<ProxyHandle>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             error!("cannot install signal handlers; stop with SIGKILL");
             return;
         };
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        let name = loop {
+            tokio::select! {
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+                _ = hup.recv() => match &proxy {
+                    Some(p) => {
+                        info!("SIGHUP: reloading the configuration");
+                        // Outcome logged and counted by the reload itself.
+                        let _ = p.reload_from_source().await;
+                    }
+                    None => info!("SIGHUP ignored: nothing to reload"),
+                },
+            }
         };
         info!(signal = name, "shutting down: no new connections, draining");
         shutdown.cancel();
     }
     #[cfg(not(unix))]
     {
+        let _ = proxy;
         if tokio::signal::ctrl_c().await.is_ok() {
             info!("shutting down: no new connections, draining");
             shutdown.cancel();

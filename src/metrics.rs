@@ -176,10 +176,10 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             m.health_check_duration.clone(),
         );
-        r.register_with_unit(
+        // Named `mqttlb_bytes_total` (DESIGN.md): the unit is the name.
+        r.register(
             "bytes",
             "Bytes spliced between clients and backends",
-            prometheus_client::registry::Unit::Bytes,
             m.bytes.clone(),
         );
         r.register(
@@ -314,10 +314,63 @@ pub struct BackendMetrics {
     pub check_failed: Counter,
 }
 
-/// Render a registry in the Prometheus text format.
+/// Render a registry in the OpenMetrics text format.
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, registry);
     out
+}
+
+/// Render a registry in the classic Prometheus text format (0.0.4), for
+/// scrapers that do not ask for OpenMetrics (and for `promtool check
+/// metrics`): counter families are named with their `_total` suffix in
+/// HELP and TYPE, and the OpenMetrics-only `# UNIT` and `# EOF` lines go.
+pub fn encode_prometheus(registry: &Registry) -> String {
+    to_prometheus_text(&encode(registry))
+}
+
+fn to_prometheus_text(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len() + 256);
+    for line in open_metrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        match meta {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(kind);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn prometheus_text_names_counters_with_total() {
+        let om = "# HELP a_c Things.\n# TYPE a_c counter\na_c_total 3\n# HELP a_s Secs.\n# TYPE a_s histogram\n# UNIT a_s seconds\na_s_count 1\n# EOF\n";
+        assert_eq!(
+            super::to_prometheus_text(om),
+            "# HELP a_c_total Things.\n# TYPE a_c_total counter\na_c_total 3\n# HELP a_s Secs.\n# TYPE a_s histogram\na_s_count 1\n"
+        );
+    }
 }

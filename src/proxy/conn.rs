@@ -141,6 +141,7 @@ async fn serve_client<S>(
         &mut first,
     );
     first.extend_from_slice(&hello.buffered);
+    let client_bytes = hello.buffered.len() as u64;
     drop(hello.buffered);
     if !first.is_empty() {
         if let Err(e) = upstream.write_all(&first).await {
@@ -148,6 +149,8 @@ async fn serve_client<S>(
             return;
         }
     }
+    // The client's bytes read before routing count as upstream traffic too.
+    ctx.metrics.upstream_bytes.inc_by(client_bytes);
     drop(first);
 
     let started = Instant::now();

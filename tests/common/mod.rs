@@ -190,7 +190,8 @@ impl Drop for Mosquitto {
 /// mqttlb running in-process on an ephemeral port.
 pub struct ProxyUnderTest {
     pub addr: SocketAddr,
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
+    pub handle: mqttlb::proxy::ProxyHandle,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
     proxy_pools: Vec<Arc<Pool>>,
@@ -209,10 +210,12 @@ impl ProxyUnderTest {
         let listeners = proxy.bind().expect("bind");
         let addr = listeners[0].local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
+        let handle = proxy.handle();
         let task = tokio::spawn(proxy.run(listeners, shutdown.clone()));
         ProxyUnderTest {
             addr,
-            registry,
+            registry: Arc::new(registry),
+            handle,
             shutdown,
             task,
             proxy_pools: pools,
@@ -679,5 +682,71 @@ pub fn raw_connect(
         username: None,
         password: None,
         props: mqttlb::mqtt::codec::Properties::default(),
+    }
+}
+
+/// A plain HTTP/1.0 request to an admin server: (status, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect admin");
+    s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let raw = String::from_utf8(read_to_close(&mut s).await).expect("utf-8 response");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Serve the admin API of `proxy` on an ephemeral loopback port.
+pub async fn start_admin(proxy: &ProxyUnderTest) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind admin");
+    let addr = listener.local_addr().expect("admin addr");
+    let admin = Arc::new(mqttlb::admin::Admin {
+        registry: proxy.registry.clone(),
+        role: mqttlb::admin::Role::Proxy(proxy.handle.clone()),
+    });
+    tokio::spawn(mqttlb::admin::serve(
+        listener,
+        admin,
+        proxy.shutdown.clone(),
+    ));
+    addr
+}
+
+/// `promtool check metrics` on a scrape: Ok, or promtool's complaint.
+pub async fn promtool_check(scrape: &str) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("promtool is installed (scripts/test installs the prometheus package)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(scrape.as_bytes())
+        .await
+        .expect("feed promtool");
+    drop(stdin);
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("promtool finishes")
+        .expect("promtool output");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr))
     }
 }

@@ -1,0 +1,364 @@
+//! The admin HTTP server (hyper 1): `/metrics`, `/healthz`, `/readyz` and,
+//! for the proxy, `/api/v1/backends`, drain/enable and reload.
+//!
+//! It shares nothing with the data path but read-mostly handles; `main`
+//! runs it on its own thread and runtime, so it answers while the proxy's
+//! workers are saturated. It binds loopback by default (DESIGN.md): the API
+//! has no authentication of its own.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::broker::Broker;
+use crate::proxy::{BackendStatus, ProxyHandle, ReloadError};
+
+/// What the admin server administers.
+#[derive(Clone)]
+pub enum Role {
+    Proxy(ProxyHandle),
+    Broker {
+        broker: Arc<Broker>,
+        /// Cancelled when the broker stops accepting.
+        shutdown: CancellationToken,
+    },
+}
+
+pub struct Admin {
+    pub registry: Arc<Registry>,
+    pub role: Role,
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+const OPEN_METRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serve admin requests on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
+    let tasks = TaskTracker::new();
+    info!(addr = ?listener.local_addr().ok(), "admin server listening");
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let admin = admin.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(&admin, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    debug!(client.addr = %peer, error = %e, "admin connection error");
+                },
+                _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+    tasks.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tasks.wait()).await;
+}
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => reply(status, JSON, body),
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, e.to_string()),
+    }
+}
+
+#[derive(Serialize)]
+struct BackendJson<'a> {
+    pool: &'a str,
+    name: &'a str,
+    addr: String,
+    state: &'a str,
+    weight: u32,
+    active_connections: u64,
+    last_check: Option<CheckJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct CheckJson<'a> {
+    result: &'a str,
+    latency_seconds: f64,
+    error: Option<&'a str>,
+}
+
+impl<'a> From<&'a BackendStatus> for BackendJson<'a> {
+    fn from(b: &'a BackendStatus) -> Self {
+        BackendJson {
+            pool: &b.pool,
+            name: &b.name,
+            addr: b.addr.to_string(),
+            state: b.state,
+            weight: b.weight,
+            active_connections: b.active,
+            last_check: b.last_check.as_ref().map(|c| CheckJson {
+                result: if c.ok { "ok" } else { "failed" },
+                latency_seconds: c.seconds,
+                error: c.error.as_deref(),
+            }),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    status: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changes: Option<Changes<'a>>,
+}
+
+#[derive(Serialize)]
+struct Changes<'a> {
+    listeners_added: &'a [String],
+    listeners_removed: &'a [String],
+    backends_added: &'a [String],
+    backends_removed: &'a [String],
+}
+
+async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let method = req.method();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        (&Method::GET, ["metrics"]) => {
+            // OpenMetrics for scrapers that ask for it (Prometheus does),
+            // the classic text format for everyone else.
+            let wants_open_metrics = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("application/openmetrics-text"));
+            if wants_open_metrics {
+                reply(
+                    StatusCode::OK,
+                    OPEN_METRICS,
+                    crate::metrics::encode(&admin.registry),
+                )
+            } else {
+                reply(
+                    StatusCode::OK,
+                    PROMETHEUS_TEXT,
+                    crate::metrics::encode_prometheus(&admin.registry),
+                )
+            }
+        }
+        (&Method::GET, ["healthz"]) => reply(StatusCode::OK, TEXT, "ok\n"),
+        (&Method::GET, ["readyz"]) => {
+            let ready = match &admin.role {
+                Role::Proxy(p) => p.ready(),
+                Role::Broker { shutdown, .. } => !shutdown.is_cancelled(),
+            };
+            if ready {
+                reply(StatusCode::OK, TEXT, "ready\n")
+            } else {
+                reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n")
+            }
+        }
+        (&Method::GET, ["api", "v1", "backends"]) => match &admin.role {
+            Role::Proxy(p) => {
+                let backends = p.backends();
+                let out: Vec<BackendJson> = backends.iter().map(BackendJson::from).collect();
+                json(StatusCode::OK, &out)
+            }
+            Role::Broker { .. } => not_found(),
+        },
+        (&Method::POST, ["api", "v1", "backends", name, action @ ("drain" | "enable")]) => {
+            match &admin.role {
+                Role::Proxy(p) => {
+                    if p.set_draining(name, *action == "drain") {
+                        json(
+                            StatusCode::OK,
+                            &Message {
+                                status: if *action == "drain" {
+                                    "draining"
+                                } else {
+                                    "enabled"
+                                },
+                                errors: Vec::new(),
+                                changes: None,
+                            },
+                        )
+                    } else {
+                        json(
+                            StatusCode::NOT_FOUND,
+                            &Message {
+                                status: "error",
+                                errors: vec![format!("no backend named {name:?}")],
+                                changes: None,
+                            },
+                        )
+                    }
+                }
+                Role::Broker { .. } => not_found(),
+            }
+        }
+        (&Method::POST, ["api", "v1", "reload"]) => match &admin.role {
+            Role::Proxy(p) => match p.reload_from_source().await {
+                Ok(s) => json(
+                    StatusCode::OK,
+                    &Message {
+                        status: "reloaded",
+                        errors: Vec::new(),
+                        changes: Some(Changes {
+                            listeners_added: &s.listeners_added,
+                            listeners_removed: &s.listeners_removed,
+                            backends_added: &s.backends_added,
+                            backends_removed: &s.backends_removed,
+                        }),
+                    },
+                ),
+                Err(e) => {
+                    let errors = match &e {
+                        ReloadError::Config(c) => c.0.iter().map(ToString::to_string).collect(),
+                        other => vec![other.to_string()],
+                    };
+                    json(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        &Message {
+                            status: "error",
+                            errors,
+                            changes: None,
+                        },
+                    )
+                }
+            },
+            Role::Broker { .. } => not_found(),
+        },
+        (_, ["metrics" | "healthz" | "readyz"]) | (_, ["api", "v1", ..]) => {
+            reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
+        }
+        _ => not_found(),
+    }
+}
+
+fn not_found() -> Response<Full<Bytes>> {
+    reply(StatusCode::NOT_FOUND, TEXT, "not found\n")
+}
+
+/// `mqttlb health URL`: GET an admin URL (plain HTTP) and succeed on 200.
+/// For container health checks, where there is no shell or curl.
+pub fn probe(url: &str, timeout: std::time::Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = authority
+        .to_socket_addrs()
+        .map_err(|e| format!("{authority}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{authority}: no address"))?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.set_write_timeout(Some(timeout));
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        match s.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let status = std::str::from_utf8(&head[..n]).unwrap_or("");
+    let code = status.split_whitespace().nth(1).unwrap_or("");
+    if code == "200" {
+        Ok(())
+    } else {
+        Err(format!("{url}: HTTP status {code:?}"))
+    }
+}
+
+/// Run the admin server on its own thread and single-threaded runtime,
+/// isolated from the data path's workers. Returns once it is bound (or
+/// could not bind); it stops when `shutdown` is cancelled.
+pub fn spawn_thread(
+    addr: std::net::SocketAddr,
+    admin: Arc<Admin>,
+    shutdown: CancellationToken,
+) -> std::io::Result<(std::net::SocketAddr, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name("mqttlb-admin".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match crate::sys::bind_tcp(addr, 128) {
+                    Ok(listener) => {
+                        let local = listener.local_addr().unwrap_or(addr);
+                        let _ = tx.send(Ok(local));
+                        serve(listener, admin, shutdown).await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+    match rx.recv() {
+        Ok(Ok(local)) => Ok((local, handle)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::other("admin thread ended before binding")),
+    }
+}

@@ -1,0 +1,150 @@
+//! The admin HTTP API on a live proxy in front of two mqttlb broker nodes:
+//! health, readiness, backend status, drain/enable, and a scrape that
+//! `promtool check metrics` accepts (proxy and broker registries).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+
+fn client(proxy: &ProxyUnderTest, certs: &Certs, id: &str) -> MqttClient {
+    let mut opts = MqttOptions::new(id, "localhost", proxy.addr.port());
+    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
+        ca: certs.read("ca.pem"),
+        alpn: None,
+        client_auth: None,
+    }));
+    MqttClient::start(opts)
+}
+
+fn on(nodes: &[BrokerUnderTest], id: &str) -> Option<usize> {
+    nodes.iter().position(|n| n.broker.is_online(id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_drain_enable_readiness_and_promtool() {
+    let certs = Certs::new();
+    let mut nodes = vec![
+        BrokerUnderTest::start(|_| {}).await,
+        BrokerUnderTest::start(|_| {}).await,
+    ];
+    let servers = [("node1", nodes[0].addr), ("node2", nodes[1].addr)];
+    let pool = "strategy = \"least-connections\"\nhealth = { check = \"mqtt\", interval = \"200ms\", timeout = \"500ms\", rise = 1, fall = 1 }";
+    let proxy = ProxyUnderTest::start(&config(&certs, &servers, "", pool), certs.dir.path()).await;
+    let admin = start_admin(&proxy).await;
+
+    assert_eq!(http(admin, "GET", "/healthz").await.0, 200);
+    wait_until("ready", DEADLINE, || async {
+        http(admin, "GET", "/readyz").await.0 == 200
+    })
+    .await;
+    let (status, body) = http(admin, "GET", "/api/v1/backends").await;
+    assert_eq!(status, 200);
+    let backends: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let list = backends.as_array().expect("array");
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["name"], "node1");
+    assert_eq!(list[0]["state"], "up");
+    assert_eq!(list[0]["addr"], nodes[0].addr.to_string());
+    wait_until("a check result is shown", DEADLINE, || async {
+        let (_, b) = http(admin, "GET", "/api/v1/backends").await;
+        b.contains("\"result\": \"ok\"")
+    })
+    .await;
+
+    // A client on node1 stays connected through a drain; new clients go
+    // to node2 only.
+    let mut before = Vec::new();
+    let mut first_on_node1 = None;
+    for i in 0..6 {
+        let id = format!("pre-{i}");
+        let mut c = client(&proxy, &certs, &id);
+        c.connack().await;
+        if on(&nodes, &id) == Some(0) && first_on_node1.is_none() {
+            first_on_node1 = Some(id.clone());
+        }
+        before.push(c);
+    }
+    let kept = first_on_node1.expect("least-connections used node1");
+    let (status, _) = http(admin, "POST", "/api/v1/backends/node1/drain").await;
+    assert_eq!(status, 200);
+    let (_, body) = http(admin, "GET", "/api/v1/backends").await;
+    assert!(body.contains("\"state\": \"draining\""), "{body}");
+    for i in 0..6 {
+        let id = format!("during-{i}");
+        let mut c = client(&proxy, &certs, &id);
+        c.connack().await;
+        assert_eq!(on(&nodes, &id), Some(1), "{id} avoided the draining node");
+        c.client.disconnect().await.expect("disconnect");
+    }
+    assert!(nodes[0].broker.is_online(&kept), "existing connection kept");
+    let kept_index: usize = kept["pre-".len()..].parse().expect("index");
+    before[kept_index]
+        .client
+        .publish("still/here", rumqttc::QoS::AtLeastOnce, false, "x")
+        .await
+        .expect("publish while draining");
+    before[kept_index]
+        .next("PUBACK from the draining node", |p| {
+            matches!(p, rumqttc::Packet::PubAck(_)).then_some(())
+        })
+        .await;
+    assert_eq!(
+        http(admin, "POST", "/api/v1/backends/nope/drain").await.0,
+        404
+    );
+    assert_eq!(
+        http(admin, "POST", "/api/v1/backends/node1/enable").await.0,
+        200
+    );
+    let (_, body) = http(admin, "GET", "/api/v1/backends").await;
+    assert!(!body.contains("draining"), "{body}");
+    assert_eq!(http(admin, "GET", "/nowhere").await.0, 404);
+    assert_eq!(http(admin, "DELETE", "/metrics").await.0, 405);
+
+    // Scrapes pass promtool, proxy and broker alike, and carry the
+    // contract's names.
+    let (status, scrape) = http(admin, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "mqttlb_connections_active{listener=\"mqtts\"}",
+        "mqttlb_connections_total{listener=\"mqtts\"}",
+        "mqttlb_tls_handshakes_total{listener=\"mqtts\",result=\"ok\"}",
+        "mqttlb_tls_handshake_duration_seconds_bucket",
+        "mqttlb_mqtt_connects_total{listener=\"mqtts\",protocol=\"3.1.1\"}",
+        "mqttlb_backend_up{backend=\"node1\"}",
+        "mqttlb_backend_connections_active{backend=\"node2\"}",
+        "mqttlb_health_checks_total{backend=\"node1\",result=\"ok\"}",
+        "mqttlb_bytes_total{direction=\"upstream\"}",
+        "mqttlb_config_reloads_total{result=\"error\"}",
+    ] {
+        assert!(scrape.contains(name), "missing {name}");
+    }
+    promtool_check(&scrape)
+        .await
+        .expect("proxy scrape passes promtool");
+    let broker_scrape = mqttlb::metrics::encode_prometheus(&nodes[0].registry);
+    assert!(broker_scrape.contains("mqttlb_broker_sessions"));
+    promtool_check(&broker_scrape)
+        .await
+        .expect("broker scrape passes promtool");
+
+    // Every node down: not ready.
+    for n in &mut nodes {
+        n.stop().await;
+    }
+    wait_until("not ready", DEADLINE, || async {
+        http(admin, "GET", "/readyz").await.0 == 503
+    })
+    .await;
+    // Without a config file there is nothing to reload from: refused, counted.
+    let (status, body) = http(admin, "POST", "/api/v1/reload").await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        proxy.metric("mqttlb_config_reloads_total{result=\"error\"}"),
+        1.0
+    );
+}
