@@ -264,3 +264,92 @@ async fn demo_prints_commands_that_work_and_stops_on_ctrl_c() {
         .expect("status");
     assert_eq!(status.code(), Some(0));
 }
+
+/// SIGHUP reloads the file: a backend added to it shows up in the admin
+/// API of the running process; `mqttlb health` probes the admin server.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_configuration_file() {
+    let certs = Certs::new();
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let admin_port = free_port();
+    let base = config(&certs, &[("node1", node.addr)], "", "")
+        + &format!("\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n");
+    let path = certs.path("mqttlb.toml");
+    std::fs::write(&path, &base).expect("write config");
+    let mut child = Command::new(BIN)
+        .args(["proxy", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mqttlb");
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    wait_until("admin answers", DEADLINE, || async {
+        TcpStream::connect(admin).await.is_ok()
+    })
+    .await;
+    let url = format!("http://{admin}/healthz");
+    let probe = Command::new(BIN)
+        .args(["health", &url])
+        .status()
+        .await
+        .expect("health");
+    assert!(
+        probe.success(),
+        "mqttlb health succeeds against a live admin server"
+    );
+
+    let second = BrokerUnderTest::start(|_| {}).await;
+    let grown = base.replace(
+        &format!("{{ name = \"node1\", addr = \"{}\" }}", node.addr),
+        &format!(
+            "{{ name = \"node1\", addr = \"{}\" }}, {{ name = \"node2\", addr = \"{}\" }}",
+            node.addr, second.addr
+        ),
+    );
+    assert_ne!(grown, base);
+    std::fs::write(&path, grown).expect("rewrite config");
+    let pid = child.id().expect("pid").to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .await
+            .expect("kill")
+            .success()
+    );
+    wait_until("node2 appears after SIGHUP", DEADLINE, || async {
+        http(admin, "GET", "/api/v1/backends")
+            .await
+            .1
+            .contains("\"node2\"")
+    })
+    .await;
+    let (_, scrape) = http(admin, "GET", "/metrics").await;
+    assert!(
+        scrape.contains("mqttlb_config_reloads_total{result=\"ok\"} 1"),
+        "{scrape}"
+    );
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("kill")
+            .success()
+    );
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert_eq!(status.code(), Some(0));
+    let down = Command::new(BIN)
+        .args(["health", &url])
+        .status()
+        .await
+        .expect("health");
+    assert!(!down.success(), "mqttlb health fails when nothing answers");
+}
