@@ -1,11 +1,12 @@
 //! Backend sets: nodes with their health and load, the selection strategies
 //! over them ([`strategy`], pure), and active health checks ([`health`]).
 
+pub mod dns;
 pub mod health;
 pub mod state;
 pub mod strategy;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -169,6 +170,12 @@ impl Backend {
     }
 }
 
+/// Name of the node a DNS answer produced: stable for a given address, so
+/// client-id hashing agrees across mqttlb instances and re-resolutions.
+pub fn dns_node_name(server: &str, ip: IpAddr) -> String {
+    format!("{server}/{ip}")
+}
+
 /// Decrements a backend's active count on drop.
 pub struct ActiveGuard(Arc<Backend>);
 
@@ -195,17 +202,33 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(cfg: &PoolConfig, metrics: &Metrics) -> Pool {
-        Pool::reusing(cfg, metrics, &|_, _| None)
+        Pool::reusing(cfg, metrics, &|_, _| None, &[])
     }
 
-    /// Build a pool, taking over existing backends (same name and address)
-    /// from `reuse` so a reload keeps their health, counters and
-    /// connections; they are reweighted in place.
+    /// Build a pool from its static servers and the current DNS answers
+    /// (`resolved[i]` for `cfg.dns[i]`), taking over existing backends
+    /// (same name and address) from `reuse` so a reload keeps their
+    /// health, counters and connections; they are reweighted in place.
     pub fn reusing(
         cfg: &PoolConfig,
         metrics: &Metrics,
         reuse: &dyn Fn(&str, SocketAddr) -> Option<Arc<Backend>>,
+        resolved: &[Vec<IpAddr>],
     ) -> Pool {
+        let mut nodes: Vec<(String, SocketAddr, u32)> = cfg
+            .servers
+            .iter()
+            .map(|s| (s.name.clone(), s.addr, s.weight.get()))
+            .collect();
+        for (d, ips) in cfg.dns.iter().zip(resolved) {
+            for ip in ips {
+                nodes.push((
+                    dns_node_name(&d.name, *ip),
+                    SocketAddr::new(*ip, d.port),
+                    d.weight.get(),
+                ));
+            }
+        }
         Pool {
             name: cfg.name.clone(),
             strategy: cfg.strategy,
@@ -214,21 +237,14 @@ impl Pool {
             connect_timeout: cfg.connect_timeout,
             connect_attempts: cfg.connect_attempts.get() as usize,
             health: cfg.health.clone(),
-            backends: cfg
-                .servers
-                .iter()
-                .map(|s| match reuse(&s.name, s.addr) {
+            backends: nodes
+                .into_iter()
+                .map(|(name, addr, weight)| match reuse(&name, addr) {
                     Some(b) => {
-                        b.update(s.weight.get(), &cfg.health);
+                        b.update(weight, &cfg.health);
                         b
                     }
-                    None => Arc::new(Backend::new(
-                        &s.name,
-                        s.addr,
-                        s.weight.get(),
-                        &cfg.health,
-                        metrics,
-                    )),
+                    None => Arc::new(Backend::new(&name, addr, weight, &cfg.health, metrics)),
                 })
                 .collect(),
             wrr: Mutex::new(SmoothWrr::default()),

@@ -163,6 +163,17 @@ pub struct ServerConfig {
     pub weight: NonZeroU32,
 }
 
+/// A server given by DNS name: every address the name resolves to becomes
+/// a node named `{name}/{ip}` (a Kubernetes headless Service lists every
+/// broker pod), re-resolved every `resolve_interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsServerConfig {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub weight: NonZeroU32,
+}
+
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub name: String,
@@ -173,6 +184,8 @@ pub struct PoolConfig {
     pub connect_attempts: NonZeroU32,
     pub health: HealthConfig,
     pub servers: Vec<ServerConfig>,
+    pub dns: Vec<DnsServerConfig>,
+    pub resolve_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +203,7 @@ pub mod defaults {
     use std::time::Duration;
     pub const LISTEN_TLS: &str = "0.0.0.0:8883";
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9100";
+    pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(10);
     pub const BACKLOG: u32 = 1024;
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const MAX_CONNECT_SIZE: usize = 64 * 1024;
@@ -383,6 +397,22 @@ impl Config {
             Err(ConfigErrors(cx.errors))
         }
     }
+}
+
+/// `host:port` where host is a DNS name (letters, digits, `-`, `.`).
+fn parse_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.trim().rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+        })
+        && host.chars().any(|c| c.is_ascii_alphabetic());
+    valid.then_some((host, port))
 }
 
 /// Read a configuration file: its name for messages, and its text.
@@ -636,10 +666,42 @@ impl Cx {
             self.err(&format!("{k}.servers"), "a pool needs at least one server");
         }
         let mut servers: Vec<ServerConfig> = Vec::new();
+        let mut dns: Vec<DnsServerConfig> = Vec::new();
         for (i, s) in raw.servers.into_iter().enumerate() {
             let sk = format!("{k}.servers[{i}]");
-            let Some(addr) = self.addr(&format!("{sk}.addr"), &s.addr) else {
-                continue;
+            let addr = match s.addr.trim().parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => match parse_host_port(&s.addr) {
+                    Some((host, port)) => {
+                        let name = s.name.unwrap_or_else(|| host.to_string());
+                        if servers.iter().any(|o| o.name == name)
+                            || dns.iter().any(|o| o.name == name)
+                        {
+                            self.err(
+                                &format!("{sk}.name"),
+                                &format!("duplicate server name {name:?} in this pool"),
+                            );
+                        }
+                        let weight = self.nonzero(&format!("{sk}.weight"), s.weight, 1);
+                        dns.push(DnsServerConfig {
+                            name,
+                            host: host.to_string(),
+                            port,
+                            weight,
+                        });
+                        continue;
+                    }
+                    None => {
+                        self.err(
+                            &format!("{sk}.addr"),
+                            &format!(
+                                "expected an address such as \"10.0.0.1:1883\", \"[::1]:1883\" or \"brokers.example.svc:1883\", got {:?}",
+                                s.addr
+                            ),
+                        );
+                        continue;
+                    }
+                },
             };
             let name = s.name.unwrap_or_else(|| addr.to_string());
             if name.is_empty()
@@ -669,6 +731,12 @@ impl Cx {
             connect_attempts,
             health,
             servers,
+            dns,
+            resolve_interval: self.duration(
+                &format!("{k}.resolve_interval"),
+                raw.resolve_interval.as_deref(),
+                defaults::RESOLVE_INTERVAL,
+            ),
         }
     }
 
@@ -854,6 +922,37 @@ mod tests {
         assert_eq!(p.servers[1].name, "127.0.0.1:1885");
         assert_eq!(p.servers[1].weight.get(), 3);
         assert_eq!(c.limits.drain_timeout, defaults::DRAIN_TIMEOUT);
+    }
+
+    #[test]
+    fn dns_names_become_dns_servers() {
+        let c = load_str(&MINIMAL.replace(
+            "{ addr = \"127.0.0.1:1885\", weight = 3 }",
+            "{ addr = \"brokers.mqtt.svc.cluster.local:1883\", weight = 2 }",
+        ))
+        .expect("valid");
+        let p = &c.pools["b"];
+        assert_eq!(p.servers.len(), 1);
+        assert_eq!(
+            p.dns,
+            vec![DnsServerConfig {
+                name: "brokers.mqtt.svc.cluster.local".into(),
+                host: "brokers.mqtt.svc.cluster.local".into(),
+                port: 1883,
+                weight: NonZeroU32::new(2).unwrap(),
+            }]
+        );
+        assert_eq!(p.resolve_interval, defaults::RESOLVE_INTERVAL);
+        for bad in [
+            "no-port",
+            "bad_host:1883",
+            "host:0",
+            "host:99999",
+            "-x:1883",
+            "1.2.3:1883",
+        ] {
+            assert_eq!(parse_host_port(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -72,6 +72,7 @@ pub struct RawPool {
     pub proxy_protocol: Option<String>,
     pub connect_timeout: Option<String>,
     pub connect_attempts: Option<u32>,
+    pub resolve_interval: Option<String>,
     pub health: Option<RawHealth>,
     #[serde(default)]
     pub servers: Vec<RawServer>,

@@ -21,7 +21,7 @@ pub mod header;
 pub mod splice;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -70,7 +70,12 @@ struct Generation {
     pools: BTreeMap<String, Arc<Pool>>,
     /// TLS acceptor per listener, in config order.
     tls: Vec<Option<TlsAcceptor>>,
+    /// Current DNS answers: pool name → one address list per `dns` entry.
+    resolved: Resolved,
 }
+
+/// DNS answers: pool name → one address list per entry of its `dns`.
+pub type Resolved = BTreeMap<String, Vec<Vec<IpAddr>>>;
 
 /// A running listener: its swappable context and its own stop switch.
 struct ListenerSlot {
@@ -96,6 +101,8 @@ struct ProxyState {
     hard_stop: CancellationToken,
     /// One reload at a time.
     reload_lock: tokio::sync::Mutex<()>,
+    /// Wakes the DNS task after a reload (new names to resolve).
+    dns_wake: tokio::sync::Notify,
     /// Where `reload_from_source` reads the configuration again.
     source: std::sync::Mutex<Option<(PathBuf, Overrides)>>,
 }
@@ -171,7 +178,12 @@ impl Proxy {
                 metrics,
                 instance_nonce: instance_nonce(),
                 conn_ids: AtomicU64::new(0),
-                current: ArcSwap::from_pointee(Generation { config, pools, tls }),
+                current: ArcSwap::from_pointee(Generation {
+                    config,
+                    pools,
+                    tls,
+                    resolved: Resolved::new(),
+                }),
                 limit: Arc::new(Semaphore::new(max)),
                 limit_size: AtomicUsize::new(max),
                 listeners: Default::default(),
@@ -181,6 +193,7 @@ impl Proxy {
                 shutdown: CancellationToken::new(),
                 hard_stop: CancellationToken::new(),
                 reload_lock: tokio::sync::Mutex::new(()),
+                dns_wake: tokio::sync::Notify::new(),
                 source: std::sync::Mutex::new(None),
             }),
         })
@@ -221,6 +234,12 @@ impl Proxy {
         let state = self.state;
         let generation = state.current.load_full();
         state.restart_health_checks(&generation);
+        state.background.spawn(crate::balance::dns::run(
+            ProxyHandle {
+                state: state.clone(),
+            },
+            state.shutdown.clone(),
+        ));
         for ((cfg, listener), tls) in generation
             .config
             .listeners
@@ -430,7 +449,87 @@ impl ProxyHandle {
                 fresh.push((i, bind_listener(l).map_err(ReloadError::Bind)?));
             }
         }
+        // DNS answers carry over for entries that still name the same
+        // host and port; new names resolve right after.
+        let resolved: Resolved = config
+            .pools
+            .iter()
+            .map(|(name, p)| {
+                let answers = p
+                    .dns
+                    .iter()
+                    .map(|d| {
+                        old.config
+                            .pools
+                            .get(name)
+                            .and_then(|op| {
+                                let j = op
+                                    .dns
+                                    .iter()
+                                    .position(|o| o.host == d.host && o.port == d.port)?;
+                                old.resolved.get(name)?.get(j).cloned()
+                            })
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                (name.clone(), answers)
+            })
+            .collect();
+        let summary = self.install(config, tls, resolved, &old, running, fresh);
+        state.dns_wake.notify_one();
+        Ok(summary)
+    }
 
+    /// New DNS answers: rebuild the pools of the running configuration.
+    pub(crate) async fn apply_resolved(&self, resolved: Resolved) -> ReloadSummary {
+        let state = &self.state;
+        let _one_at_a_time = state.reload_lock.lock().await;
+        let old = state.current.load_full();
+        let running = lock(&state.listeners).clone();
+        self.install(
+            old.config.clone(),
+            old.tls.clone(),
+            resolved,
+            &old,
+            running,
+            Vec::new(),
+        )
+    }
+
+    /// The DNS names to resolve: (pool, entry index, host).
+    pub(crate) fn dns_names(&self) -> (Vec<(String, usize, String)>, Duration, Resolved) {
+        let generation = self.state.current.load();
+        let mut names = Vec::new();
+        let mut interval = Duration::from_secs(3600);
+        for (pool, p) in &generation.config.pools {
+            for (i, d) in p.dns.iter().enumerate() {
+                names.push((pool.clone(), i, d.host.clone()));
+                interval = interval.min(p.resolve_interval);
+            }
+        }
+        (names, interval, generation.resolved.clone())
+    }
+
+    pub(crate) async fn dns_wait(&self, interval: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = self.state.dns_wake.notified() => {}
+        }
+    }
+
+    /// Build pools for `config` and `resolved` (taking over backends that
+    /// stay), then swap listener contexts, stop removed listeners, start
+    /// `fresh` ones and restart health checks.
+    fn install(
+        &self,
+        config: Config,
+        tls: Vec<Option<TlsAcceptor>>,
+        resolved: Resolved,
+        old: &Generation,
+        running: BTreeMap<String, Arc<ListenerSlot>>,
+        fresh: Vec<(usize, TcpListener)>,
+    ) -> ReloadSummary {
+        let state = &self.state;
         let old_backends: Vec<Arc<Backend>> = old
             .pools
             .values()
@@ -446,9 +545,10 @@ impl ProxyHandle {
             .pools
             .iter()
             .map(|(name, p)| {
+                let answers = resolved.get(name).map(Vec::as_slice).unwrap_or(&[]);
                 (
                     name.clone(),
-                    Arc::new(Pool::reusing(p, &state.metrics, &reuse)),
+                    Arc::new(Pool::reusing(p, &state.metrics, &reuse, answers)),
                 )
             })
             .collect();
@@ -470,8 +570,12 @@ impl ProxyHandle {
             }
         }
 
-        let generation = Arc::new(Generation { config, pools, tls });
-        // Point of no return: swap contexts, stop and start listeners.
+        let generation = Arc::new(Generation {
+            config,
+            pools,
+            tls,
+            resolved,
+        });
         state.current.store(generation.clone());
         for (l, tls) in generation
             .config
@@ -505,7 +609,7 @@ impl ProxyHandle {
         }
         state.restart_health_checks(&generation);
         self.resize_limit(generation.config.limits.max_connections);
-        Ok(summary)
+        summary
     }
 
     fn resize_limit(&self, wanted: usize) {
