@@ -1,0 +1,164 @@
+//! The deployment kit: Kubernetes manifests parse and agree with the
+//! binary's contract (probes, ports, config), and every metric the Grafana
+//! dashboard queries exists in a live scrape.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use common::*;
+use serde_yaml_ng::Value;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn documents(file: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(Path::new(ROOT).join("deploy/kubernetes").join(file))
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| {
+            let v: Value = serde::Deserialize::deserialize(d)
+                .unwrap_or_else(|e| panic!("{file}: not valid YAML: {e}"));
+            v
+        })
+        .collect()
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    let mut cur = v;
+    for p in path {
+        cur = cur
+            .get(*p)
+            .unwrap_or_else(|| panic!("missing {}", path.join(".")));
+    }
+    cur.as_str()
+        .unwrap_or_else(|| panic!("{} is not a string", path.join(".")))
+}
+
+#[test]
+fn kubernetes_manifests_parse_and_match_the_binary() {
+    let kustomization = &documents("kustomization.yaml")[0];
+    let resources: Vec<&str> = kustomization["resources"]
+        .as_sequence()
+        .expect("resources")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(resources.len(), 4);
+    let mut kinds = BTreeSet::new();
+    let mut checked = 0;
+    for file in resources {
+        for doc in documents(file) {
+            let kind = str_at(&doc, &["kind"]).to_string();
+            assert!(!str_at(&doc, &["apiVersion"]).is_empty());
+            assert!(!str_at(&doc, &["metadata", "name"]).is_empty());
+            match kind.as_str() {
+                "ConfigMap" => {
+                    // The embedded configuration parses (syntax and keys;
+                    // its certificate paths exist only in the pod).
+                    let toml = str_at(&doc, &["data", "mqttlb.toml"]);
+                    mqttlb::config::parse_toml::<mqttlb::config::raw::RawConfig>("configmap", toml)
+                        .unwrap_or_else(|e| panic!("ConfigMap config: {e}"));
+                    assert!(
+                        toml.contains("listen = \"0.0.0.0:9100\""),
+                        "admin reachable by probes"
+                    );
+                }
+                "Deployment" => {
+                    let c = &doc["spec"]["template"]["spec"]["containers"][0];
+                    assert_eq!(str_at(c, &["livenessProbe", "httpGet", "path"]), "/healthz");
+                    assert_eq!(str_at(c, &["readinessProbe", "httpGet", "path"]), "/readyz");
+                    let ports: Vec<i64> = c["ports"]
+                        .as_sequence()
+                        .expect("ports")
+                        .iter()
+                        .filter_map(|p| p["containerPort"].as_i64())
+                        .collect();
+                    assert_eq!(ports, [8883, 9100]);
+                    let grace = doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+                        .as_i64()
+                        .expect("grace period");
+                    assert!(grace > 30, "longer than drain_timeout");
+                }
+                _ => {}
+            }
+            kinds.insert(kind);
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 5);
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        ["ConfigMap", "Deployment", "Secret", "Service"]
+    );
+}
+
+/// Metric names in a PromQL expression (`mqttlb_…` identifiers).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("mqttlb_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_metric_exists_in_a_live_scrape() {
+    let text = std::fs::read_to_string(Path::new(ROOT).join("deploy/grafana/mqttlb.json"))
+        .expect("dashboard");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let mut wanted = BTreeSet::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().expect("targets") {
+            wanted.extend(metric_names(t["expr"].as_str().expect("expr")));
+        }
+    }
+    assert!(wanted.len() >= 12, "{wanted:?}");
+
+    // A live proxy that has seen connections, a refusal, health checks
+    // and a failing backend, so every family has samples.
+    let certs = Certs::new();
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let dead = free_port();
+    let servers = [
+        ("node1", node.addr),
+        ("dead", format!("127.0.0.1:{dead}").parse().expect("addr")),
+    ];
+    let pool = "health = { check = \"mqtt\", interval = \"100ms\", timeout = \"500ms\" }";
+    let proxy = ProxyUnderTest::start(&config(&certs, &servers, "", pool), certs.dir.path()).await;
+    let admin = start_admin(&proxy).await;
+    for i in 0..4 {
+        let mut s = tls_connect(proxy.addr, &certs, false).await.expect("TLS");
+        assert_eq!(mqtt_connect(&mut s, 4, &format!("dash-{i}")).await, Some(0));
+    }
+    // And one refused client (HTTP on the MQTT port).
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tls_connect(proxy.addr, &certs, false).await.expect("TLS");
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+        read_to_close(&mut s).await;
+    }
+    wait_until("health checks ran", DEADLINE, || async {
+        proxy.metric("mqttlb_health_checks_total{backend=\"node1\",result=\"ok\"}") >= 1.0
+    })
+    .await;
+    let (status, scrape) = http(admin, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    let present: BTreeSet<String> = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect();
+    let missing: Vec<&String> = wanted.iter().filter(|m| !present.contains(*m)).collect();
+    assert!(
+        missing.is_empty(),
+        "dashboard queries metrics the proxy does not export: {missing:?}"
+    );
+}
