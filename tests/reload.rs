@@ -198,3 +198,51 @@ async fn reload_certificates_and_backends_under_traffic_loses_nothing() {
     drop(clients);
     let _ = tokio::time::timeout(DEADLINE, task).await;
 }
+
+/// Listeners come and go with the configuration; the others keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_and_removes_listeners() {
+    let certs = Certs::new();
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let base = config(&certs, &[("node1", node.addr)], "", "");
+    let proxy = ProxyUnderTest::start(&base, certs.dir.path()).await;
+    let load = |text: &str| {
+        let raw = mqttlb::config::parse_toml("reload.toml", text).expect("parses");
+        Config::from_raw("reload.toml", certs.dir.path(), raw).expect("converts")
+    };
+    let plain = "\n[[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\npool = \"brokers\"\n[listener.mqtt]\n";
+    let with_plain = base.replace("\n[pool.brokers]", &format!("{plain}\n[pool.brokers]"));
+    assert_ne!(with_plain, base);
+    let summary = proxy
+        .handle
+        .reload(load(&with_plain))
+        .await
+        .expect("reload");
+    assert_eq!(summary.listeners_added, ["plain"]);
+    let plain_addr = proxy
+        .handle
+        .listeners()
+        .into_iter()
+        .find(|(n, _)| n == "plain")
+        .map(|(_, a)| a)
+        .expect("plain listener running");
+    let mut s = tokio::net::TcpStream::connect(plain_addr)
+        .await
+        .expect("connect plain");
+    assert_eq!(mqtt_connect(&mut s, 4, "plain-client").await, Some(0));
+
+    let summary = proxy.handle.reload(load(&base)).await.expect("reload");
+    assert_eq!(summary.listeners_removed, ["plain"]);
+    wait_until("plain listener closed", DEADLINE, || async {
+        tokio::net::TcpStream::connect(plain_addr).await.is_err()
+    })
+    .await;
+    // Its open connection and the TLS listener both keep working.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(&[0xc0, 0x00]).await.expect("ping");
+    let mut pong = [0u8; 2];
+    s.read_exact(&mut pong).await.expect("pong");
+    assert_eq!(pong, [0xd0, 0x00]);
+    let mut t = tls_connect(proxy.addr, &certs, false).await.expect("TLS");
+    assert_eq!(mqtt_connect(&mut t, 5, "tls-client").await, Some(0));
+}

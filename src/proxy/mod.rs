@@ -391,6 +391,14 @@ impl ProxyHandle {
         !found.is_empty()
     }
 
+    /// Running listeners and the addresses they are bound to.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        lock(&self.state.listeners)
+            .iter()
+            .map(|(name, slot)| (name.clone(), slot.ctx.load().local_addr))
+            .collect()
+    }
+
     /// Ready: at least one backend in rotation.
     pub fn ready(&self) -> bool {
         self.state.current.load().pools.values().any(|p| p.any_up())
