@@ -74,7 +74,8 @@ enum Command {
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
-    /// Validate a configuration file: exit 0, or print every problem and exit 64.
+    /// Validate a proxy or broker configuration file: exit 0, or print every
+    /// problem and exit 64.
     Check {
         #[arg(long)]
         config: PathBuf,
@@ -148,8 +149,17 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config } => {
-            let result = Config::load(Some(&config), &Overrides::default())
-                .and_then(|c| Proxy::build(c, &mut Registry::default()).map(|_| ()));
+            // A file with a [broker] table is a broker configuration.
+            let is_broker = std::fs::read_to_string(&config)
+                .ok()
+                .and_then(|t| t.parse::<toml::Table>().ok())
+                .is_some_and(|t| t.contains_key("broker"));
+            let result = if is_broker {
+                BrokerConfig::load(Some(&config), &BrokerOverrides::default()).map(|_| ())
+            } else {
+                Config::load(Some(&config), &Overrides::default())
+                    .and_then(|c| Proxy::build(c, &mut Registry::default()).map(|_| ()))
+            };
             match result {
                 Ok(()) => {
                     println!("{}: ok", config.display());

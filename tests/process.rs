@@ -79,6 +79,35 @@ async fn check_names_file_key_and_reason_and_exits_64() {
 
 #[tokio::test]
 async fn reference_config_checks_clean_with_dev_certs() {
+    // The broker reference and a broken broker file are checked as broker
+    // configurations.
+    let root0 = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(root0.join("config/broker.toml"))
+        .output()
+        .await
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = tempfile::NamedTempFile::new().expect("temp");
+    std::fs::write(bad.path(), "[broker]\nreceive_maximum = 0\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(bad.path())
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("broker.receive_maximum"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // config/mqttlb.toml points at certs/dev; make them in a copy of the tree.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().expect("tempdir");
