@@ -207,7 +207,38 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         (&Method::POST, ["api", "v1", "backends", name, action @ ("drain" | "enable")]) => {
             match &admin.role {
                 Role::Proxy(p) => {
-                    if p.set_draining(name, *action == "drain") {
+                    // ?disconnect=true|false&window=30s override the pool's
+                    // drain_disconnect / drain_window.
+                    let query = req.uri().query().unwrap_or("");
+                    let param = |key: &str| {
+                        query
+                            .split('&')
+                            .filter_map(|kv| kv.split_once('='))
+                            .find(|(k, _)| *k == key)
+                            .map(|(_, v)| v)
+                    };
+                    let window = match param("window").map(humantime::parse_duration) {
+                        Some(Ok(w)) => Some(w),
+                        Some(Err(e)) => {
+                            return json(
+                                StatusCode::BAD_REQUEST,
+                                &Message {
+                                    status: "error",
+                                    errors: vec![format!("window: {e}")],
+                                    changes: None,
+                                },
+                            );
+                        }
+                        None => None,
+                    };
+                    let disconnect = match param("disconnect") {
+                        Some("true") => Some(Some(
+                            window.unwrap_or(crate::config::defaults::DRAIN_WINDOW),
+                        )),
+                        Some("false") => Some(None),
+                        _ => window.map(Some),
+                    };
+                    if p.drain(name, *action == "drain", disconnect) {
                         json(
                             StatusCode::OK,
                             &Message {

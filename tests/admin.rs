@@ -148,3 +148,117 @@ async fn admin_api_drain_enable_readiness_and_promtool() {
         1.0
     );
 }
+
+/// Drain with `disconnect`: every MQTT 5 client of the node gets DISCONNECT
+/// 0x9C "use another server" at a packet boundary — while messages stream
+/// to it — spread over the window; 3.1.1 clients are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_asks_mqtt5_clients_to_use_another_server_paced() {
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet as P5};
+    let certs = Certs::new();
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let proxy = ProxyUnderTest::start(
+        &config(&certs, &[("node1", node.addr)], "", ""),
+        certs.dir.path(),
+    )
+    .await;
+    let admin = start_admin(&proxy).await;
+
+    let tls5 = |id: &str| {
+        let mut o = rumqttc::v5::MqttOptions::new(id, "localhost", proxy.addr.port());
+        o.set_transport(rumqttc::Transport::Tls(TlsConfiguration::Simple {
+            ca: certs.read("ca.pem"),
+            alpn: None,
+            client_auth: None,
+        }));
+        o
+    };
+    const V5_CLIENTS: usize = 4;
+    // rumqttc reports a server DISCONNECT as the event loop's error; each
+    // client's loop sends the reason code it ended with.
+    let mut fives = Vec::new();
+    for i in 0..V5_CLIENTS {
+        let opts = tls5(&format!("five-{i}"));
+        let (client, mut events) = rumqttc::v5::AsyncClient::new(opts, 64);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_))) => {
+                        let _ = tx.send(None);
+                    }
+                    Ok(_) => {}
+                    Err(rumqttc::v5::ConnectionError::MqttState(
+                        rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+                    )) => {
+                        let _ = tx.send(Some(reason_code));
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        client
+            .subscribe("stream/#", Q5::AtMostOnce)
+            .await
+            .expect("subscribe");
+        let mut rx = rx;
+        next_matching(&mut rx, "SUBACK", |r| r.is_none().then_some(())).await;
+        fives.push((client, rx, task));
+    }
+    let mut old = client(&proxy, &certs, "three-one-one");
+    old.connack().await;
+
+    // Keep messages flowing to every subscriber during the drain (bounded
+    // in count, stopped once the drain is over).
+    let feeder_client = rumqttc::AsyncClient::new(
+        rumqttc::MqttOptions::new("feeder", node.addr.ip().to_string(), node.addr.port()),
+        64,
+    );
+    let (feeder, mut feeder_events) = feeder_client;
+    let feed = tokio::spawn(async move {
+        let mut n = 0u32;
+        loop {
+            tokio::select! {
+                ev = feeder_events.poll() => if ev.is_err() { return },
+                r = feeder.publish("stream/x", rumqttc::QoS::AtMostOnce, false, vec![7u8; 900]), if n < 50_000 => {
+                    if r.is_err() { return }
+                    n += 1;
+                }
+            }
+        }
+    });
+
+    let started = tokio::time::Instant::now();
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/api/v1/backends/node1/drain?disconnect=true&window=2s",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut last = started;
+    for (i, (_, rx, _)) in fives.iter_mut().enumerate() {
+        let code = next_matching(rx, "DISCONNECT from the proxy", |r| r).await;
+        assert_eq!(code, DisconnectReasonCode::UseAnotherServer, "client {i}");
+        last = last.max(tokio::time::Instant::now());
+    }
+    // Paced: the last of 4 is asked no earlier than 3/4 of the window.
+    assert!(
+        last - started >= std::time::Duration::from_millis(1400),
+        "kicks were spread over the window ({:?})",
+        last - started
+    );
+    feed.abort();
+    // The 3.1.1 client is untouched and still served.
+    old.client
+        .publish("still/here", rumqttc::QoS::AtLeastOnce, false, "x")
+        .await
+        .expect("publish");
+    old.next("PUBACK", |p| {
+        matches!(p, rumqttc::Packet::PubAck(_)).then_some(())
+    })
+    .await;
+    assert!(node.broker.is_online("three-one-one"));
+}

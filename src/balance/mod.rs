@@ -6,9 +6,12 @@ pub mod health;
 pub mod state;
 pub mod strategy;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{HashKey, HealthConfig, PoolConfig, ProxyProtocol, Strategy};
 use crate::metrics::{BackendMetrics, Metrics};
@@ -33,6 +36,8 @@ pub struct Backend {
     fall: AtomicU32,
     /// Outcome of the last active check, for the admin API.
     last_check: Mutex<Option<LastCheck>>,
+    /// MQTT 5 connections that can be asked to move (drain), by id.
+    kickable: Mutex<HashMap<u64, CancellationToken>>,
     pub metrics: BackendMetrics,
 }
 
@@ -67,6 +72,7 @@ impl Backend {
             rise: AtomicU32::new(health.rise.get()),
             fall: AtomicU32::new(health.fall.get()),
             last_check: Mutex::new(None),
+            kickable: Mutex::new(HashMap::new()),
             metrics: m,
         }
     }
@@ -92,6 +98,29 @@ impl Backend {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Register a connection that can be asked to move; it stays
+    /// registered while the guard lives.
+    pub fn kickable(self: &Arc<Self>, conn_id: u64) -> KickGuard {
+        let token = CancellationToken::new();
+        self.kickable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(conn_id, token.clone());
+        KickGuard {
+            backend: self.clone(),
+            conn_id,
+            token,
+        }
+    }
+
+    /// Tokens of the connections that can be asked to move now.
+    pub fn kick_tokens(&self) -> Vec<CancellationToken> {
+        let map = self.kickable.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ids: Vec<(&u64, &CancellationToken)> = map.iter().collect();
+        ids.sort_by_key(|(id, _)| **id);
+        ids.into_iter().map(|(_, t)| t.clone()).collect()
     }
 
     pub fn record_check(&self, check: LastCheck) {
@@ -174,6 +203,29 @@ impl Backend {
 /// client-id hashing agrees across mqttlb instances and re-resolutions.
 pub fn dns_node_name(server: &str, ip: IpAddr) -> String {
     format!("{server}/{ip}")
+}
+
+/// A connection's registration for drain kicks; removed on drop.
+pub struct KickGuard {
+    backend: Arc<Backend>,
+    conn_id: u64,
+    token: CancellationToken,
+}
+
+impl KickGuard {
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+}
+
+impl Drop for KickGuard {
+    fn drop(&mut self) {
+        self.backend
+            .kickable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.conn_id);
+    }
 }
 
 /// Decrements a backend's active count on drop.

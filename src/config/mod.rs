@@ -186,6 +186,10 @@ pub struct PoolConfig {
     pub servers: Vec<ServerConfig>,
     pub dns: Vec<DnsServerConfig>,
     pub resolve_interval: Duration,
+    /// On drain, send MQTT 5 clients DISCONNECT 0x9C "use another server".
+    pub drain_disconnect: bool,
+    /// Spread those DISCONNECTs over this window (no reconnect storm).
+    pub drain_window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +208,7 @@ pub mod defaults {
     pub const LISTEN_TLS: &str = "0.0.0.0:8883";
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9100";
     pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(10);
+    pub const DRAIN_WINDOW: Duration = Duration::from_secs(30);
     pub const BACKLOG: u32 = 1024;
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const MAX_CONNECT_SIZE: usize = 64 * 1024;
@@ -736,6 +741,12 @@ impl Cx {
                 &format!("{k}.resolve_interval"),
                 raw.resolve_interval.as_deref(),
                 defaults::RESOLVE_INTERVAL,
+            ),
+            drain_disconnect: raw.drain_disconnect.unwrap_or(false),
+            drain_window: self.duration_or_zero(
+                &format!("{k}.drain_window"),
+                raw.drain_window.as_deref(),
+                defaults::DRAIN_WINDOW,
             ),
         }
     }

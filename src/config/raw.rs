@@ -73,6 +73,8 @@ pub struct RawPool {
     pub connect_timeout: Option<String>,
     pub connect_attempts: Option<u32>,
     pub resolve_interval: Option<String>,
+    pub drain_disconnect: Option<bool>,
+    pub drain_window: Option<String>,
     pub health: Option<RawHealth>,
     #[serde(default)]
     pub servers: Vec<RawServer>,

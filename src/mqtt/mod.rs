@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod connect;
+pub mod framing;
 pub mod packets;
 
 pub use connect::{Connect, ConnectError, Peek, ProtocolVersion, peek_connect};

@@ -12,6 +12,10 @@ pub fn connack_server_unavailable(protocol: ProtocolVersion) -> &'static [u8] {
     }
 }
 
+/// MQTT 5 DISCONNECT 0x9C "use another server" (empty properties): the
+/// proxy's word to a client whose backend is draining.
+pub const DISCONNECT_USE_ANOTHER_SERVER: &[u8] = &[0xe0, 0x02, 0x9c, 0x00];
+
 /// DISCONNECT (normal disconnection) for the given version.
 pub fn disconnect(protocol: ProtocolVersion) -> &'static [u8] {
     match protocol {

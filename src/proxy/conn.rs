@@ -19,7 +19,7 @@ use tracing::{Instrument, Span, debug, field, info, warn};
 
 use super::ListenerCtx;
 use super::header;
-use super::splice::{SpliceEnd, SpliceError, splice};
+use super::splice::{Kick, SpliceEnd, SpliceError, splice};
 use crate::balance::Backend;
 use crate::config::{HashKey, MqttListenerConfig};
 use crate::mqtt::packets::connack_server_unavailable;
@@ -153,6 +153,8 @@ async fn serve_client<S>(
     ctx.metrics.upstream_bytes.inc_by(client_bytes);
     drop(first);
 
+    // MQTT 5 clients can be asked to move when their backend drains.
+    let kickable = (hello.protocol == Some(ProtocolVersion::V5)).then(|| backend.kickable(conn_id));
     let started = Instant::now();
     let (result, moved) = splice(
         &mut client,
@@ -160,12 +162,23 @@ async fn serve_client<S>(
         hello.idle,
         ctx.metrics.upstream_bytes.clone(),
         ctx.metrics.downstream_bytes.clone(),
+        kickable.as_ref().map(|k| Kick {
+            token: k.token(),
+            packet: crate::mqtt::packets::DISCONNECT_USE_ANOTHER_SERVER,
+        }),
     )
     .await;
     let secs = started.elapsed().as_secs_f64();
     match result {
         Ok(SpliceEnd::Closed) => {
             debug!(up = moved.upstream, down = moved.downstream, secs, "closed")
+        }
+        Ok(SpliceEnd::Kicked) => {
+            info!(
+                up = moved.upstream,
+                down = moved.downstream,
+                "drain: client sent DISCONNECT \"use another server\""
+            )
         }
         Ok(SpliceEnd::Idle) => {
             ctx.metrics.rejected("idle_timeout");

@@ -371,24 +371,63 @@ impl ProxyHandle {
             .collect()
     }
 
-    fn find_backend(&self, name: &str) -> Vec<Arc<Backend>> {
-        let generation = self.state.current.load();
-        generation
-            .pools
-            .values()
-            .filter_map(|p| p.find(name).cloned())
-            .collect()
-    }
-
     /// Take a backend out of rotation (`true`) or put it back; open
     /// connections are untouched. `false` if no backend has that name.
     pub fn set_draining(&self, name: &str, draining: bool) -> bool {
-        let found = self.find_backend(name);
-        for b in &found {
+        self.drain(name, draining, None)
+    }
+
+    /// Drain (or enable) a backend. When draining with `disconnect` —
+    /// `Some(window)`, or the pool's `drain_disconnect` when `None` — its
+    /// MQTT 5 clients are sent DISCONNECT 0x9C "use another server", one
+    /// by one spread over the window, until the backend is enabled again.
+    pub fn drain(&self, name: &str, draining: bool, disconnect: Option<Option<Duration>>) -> bool {
+        let generation = self.state.current.load();
+        let mut found = false;
+        for pool in generation.pools.values() {
+            let Some(b) = pool.find(name) else { continue };
+            found = true;
             b.set_draining(draining);
             info!(backend = %b.name, draining, "backend drain state changed by the admin API");
+            let window = match disconnect {
+                Some(w) => w,
+                None => generation
+                    .config
+                    .pools
+                    .get(&pool.name)
+                    .filter(|p| p.drain_disconnect)
+                    .map(|p| p.drain_window),
+            };
+            if let (true, Some(window)) = (draining, window) {
+                self.kick_paced(b.clone(), window);
+            }
         }
-        !found.is_empty()
+        found
+    }
+
+    fn kick_paced(&self, backend: Arc<Backend>, window: Duration) {
+        let tokens = backend.kick_tokens();
+        let n = tokens.len();
+        if n == 0 {
+            return;
+        }
+        info!(backend = %backend.name, clients = n, ?window, "drain: asking MQTT 5 clients to use another server");
+        let stop = self.state.shutdown.clone();
+        self.state.background.spawn(async move {
+            let start = tokio::time::Instant::now();
+            for (i, token) in tokens.into_iter().enumerate() {
+                let at = start + window.mul_f64(i as f64 / n as f64);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+                if !backend.is_draining() {
+                    info!(backend = %backend.name, "drain cancelled; no more clients asked to move");
+                    return;
+                }
+                token.cancel();
+            }
+        });
     }
 
     /// Running listeners and the addresses they are bound to.

@@ -25,6 +25,9 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::mqtt::framing::FrameTracker;
 
 /// Size of the per-thread read scratch. Large enough to move a burst of
 /// small MQTT packets (or one TLS record's plaintext) per read.
@@ -43,6 +46,17 @@ pub enum SpliceEnd {
     Closed,
     /// No byte moved in either direction for the idle timeout.
     Idle,
+    /// The client was handed the drain packet at a packet boundary and its
+    /// side closed (drain with MQTT 5 DISCONNECT "use another server").
+    Kicked,
+}
+
+/// Ask a spliced MQTT client to go elsewhere: when `token` is cancelled,
+/// the backend→client direction stops at the next packet boundary, writes
+/// `packet` to the client and closes.
+pub struct Kick {
+    pub token: tokio_util::sync::CancellationToken,
+    pub packet: &'static [u8],
 }
 
 /// Which side an I/O error came from.
@@ -70,6 +84,11 @@ struct Half {
     done: bool,
     bytes: u64,
     counter: Counter,
+    /// Packet boundaries of this direction (only where a kick can happen).
+    tracker: Option<FrameTracker>,
+    /// A kick was requested: stop at the next boundary and inject this.
+    kick: Option<&'static [u8]>,
+    kicked: bool,
 }
 
 enum Side {
@@ -86,6 +105,9 @@ impl Half {
             done: false,
             bytes: 0,
             counter,
+            tracker: None,
+            kick: None,
+            kicked: false,
         }
     }
 
@@ -116,6 +138,16 @@ impl Half {
                 self.pending = Vec::new();
                 self.pos = 0;
             }
+            if let Some(packet) = self.kick {
+                if !self.kicked && self.tracker.is_none_or(|t| t.at_boundary()) {
+                    // At a packet boundary: the client's last packet is the
+                    // drain DISCONNECT, then its side closes.
+                    self.kicked = true;
+                    self.eof = true;
+                    self.pending = packet.to_vec();
+                    continue;
+                }
+            }
             if self.eof {
                 ready!(w.as_mut().poll_shutdown(cx)).map_err(|e| (Side::Write, e))?;
                 return Poll::Ready(Ok(()));
@@ -136,6 +168,12 @@ impl Half {
                 *last_activity = Instant::now();
                 self.bytes += data.len() as u64;
                 self.counter.inc_by(data.len() as u64);
+                // Kicking: forward up to the end of the current packet and
+                // drop the rest (the client is leaving this node).
+                let data = match &mut self.tracker {
+                    Some(t) => &data[..t.advance(data, self.kick.is_some())],
+                    None => data,
+                };
                 let mut written = 0;
                 while written < data.len() {
                     match w.as_mut().poll_write(cx, &data[written..]) {
@@ -179,6 +217,7 @@ struct Splice<'a, C: ?Sized, B: ?Sized> {
     up: Half,
     down: Half,
     last_activity: Instant,
+    kick: Option<(Pin<Box<WaitForCancellationFutureOwned>>, &'static [u8])>,
 }
 
 impl<C, B> Future for Splice<'_, C, B>
@@ -190,6 +229,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        if let Some((token, packet)) = &mut this.kick {
+            if token.as_mut().poll(cx).is_ready() {
+                this.down.kick = Some(*packet);
+                this.kick = None;
+            }
+        }
         if !this.up.done {
             match this.up.poll(
                 cx,
@@ -214,7 +259,14 @@ where
                 Pin::new(&mut *this.client),
                 &mut this.last_activity,
             ) {
-                Poll::Ready(Ok(())) => this.down.done = true,
+                Poll::Ready(Ok(())) => {
+                    this.down.done = true;
+                    if this.down.kicked {
+                        // The client has its DISCONNECT; the backend side
+                        // is closed by dropping it.
+                        return Poll::Ready(Ok(()));
+                    }
+                }
                 Poll::Ready(Err((Side::Read, e))) => {
                     return Poll::Ready(Err(SpliceError::Backend(e)));
                 }
@@ -240,23 +292,29 @@ pub async fn splice<C, B>(
     idle: Duration,
     upstream: Counter,
     downstream: Counter,
+    kick: Option<Kick>,
 ) -> (Result<SpliceEnd, SpliceError>, Transferred)
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    let mut down = Half::new(downstream);
+    if kick.is_some() {
+        down.tracker = Some(FrameTracker::default());
+    }
     let mut s = Splice {
         client,
         backend,
         up: Half::new(upstream),
-        down: Half::new(downstream),
+        down,
         last_activity: Instant::now(),
+        kick: kick.map(|k| (Box::pin(k.token.cancelled_owned()), k.packet)),
     };
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
     let result = loop {
         tokio::select! {
-            r = &mut s => break r.map(|()| SpliceEnd::Closed),
+            r = &mut s => break r.map(|()| if s.down.kicked { SpliceEnd::Kicked } else { SpliceEnd::Closed }),
             () = &mut timer => {
                 // Activity only records a timestamp; the timer is re-armed
                 // here, once per idle period, rather than on every packet.
@@ -291,6 +349,7 @@ mod tests {
                 Duration::from_secs(60),
                 Counter::default(),
                 Counter::default(),
+                None,
             )
             .await
         });
@@ -327,6 +386,7 @@ mod tests {
                 Duration::from_secs(10),
                 Counter::default(),
                 Counter::default(),
+                None,
             )
             .await
         });
