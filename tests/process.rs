@@ -382,3 +382,71 @@ async fn sighup_reloads_the_configuration_file() {
         .expect("health");
     assert!(!down.success(), "mqttlb health fails when nothing answers");
 }
+
+/// `--log-format json`: one JSON object per line, and events inside a
+/// connection carry its span (client address, listener, client id, backend).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_connection_span() {
+    let certs = Certs::new();
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let port = free_port();
+    let cfg = config(&certs, &[("node1", node.addr)], "", "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = certs.path("mqttlb.toml");
+    std::fs::write(&path, cfg).expect("write config");
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "proxy", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "mqttlb=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mqttlb");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_until("mqttlb listens", DEADLINE, || async {
+        TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    let mut s = tls_connect(addr, &certs, false).await.expect("TLS");
+    assert_eq!(mqtt_connect(&mut s, 4, "json-client").await, Some(0));
+    s.write_all(&[0xe0, 0x00]).await.expect("disconnect");
+    s.shutdown().await.expect("close");
+    wait_until("client gone from the broker", DEADLINE, || async {
+        !node.broker.is_online("json-client")
+    })
+    .await;
+    let pid = child.id().expect("pid").to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("kill")
+            .success()
+    );
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .await
+        .expect("log");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 3, "{log}");
+    let in_span = lines
+        .iter()
+        .find(|v| v["span"]["client_id"] == "json-client" && v["span"]["backend"] == "node1");
+    let e = in_span.unwrap_or_else(|| panic!("no event with the connection span:\n{log}"));
+    assert_eq!(e["span"]["listener"], "mqtts");
+    assert!(
+        e["span"]["client.addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:"))
+    );
+}
