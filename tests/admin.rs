@@ -4,21 +4,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-use rumqttc::{MqttOptions, TlsConfiguration, Transport};
-
-fn client(proxy: &ProxyUnderTest, certs: &Certs, id: &str) -> MqttClient {
-    let mut opts = MqttOptions::new(id, "localhost", proxy.addr.port());
-    opts.set_keep_alive(Duration::from_secs(10));
-    opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
-        ca: certs.read("ca.pem"),
-        alpn: None,
-        client_auth: None,
-    }));
-    MqttClient::start(opts)
-}
+use rumqttc::TlsConfiguration;
 
 fn on(nodes: &[BrokerUnderTest], id: &str) -> Option<usize> {
     nodes.iter().position(|n| n.broker.is_online(id))
@@ -61,7 +48,7 @@ async fn admin_api_drain_enable_readiness_and_promtool() {
     let mut first_on_node1 = None;
     for i in 0..6 {
         let id = format!("pre-{i}");
-        let mut c = client(&proxy, &certs, &id);
+        let mut c = tls_client(&proxy, &certs, &id);
         c.connack().await;
         if on(&nodes, &id) == Some(0) && first_on_node1.is_none() {
             first_on_node1 = Some(id.clone());
@@ -75,7 +62,7 @@ async fn admin_api_drain_enable_readiness_and_promtool() {
     assert!(body.contains("\"state\": \"draining\""), "{body}");
     for i in 0..6 {
         let id = format!("during-{i}");
-        let mut c = client(&proxy, &certs, &id);
+        let mut c = tls_client(&proxy, &certs, &id);
         c.connack().await;
         assert_eq!(on(&nodes, &id), Some(1), "{id} avoided the draining node");
         c.client.disconnect().await.expect("disconnect");
@@ -207,7 +194,7 @@ async fn drain_asks_mqtt5_clients_to_use_another_server_paced() {
         next_matching(&mut rx, "SUBACK", |r| r.is_none().then_some(())).await;
         fives.push((client, rx, task));
     }
-    let mut old = client(&proxy, &certs, "three-one-one");
+    let mut old = tls_client(&proxy, &certs, "three-one-one");
     old.connack().await;
 
     // Keep messages flowing to every subscriber during the drain (bounded

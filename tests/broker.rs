@@ -381,7 +381,7 @@ async fn proxy_header_required_refuses_direct_clients_and_serves_proxied_ones() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_qos1_is_redelivered_with_dup_after_reconnect() {
-    use mqttlb::mqtt::codec::{Packet as P, Properties, SubOptions};
+    use mqttlb::mqtt::codec::Packet as P;
     let v311 = mqttlb::mqtt::ProtocolVersion::V311;
     let node = BrokerUnderTest::start(|_| {}).await;
     let (mut s, connack) = RawMqtt::connect(node.addr, raw_connect(v311, "forgetful", false)).await;
@@ -393,19 +393,7 @@ async fn unacknowledged_qos1_is_redelivered_with_dup_after_reconnect() {
             ..
         }
     ));
-    s.send(&P::Subscribe {
-        pkid: 1,
-        filters: vec![(
-            "q/1".into(),
-            SubOptions {
-                qos: 1,
-                ..SubOptions::default()
-            },
-        )],
-        props: Properties::default(),
-    })
-    .await;
-    assert!(matches!(s.read().await, Some(P::Suback { .. })));
+    s.subscribe("q/1", 1).await;
 
     let mut publ = v4(node.addr, "pub", true, |_| {});
     publ.connack().await;

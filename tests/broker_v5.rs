@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use mqttlb::mqtt::ProtocolVersion::{V5, V311};
-use mqttlb::mqtt::codec::{Packet as P, Properties, PublishPacket, SubOptions};
+use mqttlb::mqtt::codec::{Packet as P, Properties, PublishPacket};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
     Filter, LastWill, LastWillProperties, RetainForwardRule, SubscribeProperties,
@@ -167,19 +167,7 @@ async fn message_expiry_is_decremented_and_expired_messages_are_dropped() {
     let mut c = raw_connect(V5, "late", true);
     c.props.session_expiry = Some(600);
     let (mut raw, _) = RawMqtt::connect(node.addr, c.clone()).await;
-    raw.send(&P::Subscribe {
-        pkid: 1,
-        filters: vec![(
-            "e/#".into(),
-            SubOptions {
-                qos: 1,
-                ..SubOptions::default()
-            },
-        )],
-        props: Properties::default(),
-    })
-    .await;
-    assert!(matches!(raw.read().await, Some(P::Suback { .. })));
+    raw.subscribe("e/#", 1).await;
     raw.send(&P::Disconnect {
         code: 0,
         props: Properties::default(),
@@ -381,14 +369,7 @@ async fn maximum_packet_size_both_ways() {
     let mut c = raw_connect(V5, "small", true);
     c.props.maximum_packet_size = Some(100);
     let (mut small, _) = RawMqtt::connect(node.addr, c).await;
-    small
-        .send(&P::Subscribe {
-            pkid: 1,
-            filters: vec![("mp/#".into(), SubOptions::default())],
-            props: Properties::default(),
-        })
-        .await;
-    assert!(matches!(small.read().await, Some(P::Suback { .. })));
+    small.subscribe("mp/#", 0).await;
     let (mut publ, connack) = RawMqtt::connect(node.addr, raw_connect(V5, "pub", true)).await;
     let P::Connack { props, .. } = connack else {
         panic!("CONNACK")
@@ -425,19 +406,7 @@ async fn slow_consumer_is_disconnected_and_counted() {
     let mut c = raw_connect(V5, "slow", true);
     c.props.receive_maximum = Some(1);
     let (mut slow, _) = RawMqtt::connect(node.addr, c).await;
-    slow.send(&P::Subscribe {
-        pkid: 1,
-        filters: vec![(
-            "sc/#".into(),
-            SubOptions {
-                qos: 1,
-                ..SubOptions::default()
-            },
-        )],
-        props: Properties::default(),
-    })
-    .await;
-    assert!(matches!(slow.read().await, Some(P::Suback { .. })));
+    slow.subscribe("sc/#", 1).await;
     let (mut publ, _) = RawMqtt::connect(node.addr, raw_connect(V311, "pub", true)).await;
     for pkid in 1..=10 {
         publ.send(&publish("sc/x", 1, pkid, b"x", Properties::default()))

@@ -8,18 +8,6 @@ use std::time::Duration;
 use common::*;
 use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
 
-/// A rumqttc client through the proxy over TLS.
-fn tls_client(proxy: &ProxyUnderTest, certs: &Certs, id: &str) -> MqttClient {
-    let mut opts = MqttOptions::new(id, "localhost", proxy.addr.port());
-    opts.set_keep_alive(Duration::from_secs(10));
-    opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
-        ca: certs.read("ca.pem"),
-        alpn: None,
-        client_auth: None,
-    }));
-    MqttClient::start(opts)
-}
-
 fn home(nodes: &[BrokerUnderTest], id: &str) -> Option<usize> {
     nodes.iter().position(|n| n.broker.is_online(id))
 }

@@ -13,6 +13,30 @@ use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqttlb");
 
+/// Send `signal` (e.g. "HUP") to `child`.
+#[cfg(unix)]
+async fn send_signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("pid").to_string();
+    let sent = Command::new("kill")
+        .args([format!("-{signal}"), pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(sent.success(), "kill -{signal}");
+}
+
+/// Send `signal` (e.g. "TERM") to `child` and return its exit code, within
+/// the deadline.
+#[cfg(unix)]
+async fn signal_and_wait(child: &mut tokio::process::Child, signal: &str) -> Option<i32> {
+    send_signal(child, signal).await;
+    tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("exits before the deadline")
+        .expect("status")
+        .code()
+}
+
 #[tokio::test]
 async fn check_names_file_key_and_reason_and_exits_64() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -179,13 +203,7 @@ async fn sigterm_stops_accepting_and_lets_a_live_connection_finish() {
     let mut live = tls_connect(addr, &certs, false).await.expect("TLS");
     assert_eq!(mqtt_connect(&mut live, 4, "long-lived").await, Some(0));
 
-    let pid = child.id().expect("pid").to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .expect("kill");
-    assert!(killed.success());
+    send_signal(&child, "TERM").await;
     wait_until("listener closed", DEADLINE, || async {
         TcpStream::connect(addr).await.is_err()
     })
@@ -278,20 +296,11 @@ async fn demo_prints_commands_that_work_and_stops_on_ctrl_c() {
     assert!(ok, "{out}");
     assert_eq!(out.trim(), "demo/hello hello through mqttlb");
 
-    let pid = child.id().expect("pid").to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .await
-            .expect("kill")
-            .success()
+    assert_eq!(
+        signal_and_wait(&mut child, "INT").await,
+        Some(0),
+        "demo stops"
     );
-    let status = tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("demo stops")
-        .expect("status");
-    assert_eq!(status.code(), Some(0));
 }
 
 /// SIGHUP reloads the file: a backend added to it shows up in the admin
@@ -340,15 +349,7 @@ async fn sighup_reloads_the_configuration_file() {
     );
     assert_ne!(grown, base);
     std::fs::write(&path, grown).expect("rewrite config");
-    let pid = child.id().expect("pid").to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .await
-            .expect("kill")
-            .success()
-    );
+    send_signal(&child, "HUP").await;
     wait_until("node2 appears after SIGHUP", DEADLINE, || async {
         http(admin, "GET", "/api/v1/backends")
             .await
@@ -362,19 +363,7 @@ async fn sighup_reloads_the_configuration_file() {
         "{scrape}"
     );
 
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .expect("kill")
-            .success()
-    );
-    let status = tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("exits")
-        .expect("status");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(signal_and_wait(&mut child, "TERM").await, Some(0), "exits");
     let down = Command::new(BIN)
         .args(["health", &url])
         .status()
@@ -417,15 +406,7 @@ async fn json_logs_carry_the_connection_span() {
         !node.broker.is_online("json-client")
     })
     .await;
-    let pid = child.id().expect("pid").to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .expect("kill")
-            .success()
-    );
+    send_signal(&child, "TERM").await;
     let mut log = String::new();
     child
         .stderr

@@ -647,6 +647,27 @@ impl RawMqtt {
         self.stream.write_all(&out).await.expect("write");
     }
 
+    /// SUBSCRIBE to one filter at `qos` (packet id 1) and wait for the SUBACK.
+    pub async fn subscribe(&mut self, filter: &str, qos: u8) {
+        use mqttlb::mqtt::codec::{Packet, Properties, SubOptions};
+        self.send(&Packet::Subscribe {
+            pkid: 1,
+            filters: vec![(
+                filter.into(),
+                SubOptions {
+                    qos,
+                    ..SubOptions::default()
+                },
+            )],
+            props: Properties::default(),
+        })
+        .await;
+        assert!(
+            matches!(self.read().await, Some(Packet::Suback { .. })),
+            "SUBACK for {filter}"
+        );
+    }
+
     /// Next packet, or `None` once the broker closed the connection.
     pub async fn read(&mut self) -> Option<mqttlb::mqtt::codec::Packet> {
         use mqttlb::mqtt::codec;
@@ -749,4 +770,16 @@ pub async fn promtool_check(scrape: &str) -> Result<(), String> {
         Err(String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr))
     }
+}
+
+/// A rumqttc 3.1.1 client through `proxy` over TLS, trusting the dev CA.
+pub fn tls_client(proxy: &ProxyUnderTest, certs: &Certs, id: &str) -> MqttClient {
+    let mut opts = rumqttc::MqttOptions::new(id, "localhost", proxy.addr.port());
+    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
+        ca: certs.read("ca.pem"),
+        alpn: None,
+        client_auth: None,
+    }));
+    MqttClient::start(opts)
 }
