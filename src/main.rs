@@ -130,7 +130,16 @@ struct ProxyArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 64 (DESIGN.md), not clap's default 2; --help and
+    // --version still exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     init_logging(cli.log_format);
     match cli.command {
         Command::Certs { out, hosts } => {
