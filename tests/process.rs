@@ -40,9 +40,17 @@ async fn signal_and_wait(child: &mut tokio::process::Child, signal: &str) -> Opt
 #[tokio::test]
 async fn check_names_file_key_and_reason_and_exits_64() {
     // Bad usage exits 64 too; help does not fail.
-    let out = Command::new(BIN).arg("--no-such-flag").output().await.expect("runs");
+    let out = Command::new(BIN)
+        .arg("--no-such-flag")
+        .output()
+        .await
+        .expect("runs");
     assert_eq!(out.status.code(), Some(64));
-    let out = Command::new(BIN).arg("--help").output().await.expect("runs");
+    let out = Command::new(BIN)
+        .arg("--help")
+        .output()
+        .await
+        .expect("runs");
     assert_eq!(out.status.code(), Some(0));
 
     let dir = tempfile::tempdir().expect("tempdir");
