@@ -425,3 +425,50 @@ async fn unacknowledged_qos1_is_redelivered_with_dup_after_reconnect() {
     assert_eq!(again.pkid, first.pkid);
     assert_eq!(&again.payload[..], b"again");
 }
+
+/// Hostile clients after a valid CONNECT — garbage, a second CONNECT, a
+/// reserved packet type, an oversize length — are closed and counted by
+/// reason, and a well-behaved client on the same broker never notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_are_closed_counted_and_isolated() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = BrokerUnderTest::start(|c| c.max_packet_size = 4096).await;
+    let mut good = v4(node.addr, "good", true, |_| {});
+    good.connack().await;
+    good.subscribe("ok/#", QoS::AtLeastOnce).await;
+
+    let attacks: [(&str, &[u8]); 4] = [
+        ("malformed", &[0x30, 0x05, 0xff, 0xff, 0x61, 0x62, 0x63]),
+        (
+            "second_connect",
+            &[0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 30, 0, 0],
+        ),
+        ("malformed", &[0x00, 0x00]),
+        ("packet_too_large", &[0x30, 0xff, 0xff, 0x7f]),
+    ];
+    for (i, (_, bytes)) in attacks.iter().enumerate() {
+        let mut s = tokio::net::TcpStream::connect(node.addr)
+            .await
+            .expect("connect");
+        s.write_all(&connect_packet(4, &format!("bad-{i}")))
+            .await
+            .expect("CONNECT");
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack).await.expect("CONNACK");
+        s.write_all(bytes).await.expect("attack");
+        read_to_close(&mut s).await;
+    }
+    for reason in ["malformed", "second_connect", "packet_too_large"] {
+        let want = attacks.iter().filter(|(r, _)| *r == reason).count() as f64;
+        wait_until(reason, DEADLINE, || async {
+            node.metric(&format!(
+                "mqttlb_broker_disconnects_total{{reason=\"{reason}\"}}"
+            )) == want
+        })
+        .await;
+    }
+    good.publish("ok/1", QoS::AtLeastOnce, false, b"unaffected")
+        .await;
+    assert_eq!(&good.message().await.payload[..], b"unaffected");
+    assert!(!good.task.is_finished());
+}

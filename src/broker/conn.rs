@@ -845,10 +845,22 @@ impl Conn {
     /// After the loop: will, then keep or drop the session.
     fn detach(self, end: End) {
         let (publish_will, label) = match &end {
-            End::Disconnect(code) => (*code == rc::DISCONNECT_WITH_WILL, "disconnect"),
+            End::Disconnect(code) => (*code == rc::DISCONNECT_WITH_WILL, "client_disconnect"),
             End::Abnormal(why) => (true, *why),
-            End::Kicked(code) => (*code != kick::SERVER_SHUTTING_DOWN, "kicked"),
+            End::Kicked(code) => (
+                *code != kick::SERVER_SHUTTING_DOWN,
+                match *code {
+                    kick::SESSION_TAKEN_OVER => "taken_over",
+                    kick::QUOTA_EXCEEDED => "slow_consumer",
+                    _ => "server_shutdown",
+                },
+            ),
         };
+        self.broker
+            .metrics
+            .disconnects
+            .get_or_create(&super::ReasonLabel { reason: label })
+            .inc();
         debug!(reason = label, "client disconnected");
         let broker = self.broker;
         let (still_ours, expiry) = {

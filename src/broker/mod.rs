@@ -102,6 +102,7 @@ pub struct BrokerMetrics {
     pub messages_sent: Counter,
     pub messages_dropped: Family<ReasonLabel, Counter>,
     pub peer_links_up: Gauge,
+    pub disconnects: Family<ReasonLabel, Counter>,
 }
 
 impl BrokerMetrics {
@@ -117,6 +118,7 @@ impl BrokerMetrics {
             messages_sent: Counter::default(),
             messages_dropped: Family::default(),
             peer_links_up: Gauge::default(),
+            disconnects: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("mqttlb_broker");
         r.register(
@@ -168,6 +170,11 @@ impl BrokerMetrics {
             "peer_links_up",
             "Mesh links to peers that are up",
             m.peer_links_up.clone(),
+        );
+        r.register(
+            "disconnects",
+            "Client connections ended after CONNECT, by reason (protocol errors included)",
+            m.disconnects.clone(),
         );
         m
     }
