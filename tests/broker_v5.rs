@@ -34,6 +34,20 @@ fn disconnect_code(p: Option<P>) -> Option<u8> {
     }
 }
 
+/// Normal DISCONNECT; the broker closes and the client is offline.
+async fn leave(raw: &mut RawMqtt, node: &BrokerUnderTest, client_id: &str) {
+    raw.send(&P::Disconnect {
+        code: 0,
+        props: Properties::default(),
+    })
+    .await;
+    assert_eq!(raw.read().await, None, "broker closes after DISCONNECT");
+    wait_until("offline", DEADLINE, || async {
+        !node.broker.is_online(client_id)
+    })
+    .await;
+}
+
 /// Read until the broker closes; the last DISCONNECT reason code seen.
 async fn disconnect_reason(raw: &mut RawMqtt) -> Option<u8> {
     let mut last = None;
@@ -106,16 +120,7 @@ async fn session_expiry_set_on_connect_and_changed_on_disconnect() {
     let mut c = raw_connect(V5, "exp", true);
     c.props.session_expiry = Some(300);
     let (mut raw, _) = RawMqtt::connect(node.addr, c.clone()).await;
-    raw.send(&P::Disconnect {
-        code: 0,
-        props: Properties::default(),
-    })
-    .await;
-    assert_eq!(raw.read().await, None);
-    wait_until("offline", DEADLINE, || async {
-        !node.broker.is_online("exp")
-    })
-    .await;
+    leave(&mut raw, &node, "exp").await;
     assert!(
         node.broker.has_session("exp"),
         "kept for its expiry interval"
@@ -168,16 +173,7 @@ async fn message_expiry_is_decremented_and_expired_messages_are_dropped() {
     c.props.session_expiry = Some(600);
     let (mut raw, _) = RawMqtt::connect(node.addr, c.clone()).await;
     raw.subscribe("e/#", 1).await;
-    raw.send(&P::Disconnect {
-        code: 0,
-        props: Properties::default(),
-    })
-    .await;
-    assert_eq!(raw.read().await, None);
-    wait_until("offline", DEADLINE, || async {
-        !node.broker.is_online("late")
-    })
-    .await;
+    leave(&mut raw, &node, "late").await;
 
     let (mut publ, _) = RawMqtt::connect(node.addr, raw_connect(V5, "pub", true)).await;
     for (topic, secs, pkid) in [("e/short", 1, 1), ("e/long", 60, 2)] {

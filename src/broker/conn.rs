@@ -708,7 +708,6 @@ impl Conn {
             self.disconnect_packet(rc::TOPIC_NAME_INVALID);
             return Err(End::Abnormal("topic_name_invalid"));
         }
-        p.props.subscription_ids.clear();
         match p.qos {
             0 => self.route(p),
             1 => {
@@ -745,20 +744,11 @@ impl Conn {
     }
 
     fn route(&self, p: PublishPacket) {
-        let expires_at = p
-            .props
-            .message_expiry
-            .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
-        self.broker.publish(Message {
-            topic: p.topic,
-            payload: p.payload,
-            qos: p.qos,
-            retain: p.retain,
-            props: p.props,
-            expires_at,
-            origin: Some(self.client_id.clone()),
-            from_peer: false,
-        });
+        self.broker.publish(Message::from_publish(
+            p,
+            Some(self.client_id.clone()),
+            false,
+        ));
     }
 
     fn subscribe(&mut self, pkid: u16, filters: Vec<(String, codec::SubOptions)>, id: Option<u32>) {
@@ -941,18 +931,9 @@ fn remove_session(broker: &Broker, session: &Arc<Session>, generation: u64) {
 fn will_message(w: Will, client_id: &str) -> Message {
     let mut props = w.props;
     props.will_delay = None;
-    let expires_at = props
-        .message_expiry
-        .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
     Message {
-        topic: w.topic,
-        payload: w.payload,
-        qos: w.qos,
-        retain: w.retain,
-        props,
-        expires_at,
         origin: Some(client_id.to_string()),
-        from_peer: false,
+        ..Message::new(w.topic, w.payload, w.qos, w.retain).with_props(props)
     }
 }
 

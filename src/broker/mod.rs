@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::broker::BrokerConfig;
-use crate::mqtt::codec::Properties;
+use crate::mqtt::codec::{Properties, PublishPacket};
 use router::Router;
 use session::{Delivery, Enqueued, Session};
 
@@ -66,6 +66,28 @@ impl Message {
             expires_at: None,
             origin: None,
             from_peer: false,
+        }
+    }
+
+    /// Attach MQTT 5 publish properties; a message expiry interval starts
+    /// counting now.
+    pub fn with_props(mut self, props: Properties) -> Message {
+        self.expires_at = props
+            .message_expiry
+            .map(|s| Instant::now() + std::time::Duration::from_secs(u64::from(s)));
+        self.props = props;
+        self
+    }
+
+    /// A received PUBLISH (topic alias already resolved) as the broker
+    /// keeps it: per-connection properties removed.
+    pub fn from_publish(mut p: PublishPacket, origin: Option<String>, from_peer: bool) -> Message {
+        p.props.topic_alias = None;
+        p.props.subscription_ids.clear();
+        Message {
+            origin,
+            from_peer,
+            ..Message::new(p.topic, p.payload, p.qos, p.retain).with_props(p.props)
         }
     }
 

@@ -184,27 +184,12 @@ async fn link(broker: &Broker, peer: SocketAddr) -> Result<(), LinkError> {
 }
 
 /// Publish locally what a peer's client published there, and acknowledge.
-fn on_publish(broker: &Broker, mut p: PublishPacket, out: &mut BytesMut) {
+fn on_publish(broker: &Broker, p: PublishPacket, out: &mut BytesMut) {
     broker.metrics.messages_received.inc();
-    p.props.subscription_ids.clear();
-    p.props.topic_alias = None;
-    let expires_at = p
-        .props
-        .message_expiry
-        .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
     let (qos, pkid) = (p.qos, p.pkid);
     // QoS 2 is delivered on PUBLISH (method A): a retransmission after a
     // dropped link is a new link session, so no id can repeat within one.
-    broker.publish(Message {
-        topic: p.topic,
-        payload: p.payload,
-        qos: p.qos,
-        retain: p.retain,
-        props: p.props,
-        expires_at,
-        origin: None,
-        from_peer: true,
-    });
+    broker.publish(Message::from_publish(p, None, true));
     match qos {
         1 => codec::encode(&ack(AckKind::Puback, pkid), V5, out),
         2 => codec::encode(&ack(AckKind::Pubrec, pkid), V5, out),

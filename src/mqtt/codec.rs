@@ -291,12 +291,15 @@ pub fn decode(frame: Bytes, protocol: ProtocolVersion) -> Result<Packet, DecodeE
                 props,
             }
         }
-        9 if flags == 0 => {
+        kind @ (9 | 11) if flags == 0 => {
             let pkid = r.pkid()?;
             let props = r.props()?;
-            let codes = r.buf.to_vec();
-            r.buf = Bytes::new();
-            Packet::Suback { pkid, codes, props }
+            let codes = std::mem::take(&mut r.buf).to_vec();
+            if kind == 9 {
+                Packet::Suback { pkid, codes, props }
+            } else {
+                Packet::Unsuback { pkid, codes, props }
+            }
         }
         10 if flags == 2 => {
             let pkid = r.pkid()?;
@@ -313,13 +316,6 @@ pub fn decode(frame: Bytes, protocol: ProtocolVersion) -> Result<Packet, DecodeE
                 filters,
                 props,
             }
-        }
-        11 if flags == 0 => {
-            let pkid = r.pkid()?;
-            let props = r.props()?;
-            let codes = r.buf.to_vec();
-            r.buf = Bytes::new();
-            Packet::Unsuback { pkid, codes, props }
         }
         12 if flags == 0 => Packet::Pingreq,
         13 if flags == 0 => Packet::Pingresp,
