@@ -86,6 +86,8 @@ pub struct Metrics {
     pub backend_connections_active: Family<BackendLabel, Gauge>,
     pub backend_connect_errors: Family<BackendLabel, Counter>,
     pub backend_connect_duration: Family<BackendLabel, Histogram>,
+    pub backend_connacks: Family<CheckLabel, Counter>,
+    pub backend_connack_duration: Family<BackendLabel, Histogram>,
     pub health_checks: Family<CheckLabel, Counter>,
     pub health_check_duration: Family<BackendLabel, Histogram>,
     pub bytes: Family<DirectionLabel, Counter>,
@@ -106,6 +108,8 @@ impl Metrics {
             backend_connections_active: Family::default(),
             backend_connect_errors: Family::default(),
             backend_connect_duration: Family::new_with_constructor(latency_histogram),
+            backend_connacks: Family::default(),
+            backend_connack_duration: Family::new_with_constructor(latency_histogram),
             health_checks: Family::default(),
             health_check_duration: Family::new_with_constructor(latency_histogram),
             bytes: Family::default(),
@@ -156,7 +160,7 @@ impl Metrics {
         );
         r.register(
             "backend_connect_errors",
-            "Failed TCP connects to the backend",
+            "Failed attempts to place a client on the backend: TCP connect failed or timed out, or (MQTT listeners) its CONNECT got no CONNACK in time, the node closed first or answered server unavailable/busy",
             m.backend_connect_errors.clone(),
         );
         r.register_with_unit(
@@ -164,6 +168,17 @@ impl Metrics {
             "Time to establish a TCP connection to a backend",
             prometheus_client::registry::Unit::Seconds,
             m.backend_connect_duration.clone(),
+        );
+        r.register(
+            "backend_connacks",
+            "Client CONNECTs forwarded to the backend, by outcome: accepted, refused (the broker refused the client; forwarded), unavailable (server unavailable/busy), timeout, closed, malformed",
+            m.backend_connacks.clone(),
+        );
+        r.register_with_unit(
+            "backend_connack_duration",
+            "Time from forwarding a client's CONNECT to the backend's CONNACK",
+            prometheus_client::registry::Unit::Seconds,
+            m.backend_connack_duration.clone(),
         );
         r.register(
             "health_checks",
@@ -241,7 +256,23 @@ impl Metrics {
         let label = BackendLabel {
             backend: Arc::new(name.to_string()),
         };
+        let connack = |result: &'static str| {
+            self.backend_connacks.get_or_create_owned(&CheckLabel {
+                backend: label.backend.clone(),
+                result,
+            })
+        };
+        let connacks = ConnackMetrics {
+            accepted: connack("accepted"),
+            refused: connack("refused"),
+            unavailable: connack("unavailable"),
+            timeout: connack("timeout"),
+            closed: connack("closed"),
+            malformed: connack("malformed"),
+        };
         BackendMetrics {
+            connacks,
+            connack_duration: self.backend_connack_duration.get_or_create_owned(&label),
             up: self.backend_up.get_or_create_owned(&label),
             active: self.backend_connections_active.get_or_create_owned(&label),
             connect_errors: self.backend_connect_errors.get_or_create_owned(&label),
@@ -305,6 +336,8 @@ impl ListenerMetrics {
 
 #[derive(Clone)]
 pub struct BackendMetrics {
+    pub connacks: ConnackMetrics,
+    pub connack_duration: Histogram,
     pub up: Gauge,
     pub active: Gauge,
     pub connect_errors: Counter,
@@ -312,6 +345,17 @@ pub struct BackendMetrics {
     pub check_duration: Histogram,
     pub check_ok: Counter,
     pub check_failed: Counter,
+}
+
+/// `mqttlb_backend_connacks_total{backend,result}`, one handle per result.
+#[derive(Clone)]
+pub struct ConnackMetrics {
+    pub accepted: Counter,
+    pub refused: Counter,
+    pub unavailable: Counter,
+    pub timeout: Counter,
+    pub closed: Counter,
+    pub malformed: Counter,
 }
 
 /// Render a registry in the OpenMetrics text format.

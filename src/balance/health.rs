@@ -6,9 +6,13 @@
 //!   CONNACK, then DISCONNECT. A broker that accepts TCP but cannot serve
 //!   sessions (overloaded, still booting, refusing) is caught here.
 //!
-//! With PROXY protocol on, a check first sends a LOCAL header (v2) or
-//! `PROXY UNKNOWN` (v1): a broker listener that requires the header would
-//! otherwise log an error for every check.
+//! With PROXY protocol on, a check first sends a header, as a broker
+//! listener that requires one drops connections without it. By default the
+//! header carries the check connection's own addresses (command PROXY):
+//! RabbitMQ 3.10 crashes the connection on a v2 LOCAL header, Mosquitto 2.1
+//! and older VerneMQ close it, and RabbitMQ and current VerneMQ have no
+//! path for v1 `PROXY UNKNOWN`; every PROXY parser accepts real addresses.
+//! `proxy_command = "local"` sends LOCAL / UNKNOWN instead.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Backend, Pool};
 use crate::config::{HealthCheckKind, ProxyProtocol};
-use crate::mqtt::packets::{self, Connack};
+use crate::mqtt::packets::{self, ConnackHead};
 use crate::proxy::header;
 
 /// Why a check failed (logged at debug on each failure).
@@ -88,7 +92,7 @@ async fn run(
                 tracing::debug!(backend = %backend.name, addr = %backend.addr, error = %e, "health check failed");
             }
         }
-        backend.observe(result.is_ok());
+        backend.observe_check(result.is_ok());
     }
 }
 
@@ -107,7 +111,13 @@ async fn check(pool: &Pool, backend: &Backend, client_id: &str) -> Result<(), Ch
     }
     stream.set_nodelay(true)?;
     let mut out = Vec::with_capacity(64);
-    header::encode_local(pool.proxy_protocol, &mut out);
+    header::encode_check(
+        pool.proxy_protocol,
+        pool.health.proxy_command,
+        stream.local_addr()?,
+        backend.addr,
+        &mut out,
+    );
     if pool.health.check == HealthCheckKind::Tcp {
         stream.write_all(&out).await?;
         return Ok(());
@@ -125,11 +135,13 @@ async fn check(pool: &Pool, backend: &Backend, client_id: &str) -> Result<(), Ch
             return Err(CheckError::Closed);
         }
         filled += n;
-        match packets::parse_connack(&buf[..filled]) {
-            Connack::Incomplete if filled < buf.len() => continue,
-            Connack::Incomplete | Connack::Malformed => return Err(CheckError::Malformed),
-            Connack::Refused(code) => return Err(CheckError::Refused(code)),
-            Connack::Accepted => break,
+        match packets::connack_head(&buf[..filled]) {
+            ConnackHead::Incomplete if filled < buf.len() => continue,
+            ConnackHead::Incomplete | ConnackHead::Malformed => {
+                return Err(CheckError::Malformed);
+            }
+            ConnackHead::Complete { code: 0, .. } => break,
+            ConnackHead::Complete { code, .. } => return Err(CheckError::Refused(code)),
         }
     }
     stream.write_all(packets::disconnect(version)).await?;

@@ -151,15 +151,27 @@ impl Backend {
         f(&mut guard)
     }
 
-    /// Record an active check (or a failed client connect). Returns the new
-    /// state on a transition, which is also logged and exported.
-    pub fn observe(&self, ok: bool) -> Option<bool> {
+    /// Record an active check result. Returns the new state on a
+    /// transition, which is also logged and exported.
+    pub fn observe_check(&self, ok: bool) -> Option<bool> {
+        let (rise, fall) = (
+            self.rise.load(Ordering::Relaxed),
+            self.fall.load(Ordering::Relaxed),
+        );
+        self.transition(|h| h.observe_check(ok, rise, fall))
+    }
+
+    /// Record whether a client's CONNECT was answered (on pass-through
+    /// listeners: whether the TCP connect succeeded). See [`state`] for
+    /// how this weighs against active checks.
+    pub fn observe_passive(&self, ok: bool) -> Option<bool> {
+        let fall = self.fall.load(Ordering::Relaxed);
+        self.transition(|h| h.observe_passive(ok, fall))
+    }
+
+    fn transition(&self, f: impl FnOnce(&mut HealthState) -> Option<bool>) -> Option<bool> {
         let t = self.with_health(|h| {
-            let t = h.observe(
-                ok,
-                self.rise.load(Ordering::Relaxed),
-                self.fall.load(Ordering::Relaxed),
-            );
+            let t = f(h);
             // Publish under the lock so transitions are seen in order.
             self.up.store(h.up, Ordering::Release);
             t
@@ -176,11 +188,6 @@ impl Backend {
             None => {}
         }
         t
-    }
-
-    /// A client connection reached this backend.
-    pub fn passive_success(&self) {
-        self.with_health(HealthState::passive_success);
     }
 
     /// Count a proxied connection for as long as the guard lives.
@@ -246,6 +253,7 @@ pub struct Pool {
     pub proxy_protocol: ProxyProtocol,
     pub connect_timeout: std::time::Duration,
     pub connect_attempts: usize,
+    pub connack_timeout: std::time::Duration,
     pub health: HealthConfig,
     pub backends: Vec<Arc<Backend>>,
     wrr: Mutex<SmoothWrr>,
@@ -288,6 +296,7 @@ impl Pool {
             proxy_protocol: cfg.proxy_protocol,
             connect_timeout: cfg.connect_timeout,
             connect_attempts: cfg.connect_attempts.get() as usize,
+            connack_timeout: cfg.connack_timeout,
             health: cfg.health.clone(),
             backends: nodes
                 .into_iter()

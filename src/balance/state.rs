@@ -1,13 +1,31 @@
 //! The health state machine of one backend (pure): consecutive successes
 //! bring a down node up after `rise`, consecutive failures take an up node
 //! down after `fall`, as HAProxy's `rise`/`fall` do.
+//!
+//! Two kinds of evidence feed it. Active checks are the authority: a check
+//! success ends every failure streak and counts towards `rise`; a check
+//! failure counts towards `fall`. Client connections are passive evidence:
+//! a CONNECT the node did not answer (refused TCP connect, no CONNACK in
+//! time, closed first, "server unavailable") counts towards `fall` like a
+//! failed check, so a node that swallows clients leaves rotation as fast
+//! under traffic as without it. A CONNECT the node answered ends only the
+//! *passive* failure streak: it shows the node takes clients, not that its
+//! checks pass, so a node whose checks keep failing (a stalled node that
+//! still answers some clients slowly, a check refused by the broker) goes
+//! down whether or not clients arrive. Passive results never bring a node
+//! up: a node out of rotation receives no clients.
 
-/// Health of one backend as seen by checks.
+/// Health of one backend as seen by checks and client connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthState {
     pub up: bool,
+    /// Active check successes in a row.
     successes: u32,
-    failures: u32,
+    /// Active check failures in a row.
+    check_failures: u32,
+    /// Unanswered client CONNECTs since the last answered one or the last
+    /// successful check.
+    passive_failures: u32,
 }
 
 impl HealthState {
@@ -18,34 +36,50 @@ impl HealthState {
         HealthState {
             up: true,
             successes: 0,
-            failures: 0,
+            check_failures: 0,
+            passive_failures: 0,
         }
     }
 
     /// Record an active check result. Returns the new state on a transition.
-    pub fn observe(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+    pub fn observe_check(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
         if ok {
-            self.failures = 0;
+            self.check_failures = 0;
+            self.passive_failures = 0;
             self.successes = self.successes.saturating_add(1);
             if !self.up && self.successes >= rise {
                 self.up = true;
                 return Some(true);
             }
+            None
         } else {
             self.successes = 0;
-            self.failures = self.failures.saturating_add(1);
-            if self.up && self.failures >= fall {
-                self.up = false;
-                return Some(false);
-            }
+            self.check_failures = self.check_failures.saturating_add(1);
+            self.fall_if_due(fall)
         }
-        None
     }
 
-    /// A client connection reached the backend: evidence it is alive, so a
-    /// failure streak ends (it does not count towards `rise`).
-    pub fn passive_success(&mut self) {
-        self.failures = 0;
+    /// Record the outcome of placing a client on the node. Returns the new
+    /// state on a transition (only ever down).
+    pub fn observe_passive(&mut self, ok: bool, fall: u32) -> Option<bool> {
+        if ok {
+            self.passive_failures = 0;
+            None
+        } else {
+            // A node that fails clients has not earned its way back up yet.
+            self.successes = 0;
+            self.passive_failures = self.passive_failures.saturating_add(1);
+            self.fall_if_due(fall)
+        }
+    }
+
+    fn fall_if_due(&mut self, fall: u32) -> Option<bool> {
+        let failures = self.check_failures.saturating_add(self.passive_failures);
+        if self.up && failures >= fall {
+            self.up = false;
+            return Some(false);
+        }
+        None
     }
 }
 
@@ -59,36 +93,103 @@ impl Default for HealthState {
 mod tests {
     use super::*;
 
+    /// One observation: an active check or a client placement.
+    #[derive(Clone, Copy)]
+    enum Ev {
+        Check(bool),
+        Client(bool),
+    }
+    use Ev::*;
+
+    /// Apply `steps` with rise 2, fall 3; each step names the transition
+    /// it must cause.
+    fn run(steps: &[(Ev, Option<bool>)]) -> HealthState {
+        let mut s = HealthState::new();
+        for (i, (ev, want)) in steps.iter().enumerate() {
+            let got = match *ev {
+                Check(ok) => s.observe_check(ok, 2, 3),
+                Client(ok) => s.observe_passive(ok, 3),
+            };
+            assert_eq!(got, *want, "step {i}");
+        }
+        s
+    }
+
     #[test]
     fn rise_and_fall() {
-        let mut s = HealthState::new();
-        // (ok, expected transition) with rise 2, fall 3.
-        let steps = [
-            (false, None),
-            (false, None),
-            (true, None), // streak broken
-            (false, None),
-            (false, None),
-            (false, Some(false)),
-            (false, None),
-            (true, None),
-            (false, None),
-            (true, None),
-            (true, Some(true)),
-            (true, None),
-        ];
-        for (i, (ok, want)) in steps.iter().enumerate() {
-            assert_eq!(s.observe(*ok, 2, 3), *want, "step {i}");
-        }
+        let s = run(&[
+            (Check(false), None),
+            (Check(false), None),
+            (Check(true), None), // streak broken
+            (Check(false), None),
+            (Check(false), None),
+            (Check(false), Some(false)),
+            (Check(false), None),
+            (Check(true), None),
+            (Check(false), None),
+            (Check(true), None),
+            (Check(true), Some(true)),
+            (Check(true), None),
+        ]);
         assert!(s.up);
     }
 
     #[test]
-    fn passive_success_resets_the_failure_streak() {
-        let mut s = HealthState::new();
-        s.observe(false, 1, 2);
-        s.passive_success();
-        assert_eq!(s.observe(false, 1, 2), None);
-        assert_eq!(s.observe(false, 1, 2), Some(false));
+    fn unanswered_clients_count_towards_fall() {
+        // A black hole under traffic: checks and clients both fail.
+        run(&[
+            (Check(false), None),
+            (Client(false), None),
+            (Client(false), Some(false)),
+        ]);
+        // Clients alone take it down too.
+        run(&[
+            (Client(false), None),
+            (Client(false), None),
+            (Client(false), Some(false)),
+        ]);
+    }
+
+    #[test]
+    fn answered_clients_do_not_hide_failing_checks() {
+        // A stalled node that still answers a client now and then: its
+        // checks decide, as they would with no traffic.
+        run(&[
+            (Check(false), None),
+            (Client(true), None),
+            (Check(false), None),
+            (Client(true), None),
+            (Check(false), Some(false)),
+        ]);
+    }
+
+    #[test]
+    fn answered_clients_end_a_passive_streak_and_checks_end_both() {
+        run(&[
+            (Client(false), None),
+            (Client(false), None),
+            (Client(true), None),
+            (Client(false), None),
+            (Check(true), None),
+            (Client(false), None),
+            (Client(false), None),
+            (Check(false), Some(false)),
+        ]);
+    }
+
+    #[test]
+    fn clients_never_bring_a_node_up_and_failures_reset_rise() {
+        let s = run(&[
+            (Check(false), None),
+            (Check(false), None),
+            (Check(false), Some(false)),
+            (Client(true), None),
+            (Client(true), None),
+            (Check(true), None),
+            (Client(false), None),
+            (Check(true), None),
+            (Check(true), Some(true)),
+        ]);
+        assert!(s.up);
     }
 }

@@ -146,6 +146,18 @@ pub enum HealthCheckKind {
     Mqtt,
 }
 
+/// The PROXY header command a health check sends when the pool speaks the
+/// PROXY protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyCommand {
+    /// Command PROXY (v1 `PROXY TCP4 …`) with the check connection's own
+    /// addresses: every broker that parses PROXY headers accepts it.
+    Proxy,
+    /// v2 command LOCAL, v1 `PROXY UNKNOWN`: no addresses. RabbitMQ 3.10,
+    /// Mosquitto 2.1 and older VerneMQ drop such connections.
+    Local,
+}
+
 #[derive(Debug, Clone)]
 pub struct HealthConfig {
     pub check: HealthCheckKind,
@@ -154,6 +166,7 @@ pub struct HealthConfig {
     pub rise: NonZeroU32,
     pub fall: NonZeroU32,
     pub mqtt_version: ProtocolVersion,
+    pub proxy_command: ProxyCommand,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +195,9 @@ pub struct PoolConfig {
     pub proxy_protocol: ProxyProtocol,
     pub connect_timeout: Duration,
     pub connect_attempts: NonZeroU32,
+    /// MQTT listeners: how long a node has to answer a client's CONNECT
+    /// with a CONNACK before the next candidate gets it.
+    pub connack_timeout: Duration,
     pub health: HealthConfig,
     pub servers: Vec<ServerConfig>,
     pub dns: Vec<DnsServerConfig>,
@@ -218,6 +234,9 @@ pub mod defaults {
     pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(98_303);
     pub const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     pub const CONNECT_ATTEMPTS: u32 = 3;
+    /// Brokers answer a CONNECT in milliseconds; a node that takes seconds
+    /// is stalled, and clients commonly give up after 5 to 30 s.
+    pub const CONNACK_TIMEOUT: Duration = Duration::from_secs(3);
     pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
     pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
     pub const RISE: u32 = 2;
@@ -666,7 +685,21 @@ impl Cx {
                     ("5.0", ProtocolVersion::V5),
                 ],
             ),
+            proxy_command: self.choice(
+                &format!("{hk}.proxy_command"),
+                h.proxy_command.as_deref(),
+                ProxyCommand::Proxy,
+                &[
+                    ("proxy", ProxyCommand::Proxy),
+                    ("local", ProxyCommand::Local),
+                ],
+            ),
         };
+        let connack_timeout = self.duration(
+            &format!("{k}.connack_timeout"),
+            raw.connack_timeout.as_deref(),
+            defaults::CONNACK_TIMEOUT,
+        );
         if raw.servers.is_empty() {
             self.err(&format!("{k}.servers"), "a pool needs at least one server");
         }
@@ -734,6 +767,7 @@ impl Cx {
             proxy_protocol,
             connect_timeout,
             connect_attempts,
+            connack_timeout,
             health,
             servers,
             dns,

@@ -72,6 +72,7 @@ pub struct RawPool {
     pub proxy_protocol: Option<String>,
     pub connect_timeout: Option<String>,
     pub connect_attempts: Option<u32>,
+    pub connack_timeout: Option<String>,
     pub resolve_interval: Option<String>,
     pub drain_disconnect: Option<bool>,
     pub drain_window: Option<String>,
@@ -89,6 +90,7 @@ pub struct RawHealth {
     pub rise: Option<u32>,
     pub fall: Option<u32>,
     pub mqtt_version: Option<String>,
+    pub proxy_command: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,5 +1,6 @@
-//! The few packets mqttlb writes itself: a CONNACK refusing a client when no
-//! broker can take it, and the CONNECT/DISCONNECT of an MQTT health check.
+//! The few packets mqttlb writes itself (a CONNACK refusing a client when no
+//! broker can take it, the CONNECT/DISCONNECT of an MQTT health check) and
+//! the one it reads from brokers: the head of a CONNACK.
 
 use super::ProtocolVersion;
 
@@ -57,32 +58,82 @@ pub fn encode_connect(
     out.extend_from_slice(id);
 }
 
-/// Outcome of reading a CONNACK.
+/// The start of a CONNACK as read from a broker: enough to know what the
+/// broker answered and where the packet ends, without buffering its
+/// properties (MQTT 5 CONNACKs can carry a reason string and user
+/// properties; the proxy forwards them without reading them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Connack {
-    /// More bytes needed.
+pub enum ConnackHead {
+    /// More bytes needed (at most 7: type, up to four length bytes, flags,
+    /// code).
     Incomplete,
-    /// Return/reason code 0.
-    Accepted,
-    /// Refused with this return/reason code.
-    Refused(u8),
-    /// Not a CONNACK at all.
+    /// The packet is `len` bytes in all; `code` is its return (3.x) or
+    /// reason (5.0) code.
+    Complete { code: u8, len: usize },
+    /// Not a CONNACK: another packet type, reserved flags, a remaining
+    /// length below 2 or a malformed length.
     Malformed,
 }
 
-/// Parse a CONNACK at the start of `buf` (3.x and 5.0 share the first four
-/// bytes: type, length, flags, code).
-pub fn parse_connack(buf: &[u8]) -> Connack {
-    match buf {
-        [] | [0x20] | [0x20, _] | [0x20, _, _] => Connack::Incomplete,
-        [0x20, len, _, code, ..] if *len >= 2 => {
-            if *code == 0 {
-                Connack::Accepted
-            } else {
-                Connack::Refused(*code)
-            }
+/// Parse the head of a CONNACK at the start of `buf`.
+pub fn connack_head(buf: &[u8]) -> ConnackHead {
+    let Some((&first, rest)) = buf.split_first() else {
+        return ConnackHead::Incomplete;
+    };
+    if first != 0x20 {
+        return ConnackHead::Malformed;
+    }
+    let mut remaining: usize = 0;
+    for (i, &b) in rest.iter().take(4).enumerate() {
+        remaining |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 != 0 {
+            continue;
         }
-        _ => Connack::Malformed,
+        let header = 2 + i;
+        if remaining < 2 {
+            return ConnackHead::Malformed;
+        }
+        return match buf.get(header..header + 2) {
+            None => ConnackHead::Incomplete,
+            // Acknowledge flags: only bit 0 (session present) is defined.
+            Some(&[flags, _]) if flags & 0xfe != 0 => ConnackHead::Malformed,
+            Some(&[_, code]) => ConnackHead::Complete {
+                code,
+                len: header + remaining,
+            },
+            Some(_) => ConnackHead::Malformed,
+        };
+    }
+    if rest.len() >= 4 {
+        ConnackHead::Malformed
+    } else {
+        ConnackHead::Incomplete
+    }
+}
+
+/// What a broker's CONNACK code means for routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnackVerdict {
+    /// The session is open.
+    Accepted,
+    /// The broker refused this client (credentials, authorisation, client
+    /// id, protocol version, ...): its answer, forwarded unchanged; the
+    /// node itself works.
+    Refused,
+    /// The node cannot serve anyone now (3.x code 3 "server unavailable";
+    /// 5.0 0x88 "server unavailable", 0x89 "server busy"): another node
+    /// may, and it counts against this node's health.
+    Unavailable,
+}
+
+/// Classify a CONNACK return/reason code sent in answer to a CONNECT of
+/// `protocol`.
+pub fn connack_verdict(protocol: ProtocolVersion, code: u8) -> ConnackVerdict {
+    match (protocol, code) {
+        (_, 0) => ConnackVerdict::Accepted,
+        (ProtocolVersion::V31 | ProtocolVersion::V311, 3) => ConnackVerdict::Unavailable,
+        (ProtocolVersion::V5, 0x88 | 0x89) => ConnackVerdict::Unavailable,
+        _ => ConnackVerdict::Refused,
     }
 }
 
@@ -113,21 +164,69 @@ mod tests {
     }
 
     #[test]
-    fn connack_parsing() {
-        assert_eq!(parse_connack(&[0x20]), Connack::Incomplete);
-        assert_eq!(parse_connack(&[0x20, 2, 0, 0]), Connack::Accepted);
-        assert_eq!(
-            parse_connack(&[0x20, 3, 0, 0x87, 0]),
-            Connack::Refused(0x87)
-        );
-        assert_eq!(parse_connack(&[0x30, 2, 0, 0]), Connack::Malformed);
-        assert_eq!(
-            parse_connack(connack_server_unavailable(ProtocolVersion::V311)),
-            Connack::Refused(3)
-        );
-        assert_eq!(
-            parse_connack(connack_server_unavailable(ProtocolVersion::V5)),
-            Connack::Refused(0x88)
-        );
+    fn connack_heads() {
+        use ConnackHead::*;
+        let cases: &[(&[u8], ConnackHead)] = &[
+            (&[], Incomplete),
+            (&[0x20], Incomplete),
+            (&[0x20, 2, 0], Incomplete),
+            (&[0x20, 2, 0, 0], Complete { code: 0, len: 4 }),
+            (&[0x20, 2, 1, 0, 0x30], Complete { code: 0, len: 4 }),
+            (&[0x20, 3, 0, 0x87, 0], Complete { code: 0x87, len: 5 }),
+            // MQTT 5 CONNACK with 200 bytes of properties: two length bytes.
+            (
+                &[0x20, 0xcb, 0x01, 0, 0],
+                Complete {
+                    code: 0,
+                    len: 3 + 203,
+                },
+            ),
+            (&[0x20, 0xcb], Incomplete),
+            (&[0x20, 0xcb, 0x01, 0], Incomplete),
+            (&[0x20, 0x80, 0x80, 0x80], Incomplete),
+            (&[0x20, 0x80, 0x80, 0x80, 0x80], Malformed),
+            (&[0x20, 1, 0], Malformed),
+            (&[0x20, 2, 0x02, 0], Malformed),
+            (&[0x30, 2, 0, 0], Malformed),
+            (b"HTTP/1.1 400", Malformed),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(connack_head(bytes), *want, "{bytes:?}");
+        }
+        for v in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            let ours = connack_server_unavailable(v);
+            match connack_head(ours) {
+                Complete { code, len } => {
+                    assert_eq!(len, ours.len());
+                    assert_eq!(connack_verdict(v, code), ConnackVerdict::Unavailable);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn connack_verdicts() {
+        use ConnackVerdict::*;
+        use ProtocolVersion::*;
+        let cases = [
+            (V311, 0, Accepted),
+            (V311, 1, Refused),
+            (V311, 2, Refused),
+            (V311, 3, Unavailable),
+            (V311, 4, Refused),
+            (V311, 5, Refused),
+            (V31, 3, Unavailable),
+            (V5, 0, Accepted),
+            (V5, 0x86, Refused),
+            (V5, 0x87, Refused),
+            (V5, 0x88, Unavailable),
+            (V5, 0x89, Unavailable),
+            (V5, 0x9c, Refused),
+            (V5, 0x03, Refused),
+        ];
+        for (v, code, want) in cases {
+            assert_eq!(connack_verdict(v, code), want, "{v:?} {code:#04x}");
+        }
     }
 }

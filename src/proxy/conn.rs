@@ -1,9 +1,11 @@
 //! One client connection, from accept to close:
 //!
 //! TLS handshake (deadline) → read the MQTT CONNECT (deadline, size cap) →
-//! choose a backend (strategy over the healthy set, next candidate on a
-//! failed connect) → PROXY header + buffered CONNECT → splice both ways
-//! (idle timeout from the client's keep-alive) → close.
+//! choose a backend (strategy over the healthy set) → PROXY header +
+//! buffered CONNECT → wait for the node's CONNACK (deadline; none, a close
+//! or "server unavailable" → the next candidate gets the same bytes and the
+//! node's miss counts towards its health) → forward the CONNACK → splice
+//! both ways (idle timeout from the client's keep-alive) → close.
 //!
 //! When no backend can take an MQTT client, it reads a CONNACK "server
 //! unavailable" rather than a bare reset.
@@ -20,15 +22,22 @@ use tracing::{Instrument, Span, debug, field, info, warn};
 use super::ListenerCtx;
 use super::header;
 use super::splice::{Kick, SpliceEnd, SpliceError, splice};
-use crate::balance::Backend;
+use crate::balance::{ActiveGuard, Backend, Pool};
 use crate::config::{HashKey, MqttListenerConfig};
-use crate::mqtt::packets::connack_server_unavailable;
+use crate::mqtt::framing::FrameTracker;
+use crate::mqtt::packets::{
+    ConnackHead, ConnackVerdict, connack_head, connack_server_unavailable, connack_verdict,
+};
 use crate::mqtt::{Peek, ProtocolVersion, peek_connect};
 use crate::tls::TlsInfo;
 
 /// First read size while waiting for a CONNECT: most CONNECTs are far
 /// smaller, and the parser asks for exactly what is missing after that.
 const INITIAL_CONNECT_READ: usize = 256;
+/// Read size while waiting for a broker's CONNACK: its head needs at most 7
+/// bytes; a broker may send queued messages right behind it, which the
+/// splice carries on with.
+const CONNACK_READ: usize = 512;
 
 /// What routing learned from the client before choosing a backend.
 struct ClientHello {
@@ -111,10 +120,24 @@ async fn serve_client<S>(
         },
     };
 
-    let pool = &ctx.pool;
-    let Some((backend, mut upstream)) = connect_backend(ctx, hello.key.as_deref()).await else {
+    // One write per attempt: PROXY header followed by the bytes already
+    // read. Built once; every candidate gets the same bytes.
+    let mut first = Vec::with_capacity(128 + hello.buffered.len());
+    header::encode(
+        ctx.pool.proxy_protocol,
+        peer,
+        local,
+        tls.as_ref(),
+        &unique_id(ctx.instance_nonce, conn_id),
+        &mut first,
+    );
+    first.extend_from_slice(&hello.buffered);
+    let client_bytes = hello.buffered.len() as u64;
+    drop(hello.buffered);
+
+    let Some(placed) = place(ctx, &first, hello.protocol, hello.key.as_deref()).await else {
         ctx.metrics.rejected("no_backend");
-        warn!(pool = %pool.name, "no backend available");
+        warn!(pool = %ctx.pool.name, "no backend available");
         if let Some(protocol) = hello.protocol {
             let _ = timeout(Duration::from_secs(1), async {
                 client
@@ -126,32 +149,35 @@ async fn serve_client<S>(
         }
         return;
     };
+    drop(first);
+    let Placed {
+        backend,
+        stream: mut upstream,
+        active: _active,
+        answer,
+    } = placed;
     Span::current().record("backend", backend.name.as_str());
-    let _active = backend.connection();
-
-    // One write: PROXY header followed by the bytes already read.
-    let mut first = Vec::with_capacity(256 + hello.buffered.len());
-    let unique_id = unique_id(ctx.instance_nonce, conn_id);
-    header::encode(
-        pool.proxy_protocol,
-        peer,
-        local,
-        tls.as_ref(),
-        &unique_id,
-        &mut first,
-    );
-    first.extend_from_slice(&hello.buffered);
-    let client_bytes = hello.buffered.len() as u64;
-    drop(hello.buffered);
-    if !first.is_empty() {
-        if let Err(e) = upstream.write_all(&first).await {
-            debug!(error = %e, "backend closed before the CONNECT was forwarded");
-            return;
-        }
-    }
     // The client's bytes read before routing count as upstream traffic too.
     ctx.metrics.upstream_bytes.inc_by(client_bytes);
-    drop(first);
+
+    // The broker's answer (its CONNACK, and whatever it sent right after)
+    // goes to the client before the splice; the frame tracker learns where
+    // the stream stands so a drain kick still lands on a packet boundary.
+    let mut downstream = FrameTracker::default();
+    if !answer.is_empty() {
+        downstream.advance(&answer, false);
+        let forwarded = timeout(ctx.pool.connack_timeout, async {
+            client.write_all(&answer).await?;
+            client.flush().await
+        })
+        .await;
+        if !matches!(forwarded, Ok(Ok(()))) {
+            debug!("client left before its CONNACK was forwarded");
+            return;
+        }
+        ctx.metrics.downstream_bytes.inc_by(answer.len() as u64);
+    }
+    drop(answer);
 
     // MQTT 5 clients can be asked to move when their backend drains.
     let kickable = (hello.protocol == Some(ProtocolVersion::V5)).then(|| backend.kickable(conn_id));
@@ -165,6 +191,7 @@ async fn serve_client<S>(
         kickable.as_ref().map(|k| Kick {
             token: k.token(),
             packet: crate::mqtt::packets::DISCONNECT_USE_ANOTHER_SERVER,
+            downstream,
         }),
     )
     .await;
@@ -295,36 +322,164 @@ pub fn idle_timeout(
         .min(mqtt.max_idle_timeout)
 }
 
-/// Try candidates in order; each failure counts against the backend's
-/// health (passive check) and the next one is tried.
-async fn connect_backend(
+/// A backend that took the client.
+struct Placed {
+    backend: Arc<Backend>,
+    stream: TcpStream,
+    /// Counts the connection on the backend from the TCP connect on, so
+    /// least-connections sees clients still waiting for their CONNACK.
+    active: ActiveGuard,
+    /// What the backend already sent (MQTT listeners: the head of its
+    /// CONNACK and whatever followed in the same reads); empty otherwise.
+    answer: Vec<u8>,
+}
+
+/// Why one candidate did not take the client. Every one of these counts
+/// against the node's health (passive check) and sends the client's
+/// CONNECT to the next candidate.
+#[derive(Debug, thiserror::Error)]
+enum Miss {
+    #[error("TCP connect failed: {0}")]
+    Connect(std::io::Error),
+    #[error("TCP connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("no CONNACK within {0:?}")]
+    ConnackTimeout(Duration),
+    #[error("closed without answering the CONNECT")]
+    Closed,
+    #[error("I/O error before the CONNACK: {0}")]
+    Io(std::io::Error),
+    #[error("answered with something other than a CONNACK")]
+    Malformed,
+    #[error("answered CONNACK {0:#04x}: server unavailable or busy")]
+    Unavailable(u8),
+}
+
+/// Offer the client to the candidates in order until one takes it: a TCP
+/// connect, then (MQTT listeners) a CONNACK answering the CONNECT within
+/// `connack_timeout`. A CONNACK refusing the client is the broker's answer
+/// and is forwarded; a node that does not answer, closes first or says
+/// "server unavailable" fails this client over to the next candidate with
+/// the same buffered bytes, and the miss counts towards the node's `fall`.
+async fn place(
     ctx: &ListenerCtx,
+    first: &[u8],
+    protocol: Option<ProtocolVersion>,
     key: Option<&[u8]>,
-) -> Option<(Arc<Backend>, TcpStream)> {
-    let pool = &ctx.pool;
-    for backend in pool.candidates(key) {
-        let started = Instant::now();
-        match timeout(pool.connect_timeout, TcpStream::connect(backend.addr)).await {
-            Ok(Ok(stream)) => {
-                backend
-                    .metrics
-                    .connect_duration
-                    .observe(started.elapsed().as_secs_f64());
-                backend.passive_success();
-                let _ = stream.set_nodelay(true);
-                return Some((backend, stream));
+) -> Option<Placed> {
+    for backend in ctx.pool.candidates(key) {
+        match attempt(&ctx.pool, &backend, first, protocol).await {
+            Ok((stream, active, answer)) => {
+                return Some(Placed {
+                    backend,
+                    stream,
+                    active,
+                    answer,
+                });
             }
-            Ok(Err(e)) => {
-                warn!(backend = %backend.name, addr = %backend.addr, error = %e, "backend connect failed; trying the next");
-            }
-            Err(_) => {
-                warn!(backend = %backend.name, addr = %backend.addr, timeout = ?pool.connect_timeout, "backend connect timed out; trying the next");
+            Err(miss) => {
+                warn!(backend = %backend.name, addr = %backend.addr, error = %miss, "backend did not take the client; trying the next");
+                backend.metrics.connect_errors.inc();
+                backend.observe_passive(false);
             }
         }
-        backend.metrics.connect_errors.inc();
-        backend.observe(false);
     }
     None
+}
+
+/// One candidate: connect, send `first`, and for an MQTT client wait for
+/// the CONNACK.
+async fn attempt(
+    pool: &Pool,
+    backend: &Arc<Backend>,
+    first: &[u8],
+    protocol: Option<ProtocolVersion>,
+) -> Result<(TcpStream, ActiveGuard, Vec<u8>), Miss> {
+    let started = Instant::now();
+    let mut stream = match timeout(pool.connect_timeout, TcpStream::connect(backend.addr)).await {
+        Err(_) => return Err(Miss::ConnectTimeout(pool.connect_timeout)),
+        Ok(Err(e)) => return Err(Miss::Connect(e)),
+        Ok(Ok(stream)) => stream,
+    };
+    backend
+        .metrics
+        .connect_duration
+        .observe(started.elapsed().as_secs_f64());
+    let _ = stream.set_nodelay(true);
+    let active = backend.connection();
+    let Some(protocol) = protocol else {
+        // Pass-through: a TCP connect is all the evidence there is.
+        if !first.is_empty() {
+            stream.write_all(first).await.map_err(Miss::Io)?;
+        }
+        backend.observe_passive(true);
+        return Ok((stream, active, Vec::new()));
+    };
+    let started = Instant::now();
+    let m = &backend.metrics.connacks;
+    let exchange = async {
+        stream.write_all(first).await.map_err(Miss::Io)?;
+        read_connack(&mut stream).await
+    };
+    let (code, answer) = match timeout(pool.connack_timeout, exchange).await {
+        Ok(Ok(answered)) => answered,
+        Ok(Err(miss)) => {
+            match miss {
+                Miss::Malformed => m.malformed.inc(),
+                _ => m.closed.inc(),
+            };
+            return Err(miss);
+        }
+        Err(_) => {
+            m.timeout.inc();
+            return Err(Miss::ConnackTimeout(pool.connack_timeout));
+        }
+    };
+    backend
+        .metrics
+        .connack_duration
+        .observe(started.elapsed().as_secs_f64());
+    match connack_verdict(protocol, code) {
+        ConnackVerdict::Accepted => m.accepted.inc(),
+        ConnackVerdict::Refused => {
+            debug!(
+                code,
+                "the broker refused the client; forwarding its CONNACK"
+            );
+            m.refused.inc()
+        }
+        ConnackVerdict::Unavailable => {
+            m.unavailable.inc();
+            return Err(Miss::Unavailable(code));
+        }
+    };
+    backend.observe_passive(true);
+    Ok((stream, active, answer))
+}
+
+/// Read from a backend until the head of its first packet shows a CONNACK.
+/// Returns the code and every byte read (the CONNACK head, possibly more).
+async fn read_connack(stream: &mut TcpStream) -> Result<(u8, Vec<u8>), Miss> {
+    let mut buf = vec![0u8; CONNACK_READ];
+    let mut filled = 0;
+    loop {
+        let Some(free) = buf.get_mut(filled..).filter(|f| !f.is_empty()) else {
+            return Err(Miss::Malformed);
+        };
+        let n = stream.read(free).await.map_err(Miss::Io)?;
+        if n == 0 {
+            return Err(Miss::Closed);
+        }
+        filled += n;
+        match connack_head(&buf[..filled]) {
+            ConnackHead::Incomplete => {}
+            ConnackHead::Malformed => return Err(Miss::Malformed),
+            ConnackHead::Complete { code, .. } => {
+                buf.truncate(filled);
+                return Ok((code, buf));
+            }
+        }
+    }
 }
 
 /// 16-byte PROXY v2 unique id: process nonce and connection number.

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use proxy_header::{ProxiedAddress, ProxyHeader, SslInfo, Tlv};
 
-use crate::config::ProxyProtocol;
+use crate::config::{ProxyCommand, ProxyProtocol};
 use crate::tls::TlsInfo;
 
 /// Append the header for a proxied client connection to `out`.
@@ -47,13 +47,32 @@ pub fn encode(
                 }
                 tlvs.push(Tlv::Ssl(ssl));
             }
-            tlvs.push(Tlv::UniqueId(unique_id.into()));
+            if !unique_id.is_empty() {
+                tlvs.push(Tlv::UniqueId(unique_id.into()));
+            }
             let _ = ProxyHeader::with_tlvs(Some(addrs), tlvs).encode_v2(out);
         }
     }
 }
 
-/// Append the header a health check sends: v2 LOCAL or v1 `UNKNOWN`.
+/// Append the header a health check sends: with [`ProxyCommand::Proxy`],
+/// the check connection's own addresses (`local` is the check socket's
+/// address, `broker` the node's); with [`ProxyCommand::Local`], v2 LOCAL or
+/// v1 `UNKNOWN`.
+pub fn encode_check(
+    version: ProxyProtocol,
+    command: ProxyCommand,
+    local: SocketAddr,
+    broker: SocketAddr,
+    out: &mut Vec<u8>,
+) {
+    match command {
+        ProxyCommand::Proxy => encode(version, local, broker, None, &[], out),
+        ProxyCommand::Local => encode_local(version, out),
+    }
+}
+
+/// Append a header without addresses: v2 LOCAL or v1 `UNKNOWN`.
 pub fn encode_local(version: ProxyProtocol, out: &mut Vec<u8>) {
     match version {
         ProxyProtocol::Off => {}
@@ -153,6 +172,60 @@ mod tests {
         let local: SocketAddr = "[::ffff:10.0.0.1]:8883".parse().unwrap();
         encode(ProxyProtocol::V1, client, local, None, b"", &mut out);
         assert_eq!(out, b"PROXY TCP4 10.1.2.3 10.0.0.1 4000 8883\r\n");
+    }
+
+    #[test]
+    fn check_headers_carry_the_check_connection_addresses() {
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let broker: SocketAddr = "127.0.0.2:1883".parse().unwrap();
+        let mut out = Vec::new();
+        encode_check(
+            ProxyProtocol::V2,
+            ProxyCommand::Proxy,
+            local,
+            broker,
+            &mut out,
+        );
+        let h = ppp::v2::Header::try_from(out.as_slice()).expect("parses");
+        assert_eq!(h.command, ppp::v2::Command::Proxy);
+        match h.addresses {
+            ppp::v2::Addresses::IPv4(a) => {
+                assert_eq!(a.source_port, 40000);
+                assert_eq!(a.destination_address, std::net::Ipv4Addr::new(127, 0, 0, 2));
+                assert_eq!(a.destination_port, 1883);
+            }
+            other => panic!("{other:?}"),
+        }
+        // No TLVs: a check is neither TLS nor a client connection.
+        assert_eq!(h.tlvs().count(), 0);
+        out.clear();
+        encode_check(
+            ProxyProtocol::V1,
+            ProxyCommand::Proxy,
+            local,
+            broker,
+            &mut out,
+        );
+        assert_eq!(out, b"PROXY TCP4 127.0.0.1 127.0.0.2 40000 1883\r\n");
+        out.clear();
+        encode_check(
+            ProxyProtocol::V2,
+            ProxyCommand::Local,
+            local,
+            broker,
+            &mut out,
+        );
+        let h = ppp::v2::Header::try_from(out.as_slice()).expect("parses");
+        assert_eq!(h.command, ppp::v2::Command::Local);
+        out.clear();
+        encode_check(
+            ProxyProtocol::Off,
+            ProxyCommand::Proxy,
+            local,
+            broker,
+            &mut out,
+        );
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub enum SpliceEnd {
 pub struct Kick {
     pub token: tokio_util::sync::CancellationToken,
     pub packet: &'static [u8],
+    /// Where the backend→client stream stands when the splice starts (the
+    /// proxy may already have forwarded part of it, e.g. the CONNACK).
+    pub downstream: FrameTracker,
 }
 
 /// Which side an I/O error came from.
@@ -299,8 +302,8 @@ where
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let mut down = Half::new(downstream);
-    if kick.is_some() {
-        down.tracker = Some(FrameTracker::default());
+    if let Some(k) = &kick {
+        down.tracker = Some(k.downstream);
     }
     let mut s = Splice {
         client,

@@ -2,6 +2,8 @@
 //! ports, mqttlb in-process on port 0, dev certificates, condition waits.
 #![allow(dead_code)]
 
+pub mod rabbitmq;
+
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};

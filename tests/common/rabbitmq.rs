@@ -1,0 +1,1 @@
+//! A RabbitMQ cluster on loopback (placeholder; being written).
