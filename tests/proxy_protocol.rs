@@ -1,6 +1,7 @@
 //! PROXY protocol v2 towards backends, read by an independent parser
 //! (`ppp`): the real client address, SNI, TLS facts and certificate CN;
-//! health checks announce themselves with a LOCAL header.
+//! health checks send their own connection's addresses (command PROXY, as
+//! RabbitMQ and Mosquitto 2.1 require), or LOCAL when configured.
 
 mod common;
 
@@ -14,7 +15,11 @@ use tokio::net::TcpListener;
 #[derive(Debug, Clone)]
 struct Seen {
     local: bool,
+    /// A client connection's header carries the unique id TLV; a health
+    /// check's carries none.
+    check: bool,
     source: Option<SocketAddr>,
+    destination: Option<SocketAddr>,
     authority: Option<String>,
     ssl: Option<Vec<u8>>,
     unique_id_len: usize,
@@ -46,7 +51,9 @@ async fn recording_backend() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
                     ppp::v2::Header::try_from(all.as_slice()).expect("ppp parses the header");
                 let mut rec = Seen {
                     local: header.command == ppp::v2::Command::Local,
+                    check: true,
                     source: None,
+                    destination: None,
                     authority: None,
                     ssl: None,
                     unique_id_len: 0,
@@ -54,6 +61,10 @@ async fn recording_backend() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
                 };
                 if let ppp::v2::Addresses::IPv4(a) = header.addresses {
                     rec.source = Some(SocketAddr::from((a.source_address, a.source_port)));
+                    rec.destination = Some(SocketAddr::from((
+                        a.destination_address,
+                        a.destination_port,
+                    )));
                 }
                 for tlv in header.tlvs() {
                     let tlv = tlv.expect("TLV");
@@ -61,12 +72,15 @@ async fn recording_backend() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
                         0x02 => {
                             rec.authority = Some(String::from_utf8_lossy(&tlv.value).into_owned())
                         }
-                        0x05 => rec.unique_id_len = tlv.value.len(),
+                        0x05 => {
+                            rec.unique_id_len = tlv.value.len();
+                            rec.check = false;
+                        }
                         0x20 => rec.ssl = Some(tlv.value.to_vec()),
                         _ => {}
                     }
                 }
-                if !rec.local {
+                if !rec.check {
                     let mut connect = vec![0u8; connect_packet(4, "pp-client").len()];
                     if s.read_exact(&mut connect).await.is_ok() {
                         rec.after_header = connect;
@@ -110,12 +124,26 @@ async fn v2_header_carries_client_address_sni_and_certificate_cn() {
         DEADLINE,
         || async {
             let v = seen_ref.lock().unwrap();
-            v.iter().any(|r| r.local) && v.iter().any(|r| !r.local)
+            v.iter().any(|r| r.check) && v.iter().any(|r| !r.check)
         },
     )
     .await;
     let v = seen.lock().unwrap().clone();
-    let rec = v.iter().find(|r| !r.local).expect("proxied header");
+    let check = v.iter().find(|r| r.check).expect("check header");
+    assert!(!check.local, "checks send command PROXY by default");
+    assert!(
+        check
+            .source
+            .is_some_and(|a| a.ip().is_loopback() && a.port() != 0),
+        "the check connection's own address: {check:?}"
+    );
+    assert_eq!(check.destination, Some(backend), "{check:?}");
+    assert!(
+        check.ssl.is_none() && check.authority.is_none(),
+        "{check:?}"
+    );
+    let rec = v.iter().find(|r| !r.check).expect("proxied header");
+    assert!(!rec.local);
     assert_eq!(
         rec.source,
         Some(client_addr),
@@ -137,5 +165,28 @@ async fn v2_header_carries_client_address_sni_and_certificate_cn() {
         rec.after_header,
         connect_packet(4, "pp-client"),
         "the CONNECT follows the header untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_can_send_local_headers() {
+    let certs = Certs::new();
+    let (backend, seen) = recording_backend().await;
+    let text = config(
+        &certs,
+        &[("fake", backend)],
+        "",
+        "proxy_protocol = \"v2\"\nhealth = { check = \"tcp\", interval = \"100ms\", timeout = \"500ms\", proxy_command = \"local\" }",
+    );
+    let _proxy = ProxyUnderTest::start(&text, certs.dir.path()).await;
+    let seen_ref = &seen;
+    wait_until("two health-check headers arrived", DEADLINE, || async {
+        seen_ref.lock().unwrap().len() >= 2
+    })
+    .await;
+    let v = seen.lock().unwrap().clone();
+    assert!(
+        v.iter().all(|r| r.local && r.check && r.source.is_none()),
+        "{v:?}"
     );
 }

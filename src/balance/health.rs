@@ -34,12 +34,28 @@ pub enum CheckError {
     Timeout,
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("broker refused the CONNECT with code {0:#04x}")]
+    #[error("broker refused the check's CONNECT with code {0:#04x}{hint}", hint = refusal_hint(*.0))]
     Refused(u8),
     #[error("broker answered something other than a CONNACK")]
     Malformed,
     #[error("broker closed the connection before answering")]
     Closed,
+}
+
+/// What to do about a refused check, for the codes an operator can fix.
+fn refusal_hint(code: u8) -> &'static str {
+    match code {
+        // 3.1.1: 4 bad user name or password, 5 not authorized;
+        // 5.0: 0x86 bad user name or password, 0x87 not authorized.
+        4 | 5 | 0x86 | 0x87 => {
+            " (the broker wants credentials: set health.username/password, or allow the check's client id)"
+        }
+        // 3.1.1: 2 identifier rejected; 5.0: 0x85 client identifier not valid.
+        2 | 0x85 => " (the broker rejects the check's client id \"mqttlb-hc-…\")",
+        // 3.1.1: 1 unacceptable protocol version; 5.0: 0x84 unsupported.
+        1 | 0x84 => " (the broker does not speak this health.mqtt_version)",
+        _ => "",
+    }
 }
 
 /// Spawn a checker per backend of `pool` on `tracker`; they stop when
@@ -66,14 +82,22 @@ async fn run(
 ) {
     let mut ticks = tokio::time::interval_at(Instant::now() + offset, pool.health.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let client_id = check_client_id(&backend.name);
+    // The check's CONNECT never changes: encode it once.
+    let h = &pool.health;
+    let connect = packets::encode_connect(
+        h.mqtt_version,
+        &check_client_id(&backend.name),
+        10,
+        h.username.as_deref(),
+        h.password.as_ref().map(|p| p.0.as_bytes()),
+    );
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
         let started = Instant::now();
-        let result = tokio::time::timeout(pool.health.timeout, check(&pool, &backend, &client_id))
+        let result = tokio::time::timeout(pool.health.timeout, check(&pool, &backend, &connect))
             .await
             .unwrap_or(Err(CheckError::Timeout));
         let seconds = started.elapsed().as_secs_f64();
@@ -104,7 +128,7 @@ fn check_client_id(backend: &str) -> String {
     format!("mqttlb-hc-{:012x}", h & 0xffff_ffff_ffff)
 }
 
-async fn check(pool: &Pool, backend: &Backend, client_id: &str) -> Result<(), CheckError> {
+async fn check(pool: &Pool, backend: &Backend, connect: &[u8]) -> Result<(), CheckError> {
     let mut stream = TcpStream::connect(backend.addr).await?;
     if pool.health.check == HealthCheckKind::Tcp && pool.proxy_protocol == ProxyProtocol::Off {
         return Ok(());
@@ -122,10 +146,8 @@ async fn check(pool: &Pool, backend: &Backend, client_id: &str) -> Result<(), Ch
         stream.write_all(&out).await?;
         return Ok(());
     }
-    let mut connect = Vec::with_capacity(48);
     let version = pool.health.mqtt_version;
-    packets::encode_connect(version, client_id, 10, &mut connect);
-    out.extend_from_slice(&connect);
+    out.extend_from_slice(connect);
     stream.write_all(&out).await?;
     let mut buf = [0u8; 64];
     let mut filled = 0;

@@ -2,18 +2,23 @@
 //! bring a down node up after `rise`, consecutive failures take an up node
 //! down after `fall`, as HAProxy's `rise`/`fall` do.
 //!
-//! Two kinds of evidence feed it. Active checks are the authority: a check
-//! success ends every failure streak and counts towards `rise`; a check
-//! failure counts towards `fall`. Client connections are passive evidence:
-//! a CONNECT the node did not answer (refused TCP connect, no CONNACK in
-//! time, closed first, "server unavailable") counts towards `fall` like a
-//! failed check, so a node that swallows clients leaves rotation as fast
-//! under traffic as without it. A CONNECT the node answered ends only the
-//! *passive* failure streak: it shows the node takes clients, not that its
-//! checks pass, so a node whose checks keep failing (a stalled node that
-//! still answers some clients slowly, a check refused by the broker) goes
-//! down whether or not clients arrive. Passive results never bring a node
-//! up: a node out of rotation receives no clients.
+//! Two kinds of evidence feed it, each with its own streak, and the node
+//! goes down when the two failure streaks together reach `fall`:
+//!
+//! * Active checks: a success ends the check failure streak and counts
+//!   towards `rise`; a failure counts towards `fall`.
+//! * Client connections (passive): a CONNECT the node did not answer
+//!   (refused TCP connect, no CONNACK in time, closed first, "server
+//!   unavailable") counts towards `fall`; a CONNECT it answered ends the
+//!   passive failure streak.
+//!
+//! Neither kind of success ends the other kind's streak, as in HAProxy's
+//! `observe layer4`: answered clients do not hide failing checks (a stalled
+//! node that still answers some clients slowly goes down as it would with
+//! no traffic), and passing checks do not hide a node that swallows its
+//! clients (a black hole that accepts TCP behind `check = "tcp"`). Passive
+//! results never bring a node up (a node out of rotation gets no clients);
+//! coming up starts both streaks afresh.
 
 /// Health of one backend as seen by checks and client connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,8 +28,7 @@ pub struct HealthState {
     successes: u32,
     /// Active check failures in a row.
     check_failures: u32,
-    /// Unanswered client CONNECTs since the last answered one or the last
-    /// successful check.
+    /// Unanswered client CONNECTs since the last answered one.
     passive_failures: u32,
 }
 
@@ -45,10 +49,10 @@ impl HealthState {
     pub fn observe_check(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
         if ok {
             self.check_failures = 0;
-            self.passive_failures = 0;
             self.successes = self.successes.saturating_add(1);
             if !self.up && self.successes >= rise {
                 self.up = true;
+                self.passive_failures = 0;
                 return Some(true);
             }
             None
@@ -164,17 +168,44 @@ mod tests {
     }
 
     #[test]
-    fn answered_clients_end_a_passive_streak_and_checks_end_both() {
+    fn passing_checks_do_not_hide_unanswered_clients() {
+        // A node that passes TCP checks but swallows every CONNECT.
+        run(&[
+            (Client(false), None),
+            (Check(true), None),
+            (Client(false), None),
+            (Check(true), None),
+            (Client(false), Some(false)),
+        ]);
+    }
+
+    #[test]
+    fn answered_clients_end_only_the_passive_streak() {
         run(&[
             (Client(false), None),
             (Client(false), None),
             (Client(true), None),
             (Client(false), None),
-            (Check(true), None),
-            (Client(false), None),
-            (Client(false), None),
+            (Check(false), None),
+            (Client(true), None),
+            (Check(false), None),
+            (Client(true), None),
             (Check(false), Some(false)),
         ]);
+    }
+
+    #[test]
+    fn coming_up_starts_afresh() {
+        let s = run(&[
+            (Client(false), None),
+            (Client(false), None),
+            (Client(false), Some(false)),
+            (Check(true), None),
+            (Check(true), Some(true)),
+            (Client(false), None),
+            (Client(false), None),
+        ]);
+        assert!(s.up);
     }
 
     #[test]

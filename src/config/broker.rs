@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use super::Secret;
 use super::{ConfigErrors, Cx, parse_toml, read_file};
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,28 +83,6 @@ pub struct BrokerConfig {
     /// Topic filters refused with SUBACK 0x80 (matched as filters against
     /// the requested filter, so `secret/#` denies `secret/a` and `secret/#`).
     pub deny_subscribe: Vec<String>,
-}
-
-/// A secret that never appears in logs or `Debug` output.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl Secret {
-    /// Compare without an early exit on the first differing byte.
-    pub fn matches(&self, candidate: &[u8]) -> bool {
-        let s = self.0.as_bytes();
-        s.len() == candidate.len()
-            && s.iter()
-                .zip(candidate)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    }
 }
 
 /// Flags of `mqttlb broker`; they override the file.

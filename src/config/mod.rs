@@ -146,6 +146,28 @@ pub enum HealthCheckKind {
     Mqtt,
 }
 
+/// A secret that never appears in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Secret {
+    /// Compare without an early exit on the first differing byte.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let s = self.0.as_bytes();
+        s.len() == candidate.len()
+            && s.iter()
+                .zip(candidate)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
 /// The PROXY header command a health check sends when the pool speaks the
 /// PROXY protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +189,10 @@ pub struct HealthConfig {
     pub fall: NonZeroU32,
     pub mqtt_version: ProtocolVersion,
     pub proxy_command: ProxyCommand,
+    /// Credentials of the MQTT check's CONNECT, for brokers that refuse
+    /// anonymous clients.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -694,7 +720,26 @@ impl Cx {
                     ("local", ProxyCommand::Local),
                 ],
             ),
+            username: h.username,
+            password: h.password.map(Secret),
         };
+        if health.password.is_some()
+            && health.username.is_none()
+            && health.mqtt_version != ProtocolVersion::V5
+        {
+            self.err(
+                &format!("{hk}.password"),
+                "MQTT 3.1.1 sends a password only with a username: set health.username too",
+            );
+        }
+        if health.check == HealthCheckKind::Tcp
+            && (health.username.is_some() || health.password.is_some())
+        {
+            self.err(
+                &format!("{hk}.username"),
+                "credentials are sent by check = \"mqtt\" only; this pool's check is \"tcp\"",
+            );
+        }
         let connack_timeout = self.duration(
             &format!("{k}.connack_timeout"),
             raw.connack_timeout.as_deref(),

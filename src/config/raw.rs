@@ -91,6 +91,8 @@ pub struct RawHealth {
     pub fall: Option<u32>,
     pub mqtt_version: Option<String>,
     pub proxy_command: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

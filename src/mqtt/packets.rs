@@ -2,7 +2,10 @@
 //! broker can take it, the CONNECT/DISCONNECT of an MQTT health check) and
 //! the one it reads from brokers: the head of a CONNACK.
 
+use bytes::{Bytes, BytesMut};
+
 use super::ProtocolVersion;
+use super::codec::{self, ConnectPacket, Packet, Properties};
 
 /// CONNACK "server unavailable": MQTT 3.1/3.1.1 return code 3, MQTT 5.0
 /// reason code 0x88 (with an empty property block).
@@ -25,37 +28,27 @@ pub fn disconnect(protocol: ProtocolVersion) -> &'static [u8] {
     }
 }
 
-/// A clean-session CONNECT with the given client id and keep-alive, written
-/// into `out`. Used by active health checks.
+/// A clean-session CONNECT (health checks, tests), encoded by the codec.
 pub fn encode_connect(
     protocol: ProtocolVersion,
     client_id: &str,
     keep_alive: u16,
-    out: &mut Vec<u8>,
-) {
-    let (name, level): (&[u8], u8) = match protocol {
-        ProtocolVersion::V31 => (b"MQIsdp", 3),
-        ProtocolVersion::V311 => (b"MQTT", 4),
-        ProtocolVersion::V5 => (b"MQTT", 5),
-    };
-    let props = usize::from(protocol == ProtocolVersion::V5);
-    let id = client_id.as_bytes();
-    // Client ids are ours and short; cap anyway so the length fits one byte.
-    let id = &id[..id.len().min(64)];
-    let remaining = 2 + name.len() + 1 + 1 + 2 + props + 2 + id.len();
-    out.clear();
-    out.push(0x10);
-    out.push(remaining as u8); // < 128 by construction
-    out.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    out.extend_from_slice(name);
-    out.push(level);
-    out.push(0x02); // clean session / clean start
-    out.extend_from_slice(&keep_alive.to_be_bytes());
-    if props == 1 {
-        out.push(0);
-    }
-    out.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    out.extend_from_slice(id);
+    username: Option<&str>,
+    password: Option<&[u8]>,
+) -> Vec<u8> {
+    let packet = Packet::Connect(Box::new(ConnectPacket {
+        protocol,
+        clean: true,
+        keep_alive,
+        client_id: client_id.to_owned(),
+        will: None,
+        username: username.map(str::to_owned),
+        password: password.map(Bytes::copy_from_slice),
+        props: Properties::default(),
+    }));
+    let mut out = BytesMut::new();
+    codec::encode(&packet, protocol, &mut out);
+    out.to_vec()
 }
 
 /// The start of a CONNACK as read from a broker: enough to know what the
@@ -144,19 +137,19 @@ mod tests {
 
     #[test]
     fn health_check_connect_is_a_valid_connect() {
-        let mut out = Vec::new();
         for v in [
             ProtocolVersion::V31,
             ProtocolVersion::V311,
             ProtocolVersion::V5,
         ] {
-            encode_connect(v, "mqttlb-health-node1", 10, &mut out);
+            let out = encode_connect(v, "mqttlb-health-node1", 10, Some("checker"), Some(b"pw"));
             match peek_connect(&out, 1024) {
                 Ok(Peek::Complete { connect, len }) => {
                     assert_eq!(len, out.len());
                     assert_eq!(connect.protocol, v);
                     assert_eq!(connect.client_id, "mqttlb-health-node1");
                     assert_eq!(connect.keep_alive, 10);
+                    assert_eq!(connect.username, Some("checker"));
                 }
                 other => panic!("{v:?}: {other:?}"),
             }

@@ -327,9 +327,7 @@ pub fn connect_packet(level: u8, client_id: &str) -> Vec<u8> {
         5 => mqttlb::mqtt::ProtocolVersion::V5,
         _ => mqttlb::mqtt::ProtocolVersion::V311,
     };
-    let mut out = Vec::new();
-    mqttlb::mqtt::packets::encode_connect(version, client_id, 30, &mut out);
-    out
+    mqttlb::mqtt::packets::encode_connect(version, client_id, 30, None, None)
 }
 
 /// Read until EOF (or error) and return what arrived, bounded by DEADLINE.
