@@ -1083,6 +1083,40 @@ mod tests {
     }
 
     #[test]
+    fn health_and_connack_keys() {
+        let c = load_str(MINIMAL).expect("valid");
+        let p = &c.pools["b"];
+        assert_eq!(p.connack_timeout, defaults::CONNACK_TIMEOUT);
+        assert_eq!(p.health.proxy_command, ProxyCommand::Proxy);
+        assert!(p.health.username.is_none());
+        let c = load_str(&MINIMAL.replace(
+            "strategy =",
+            "connack_timeout = \"750ms\"\nhealth = { check = \"mqtt\", proxy_command = \"local\", username = \"hc\", password = \"pw\" }\nstrategy =",
+        ))
+        .expect("valid");
+        let p = &c.pools["b"];
+        assert_eq!(p.connack_timeout, Duration::from_millis(750));
+        assert_eq!(p.health.proxy_command, ProxyCommand::Local);
+        assert_eq!(p.health.username.as_deref(), Some("hc"));
+        assert_eq!(format!("{:?}", p.health.password), "Some(Secret(***))");
+        let e = load_str(&MINIMAL.replace(
+            "strategy =",
+            "connack_timeout = \"never\"\nhealth = { proxy_command = \"none\", password = \"pw\" }\nstrategy =",
+        ))
+        .unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "pool.b.health.proxy_command",
+                "pool.b.health.password",
+                "pool.b.health.username",
+                "pool.b.connack_timeout",
+            ]
+        );
+    }
+
+    #[test]
     fn missing_tls_files_are_named() {
         let text = MINIMAL.replace(
             "[listener.mqtt]",
