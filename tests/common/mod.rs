@@ -291,6 +291,17 @@ pub async fn tls_connect(
     certs: &Certs,
     with_client_cert: bool,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_connect_from(addr, None, certs, with_client_cert).await
+}
+
+/// [`tls_connect`] from a chosen source address (e.g. `127.0.0.77`, so a
+/// broker's log can be searched for it).
+pub async fn tls_connect_from(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    certs: &Certs,
+    with_client_cert: bool,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let provider = mqttlb::tls::provider();
@@ -316,7 +327,17 @@ pub async fn tls_connect(
         builder.with_no_client_auth()
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await?;
+    let tcp = match source {
+        None => TcpStream::connect(addr).await?,
+        Some(ip) => {
+            let socket = match ip {
+                std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await?
+        }
+    };
     let name = ServerName::try_from("localhost").expect("name").to_owned();
     connector.connect(name, tcp).await
 }

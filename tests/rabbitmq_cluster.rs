@@ -1,0 +1,275 @@
+//! mqttlb in front of a real three-node RabbitMQ 3.10 cluster (Debian
+//! package, MQTT plugin, `mqtt.proxy_protocol = true`), the deployment the
+//! broker vendors recommend: TLS ends at mqttlb, PROXY v2 carries the
+//! client's address, MQTT health checks watch every node.
+//!
+//! Shown here: every node passes MQTT health checks (RabbitMQ 3.10 crashes
+//! the connection on the LOCAL header checks used to send); client-id
+//! routing is sticky per node and agrees with the strategy; RabbitMQ logs
+//! each client's real address from the PROXY header; messages cross the
+//! cluster between clients on different nodes; a killed node leaves
+//! rotation within interval × fall and every client is served by the
+//! others meanwhile.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use common::rabbitmq::RabbitCluster;
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+const NODES: usize = 3;
+const INTERVAL: Duration = Duration::from_secs(1);
+const FALL: u32 = 2;
+
+fn node(i: usize) -> String {
+    format!("rabbit{i}")
+}
+
+/// Client `i` connects from its own loopback address, so the broker's log
+/// can be searched for it.
+fn source(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 1, 10 + i as u8))
+}
+
+/// Connect `id` through the proxy from `from` and return the CONNACK code.
+async fn connect_once(proxy: &ProxyUnderTest, certs: &Certs, from: IpAddr, id: &str) -> Option<u8> {
+    let mut s = tls_connect_from(proxy.addr, Some(from), certs, false)
+        .await
+        .unwrap_or_else(|e| panic!("{id}: TLS: {e}"));
+    mqtt_connect(&mut s, 4, id).await
+}
+
+/// Log lines of node `n` recording an MQTT connection of `id`.
+fn connections_of(cluster: &RabbitCluster, n: usize, id: &str) -> Vec<String> {
+    let needle = format!("client id: {id})");
+    cluster
+        .log(n)
+        .lines()
+        .filter(|l| l.contains("accepting MQTT connection") && l.contains(&needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_cluster_behind_mqttlb() {
+    let mut cluster = RabbitCluster::start(NODES).await;
+    let certs = Certs::new();
+    let names: Vec<String> = (0..NODES).map(node).collect();
+    let servers: Vec<(&str, SocketAddr)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), cluster.mqtt_addr(i)))
+        .collect();
+    let text = config(
+        &certs,
+        &servers,
+        "",
+        &format!(
+            "strategy = \"client-id\"\nproxy_protocol = \"v2\"\nhealth = {{ check = \"mqtt\", interval = \"{}ms\", timeout = \"900ms\", rise = 1, fall = {FALL} }}",
+            INTERVAL.as_millis()
+        ),
+    );
+    let proxy = ProxyUnderTest::start(&text, certs.dir.path()).await;
+    let checks = |n: &str, result: &str| {
+        proxy.metric(&format!(
+            "mqttlb_health_checks_total{{backend=\"{n}\",result=\"{result}\"}}"
+        ))
+    };
+
+    // 1. Every node passes its MQTT checks, PROXY v2 header and all.
+    wait_until("two passed MQTT checks on every node", DEADLINE, || async {
+        names.iter().all(|n| checks(n, "ok") >= 2.0)
+    })
+    .await;
+    for (i, n) in names.iter().enumerate() {
+        assert_eq!(
+            checks(n, "failed"),
+            0.0,
+            "{n}: {:?}",
+            proxy.pool().find(n).and_then(|b| b.last_check())
+        );
+        assert!(proxy.backend_up(n));
+        assert!(
+            !cluster.log(i).contains("no match of right hand side"),
+            "{n} crashed on a header"
+        );
+    }
+
+    // Why checks send command PROXY: this RabbitMQ drops a connection that
+    // starts with a LOCAL header (its MQTT reader crashes on it).
+    let mut local = Vec::new();
+    mqttlb::proxy::header::encode_local(mqttlb::config::ProxyProtocol::V2, &mut local);
+    local.extend_from_slice(&connect_packet(4, "local-header"));
+    let mut raw = tokio::net::TcpStream::connect(cluster.mqtt_addr(0))
+        .await
+        .expect("connect");
+    raw.write_all(&local).await.expect("send");
+    assert_eq!(
+        read_to_close(&mut raw).await,
+        b"",
+        "RabbitMQ 3.10 answers no CONNECT behind a LOCAL header"
+    );
+
+    // 2. Client-id routing: each client twice, from its own address.
+    const CLIENTS: usize = 12;
+    let ids: Vec<String> = (0..CLIENTS).map(|i| format!("sticky-{i}")).collect();
+    for round in 0..2 {
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(
+                connect_once(&proxy, &certs, source(i), id).await,
+                Some(0),
+                "{id}, round {round}"
+            );
+        }
+    }
+    let mut home: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let cluster = &cluster;
+        wait_until(
+            &format!("RabbitMQ logged both connections of {id}"),
+            DEADLINE,
+            || async {
+                (0..NODES)
+                    .map(|n| connections_of(cluster, n, id).len())
+                    .sum::<usize>()
+                    >= 2
+            },
+        )
+        .await;
+        let nodes: Vec<usize> = (0..NODES)
+            .filter(|&n| !connections_of(cluster, n, id).is_empty())
+            .collect();
+        assert_eq!(nodes.len(), 1, "{id} always lands on one node: {nodes:?}");
+        let n = nodes[0];
+        let expected = proxy.pool().candidates(Some(id.as_bytes()))[0].name.clone();
+        assert_eq!(node(n), expected, "{id}: the node the strategy names");
+        // RabbitMQ saw the client's own address, from the PROXY header.
+        let from = format!("({}:", source(i));
+        for line in connections_of(cluster, n, id) {
+            assert!(
+                line.contains(&from),
+                "{id} logged with its real address: {line}"
+            );
+        }
+        home.insert(id, n);
+    }
+    let used: std::collections::BTreeSet<usize> = home.values().copied().collect();
+    assert!(used.len() >= 2, "clients spread over the cluster: {home:?}");
+
+    // 3. The cluster works through the proxy: a subscriber and a publisher
+    //    on different nodes.
+    let (sub_id, pub_id) = {
+        let mut by_node: BTreeMap<usize, &str> = BTreeMap::new();
+        for (id, n) in &home {
+            by_node.entry(*n).or_insert(id);
+        }
+        let mut it = by_node.values();
+        (
+            it.next().copied().unwrap_or("a"),
+            it.next().copied().unwrap_or("b"),
+        )
+    };
+    let mut sub = tls_client(&proxy, &certs, sub_id);
+    sub.connack().await;
+    sub.subscribe("cluster/t", rumqttc::QoS::AtLeastOnce).await;
+    let mut publisher = tls_client(&proxy, &certs, pub_id);
+    publisher.connack().await;
+    publisher
+        .publish(
+            "cluster/t",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            b"across nodes",
+        )
+        .await;
+    assert_eq!(&sub.message().await.payload[..], b"across nodes");
+    drop((sub, publisher));
+
+    // 4. Kill a node that is home to some clients, while those clients
+    //    keep reconnecting.
+    let victim = home[ids[0].as_str()];
+    let victim_name = node(victim);
+    let killed = Instant::now();
+    cluster.kill(victim);
+    let mut down_after = None;
+    let mut served = 0usize;
+    let mut round = 0;
+    while down_after.is_none() || round < 2 {
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(
+                connect_once(&proxy, &certs, source(i), id).await,
+                Some(0),
+                "{id} is served while {victim_name} is gone"
+            );
+            served += 1;
+            if down_after.is_none() && !proxy.backend_up(&victim_name) {
+                down_after = Some(killed.elapsed());
+            }
+        }
+        if down_after.is_some() {
+            round += 1;
+        }
+        assert!(
+            killed.elapsed() < DEADLINE,
+            "{victim_name} never left rotation"
+        );
+    }
+    let down_after = down_after.unwrap_or_default();
+    eprintln!(
+        "{victim_name} left rotation {down_after:?} after it was killed; {served} clients served meanwhile"
+    );
+    // Checks every INTERVAL, FALL of them (or unanswered clients) in a row:
+    // out within INTERVAL × FALL, plus one interval for scheduling on a
+    // busy machine.
+    assert!(
+        down_after <= INTERVAL * (FALL + 1),
+        "{victim_name} left rotation after {down_after:?}"
+    );
+    // The victim's clients now live on the others, deterministically.
+    for id in ids.iter().filter(|id| home[id.as_str()] == victim) {
+        let now = proxy.pool().candidates(Some(id.as_bytes()))[0].name.clone();
+        assert_ne!(now, victim_name, "{id}");
+    }
+
+    // 5. Kill another node with no client traffic: the active checks alone
+    //    take it out within INTERVAL × FALL (plus one interval of slack),
+    //    and the last node serves everyone.
+    let second = (0..NODES).find(|&n| n != victim).unwrap_or_default();
+    let second_name = node(second);
+    let killed = Instant::now();
+    cluster.kill(second);
+    let name = second_name.as_str();
+    let proxy_ref = &proxy;
+    wait_until(
+        "the second node leaves rotation by checks alone",
+        DEADLINE,
+        || async move { !proxy_ref.backend_up(name) },
+    )
+    .await;
+    let by_checks = killed.elapsed();
+    eprintln!("{second_name} left rotation {by_checks:?} after it was killed, with no traffic");
+    assert!(
+        by_checks <= INTERVAL * (FALL + 1),
+        "{second_name} left rotation after {by_checks:?}"
+    );
+    assert_eq!(
+        proxy.metric(&format!(
+            "mqttlb_backend_connect_errors_total{{backend=\"{second_name}\"}}"
+        )),
+        0.0,
+        "no client was offered to it"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            connect_once(&proxy, &certs, source(i), id).await,
+            Some(0),
+            "{id} is served by the last node"
+        );
+    }
+    assert_eq!(proxy.rejected("no_backend"), 0.0);
+}
