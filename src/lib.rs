@@ -9,8 +9,8 @@
 //!   file, key path and reason.
 //! * [`tls`] — rustls server configuration: certificates by SNI, client
 //!   authentication, the handshake.
-//! * [`mqtt`] — pure wire format: the CONNECT peek and the packets mqttlb
-//!   writes itself.
+//! * [`mqtt`] — pure wire format: the codec, the CONNECT peek, the packets
+//!   mqttlb writes itself and the CONNACK head it reads.
 //! * [`balance`] — backends, pools, selection strategies (pure), health
 //!   checks.
 //! * [`proxy`] — listeners and accept loops ([`proxy::Proxy`]), the
@@ -22,6 +22,11 @@
 //! * [`metrics`] — Prometheus metric families on a registry passed down.
 //! * [`certs`] — development certificates (`mqttlb certs`).
 //! * [`sys`] — sockets and resource limits.
+//! * [`bench`] — `mqttlb bench`: the load generator and `bench calibrate`.
+//! * [`doctor`] — `mqttlb doctor`: OS limits that cap a deployment, with
+//!   the change to make.
+//! * [`estimate`] — `mqttlb estimate`: cores and memory from a workload and
+//!   a calibration.
 //!
 //! See `ARCHITECTURE.md` for the task map, the connection lifecycle and the
 //! shutdown sequence.
@@ -30,10 +35,13 @@
 
 pub mod admin;
 pub mod balance;
+pub mod bench;
 pub mod broker;
 pub mod certs;
 pub mod config;
 pub mod demo;
+pub mod doctor;
+pub mod estimate;
 pub mod metrics;
 pub mod mqtt;
 pub mod proxy;

@@ -80,6 +80,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Load generator: MQTT 3.1.1/5.0 over TCP or TLS (conn, pub, sub,
+    /// pubsub, handshake), and `bench calibrate` for `mqttlb estimate`.
+    Bench(mqttlb::bench::BenchArgs),
+    /// Read the OS limits that cap connections and throughput, and say what
+    /// to change (exit 1 when something would stop the requested load).
+    Doctor(mqttlb::doctor::DoctorArgs),
+    /// Estimate CPU cores and memory for the proxy and the broker from a
+    /// workload, using a calibration measured by `mqttlb bench calibrate`.
+    Estimate(mqttlb::estimate::EstimateArgs),
 }
 
 #[derive(clap::Args)]
@@ -187,6 +196,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo { nodes, dir, listen } => run_demo(DemoOptions { nodes, dir, listen }),
+        Command::Bench(args) => ExitCode::from(mqttlb::bench::main(args)),
+        Command::Doctor(args) => ExitCode::from(mqttlb::doctor::main(args)),
+        Command::Estimate(args) => ExitCode::from(mqttlb::estimate::main(args)),
     }
 }
 
