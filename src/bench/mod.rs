@@ -276,6 +276,9 @@ fn validate(a: &BenchArgs) -> Result<(), String> {
     if a.tls && a.cafile.is_none() && !a.insecure {
         return Err("--tls needs --cafile or --insecure".into());
     }
+    if let Some(spec) = &a.source_ips {
+        net::parse_sources(spec)?;
+    }
     if a.cert.is_some() != a.key.is_some() {
         return Err("--cert and --key go together".into());
     }
@@ -558,6 +561,7 @@ async fn run(a: &BenchArgs, threads: usize) -> Result<Summary, String> {
     let progress = (!a.quiet).then(|| tokio::spawn(progress(run.clone(), started)));
     let tasks = TaskTracker::new();
     let measured = drive(a, &run, &tasks).await;
+    let open_at_end = Counters::get(&run.counters.connected);
     run.stop.cancel();
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
@@ -590,7 +594,7 @@ async fn run(a: &BenchArgs, threads: usize) -> Result<Summary, String> {
         connections: Connections {
             requested: clients(a),
             connected: Counters::get(&c.connects),
-            open_at_end: Counters::get(&c.connected),
+            open_at_end,
             dropped: Counters::get(&c.disconnected),
             connect_latency: run.connect_latency.summary(),
         },
