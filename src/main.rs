@@ -82,7 +82,7 @@ enum Command {
     },
     /// Load generator: MQTT 3.1.1/5.0 over TCP or TLS (conn, pub, sub,
     /// pubsub, handshake), and `bench calibrate` for `mqttlb estimate`.
-    Bench(mqttlb::bench::BenchArgs),
+    Bench(Box<mqttlb::bench::BenchArgs>),
     /// Read the OS limits that cap connections and throughput, and say what
     /// to change (exit 1 when something would stop the requested load).
     Doctor(mqttlb::doctor::DoctorArgs),
@@ -196,7 +196,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo { nodes, dir, listen } => run_demo(DemoOptions { nodes, dir, listen }),
-        Command::Bench(args) => ExitCode::from(mqttlb::bench::main(args)),
+        Command::Bench(args) => ExitCode::from(mqttlb::bench::main(*args)),
         Command::Doctor(args) => ExitCode::from(mqttlb::doctor::main(args)),
         Command::Estimate(args) => ExitCode::from(mqttlb::estimate::main(args)),
     }
