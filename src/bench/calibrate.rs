@@ -101,7 +101,10 @@ impl Proc {
         }
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
             .map_err(|e| format!("/proc/{}/stat: {e}", self.pid))?;
-        let after = stat.rsplit_once(") ").map(|(_, r)| r).ok_or("bad /proc stat")?;
+        let after = stat
+            .rsplit_once(") ")
+            .map(|(_, r)| r)
+            .ok_or("bad /proc stat")?;
         let fields: Vec<&str> = after.split_whitespace().collect();
         let get = |i: usize| {
             fields
@@ -224,10 +227,18 @@ servers = [ {{ name = "broker", addr = "127.0.0.1:{broker_port}" }} ]
         );
         std::fs::write(dir.join("proxy.toml"), config).map_err(|e| format!("proxy.toml: {e}"))?;
         let broker_listen = format!("127.0.0.1:{broker_port}");
-        let broker = Proc::spawn(&["broker", "--listen", &broker_listen], &dir.join("broker.log")).await?;
+        let broker = Proc::spawn(
+            &["broker", "--listen", &broker_listen],
+            &dir.join("broker.log"),
+        )
+        .await?;
         wait_port(broker_port).await?;
         let proxy_config = p("proxy.toml");
-        let proxy = Proc::spawn(&["proxy", "--config", &proxy_config], &dir.join("proxy.log")).await?;
+        let proxy = Proc::spawn(
+            &["proxy", "--config", &proxy_config],
+            &dir.join("proxy.log"),
+        )
+        .await?;
         wait_port(tls_port).await?;
         wait_port(plain_port).await?;
         // Let both settle before anything is read off them.
@@ -252,10 +263,7 @@ servers = [ {{ name = "broker", addr = "127.0.0.1:{broker_port}" }} ]
         let args = Wrap::try_parse_from(&argv)
             .map_err(|e| format!("{what}: {e}"))?
             .args;
-        let (p0, b0) = (
-            self.proxy.cpu_s()?,
-            self.broker.cpu_s()?,
-        );
+        let (p0, b0) = (self.proxy.cpu_s()?, self.broker.cpu_s()?);
         let peak_p = Arc::new(AtomicU64::new(0));
         let peak_b = Arc::new(AtomicU64::new(0));
         let sampler = {
@@ -488,7 +496,11 @@ async fn memory_step(
             .collect()
     };
     argv.extend(["-c".into(), held, "--connect-rate".into(), "2000".into()]);
-    let what = if tls { "idle TLS connections" } else { "idle plain subscribers" };
+    let what = if tls {
+        "idle TLS connections"
+    } else {
+        "idle plain subscribers"
+    };
     let cost = lab.step(what, &refs(&argv)).await?;
     Ok((cost, proxy_base, broker_base))
 }

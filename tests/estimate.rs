@@ -1,0 +1,268 @@
+//! `mqttlb estimate` as operators run it: the `--json` arithmetic against a
+//! calibration with round numbers, the shipped calibration, and exit 64
+//! naming the flag, file or key at fault.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mqttlb::estimate::Calibration;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqttlb");
+
+/// Round coefficients, so every figure below can be checked by hand.
+const ROUND: &str = r#"
+[measured]
+command = "mqttlb bench calibrate --out round.toml"
+date = "2026-01-01T00:00:00Z"
+mqttlb_version = "0.1.0"
+cpu_model = "test"
+cpus = 64
+payload_bytes = 100
+
+[proxy]
+tls_connect_cpu_us = 1000.0
+plain_connect_cpu_us = 100.0
+relay_cpu_us_per_packet = 10.0
+relay_cpu_ns_per_byte = 10.0
+rss_base_mib = 10.0
+rss_per_tls_connection_kib = 16.0
+rss_per_plain_connection_kib = 8.0
+
+[broker]
+cpu_us_per_publish_in = 5.0
+cpu_us_per_delivery = 4.0
+qos1_extra_cpu_us = 2.0
+connect_cpu_us = 50.0
+rss_base_mib = 20.0
+rss_per_connection_kib = 10.0
+"#;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("estimate")
+        .args(args)
+        .output()
+        .expect("runs mqttlb")
+}
+
+fn json(args: &[&str]) -> Value {
+    let out = run(&[&["--json"], args].concat());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+fn write_calibration(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("calibration.toml");
+    std::fs::write(&path, text).expect("write calibration");
+    path
+}
+
+#[track_caller]
+fn assert_close(v: &Value, expected: f64) {
+    let got = v.as_f64().unwrap_or(f64::NAN);
+    assert!(
+        (got - expected).abs() <= 1e-9 * expected.abs().max(1.0),
+        "got {v}, expected {expected}"
+    );
+}
+
+/// The cores busy of one term of a component.
+fn term<'a>(component: &'a Value, name: &str) -> &'a Value {
+    let terms = component["cpu"].as_array().expect("cpu terms");
+    let t = terms
+        .iter()
+        .find(|t| t["term"] == name)
+        .unwrap_or_else(|| panic!("term {name} in {component}"));
+    &t["cores"]
+}
+
+#[test]
+fn json_arithmetic_matches_a_hand_computation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cal = write_calibration(dir.path(), ROUND);
+    let cal = cal.to_str().expect("utf-8 path");
+    let v = json(&[
+        "--calibration",
+        cal,
+        "--connections",
+        "1000",
+        "--publish-rate",
+        "100000",
+        "--fan-out",
+        "2",
+        "--payload",
+        "100B",
+        "--qos",
+        "1",
+        "--new-connections-per-second",
+        "10",
+        "--keep-alive",
+        "10s",
+        "--headroom",
+        "0.5",
+    ]);
+    assert_close(&v["inputs"]["deliveries_per_s"], 200_000.0);
+    assert_close(&v["inputs"]["pingreqs_per_s"], 100.0);
+    assert_eq!(v["calibration"]["source"], cal);
+    assert_eq!(
+        v["calibration"]["measured"]["command"],
+        "mqttlb bench calibrate --out round.toml"
+    );
+
+    // Proxy: 2 nodes, sized for 1 carrying everything.
+    let p = &v["proxy"];
+    assert_eq!(p["nodes"], 2);
+    assert_eq!(p["per_node"]["live_nodes"], 1);
+    assert_close(term(p, "handshakes"), 0.01); // 10/s × 1000 µs
+    assert_close(term(p, "relay_publish"), 3.0); // (100k + 200k)/s × 10 µs
+    assert_close(term(p, "relay_acks"), 2.7); // 300k PUBACK/s × (10 − 100 B × 10 ns) µs
+    assert_close(term(p, "keep_alive"), 0.0018); // 2 × 1000 / 10 s × 9 µs
+    assert_close(&p["per_node"]["cpu_busy"], 5.7118);
+    assert_eq!(p["per_node"]["cores"], 12); // 5.7118 / 0.5
+    assert_eq!(p["per_node_all_up"]["cores"], 6); // 2.8559 / 0.5
+    // 10 MiB + 1000 × 16 KiB + 2000 sockets × 4 KiB = 33.4375 MiB.
+    assert_close(&p["per_node"]["memory_used_mib"], 33.4375);
+    assert_close(&p["per_node"]["memory_mib"], 66.875);
+    assert_eq!(p["bottleneck"], "message_relay");
+    // Losing one proxy: 500 clients × 1000 µs on 12 − 5.7118 spare cores.
+    assert_close(&p["reconnect_storm"]["cpu_seconds"], 0.5);
+    assert_close(&p["reconnect_storm"]["seconds_at_spare"], 0.5 / 6.2882);
+
+    // Broker: 3 nodes, sized for 2; every node parses every message.
+    let b = &v["broker"];
+    assert_eq!(b["per_node"]["live_nodes"], 2);
+    assert_close(term(b, "connects"), 0.00025); // 5/s × 50 µs
+    assert_close(term(b, "publish_in"), 0.25); // 50k/s × 5 µs
+    assert_close(term(b, "deliveries"), 0.4); // 100k/s × 4 µs
+    assert_close(term(b, "qos_acks"), 0.15); // 150k exchanges × 2/2 µs
+    assert_close(term(b, "mesh"), 0.55); // 50k × (5 + 4 + 2 × 1) µs
+    assert_close(term(b, "keep_alive"), 0.00045); // 50/s × (5 + 4) µs
+    assert_close(&b["per_node"]["cpu_busy"], 1.3507);
+    assert_eq!(b["per_node"]["cores"], 3);
+    // 20 MiB + 500 × (10 + 4) KiB.
+    assert_close(
+        &b["per_node"]["memory_used_mib"],
+        20.0 + 500.0 * 14.0 / 1024.0,
+    );
+    assert_eq!(b["bottleneck"], "message_routing");
+    assert_eq!(v["warnings"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn publishers_and_subscribers_give_rate_and_fan_out() {
+    let v = json(&[
+        "--publishers",
+        "100",
+        "--subscribers",
+        "1000",
+        "--rate-per-publisher",
+        "2",
+        "--topics",
+        "10",
+    ]);
+    let i = &v["inputs"];
+    assert_close(&i["publish_rate"], 200.0);
+    assert_close(&i["fan_out"], 100.0); // 1000 subscribers over 10 topics
+    assert_close(&i["deliveries_per_s"], 20_000.0);
+    assert_eq!(i["connections"], 1100);
+}
+
+#[test]
+fn shipped_calibration_parses_and_is_the_default() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/calibration.toml");
+    let text = std::fs::read_to_string(&path).expect("config/calibration.toml");
+    let cal: Calibration = toml::from_str(&text).expect("deserializes into Calibration");
+    assert_eq!(
+        Calibration::parse("config/calibration.toml", &text).expect("valid"),
+        cal
+    );
+
+    let v = json(&[]);
+    assert_eq!(
+        v["calibration"]["source"],
+        "config/calibration.toml (built in)"
+    );
+    assert_eq!(
+        v["calibration"]["measured"]["command"].as_str(),
+        Some(cal.measured.command.as_str())
+    );
+
+    let out = run(&["--connections", "100000", "--publish-rate", "20000"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "connections          100,000",
+        "size each node",
+        "bottleneck",
+        "relay PUBLISH",
+        "mesh",
+        cal.measured.command.as_str(),
+    ] {
+        assert!(text.contains(expected), "{expected:?} in\n{text}");
+    }
+}
+
+#[test]
+fn bad_flags_exit_64_naming_the_flag() {
+    let cases: [(&[&str], &str); 10] = [
+        (&["--tls-share", "1.5"], "--tls-share"),
+        (&["--headroom", "0"], "--headroom"),
+        (&["--headroom", "1.5"], "--headroom"),
+        (&["--publish-rate=-5"], "--publish-rate"),
+        (&["--payload", "lots"], "--payload"),
+        (&["--keep-alive", "forever"], "--keep-alive"),
+        (&["--qos", "3"], "--qos"),
+        (&["--broker-nodes", "0"], "--broker-nodes"),
+        (
+            &["--publish-rate", "1", "--publishers", "1"],
+            "--publishers",
+        ),
+        (&["--topics", "5"], "--subscribers"),
+    ];
+    for (args, flag) in cases {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {flag} in {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn bad_calibration_exits_64_naming_file_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            ROUND.replace("connect_cpu_us = 50.0", "connect_cpu_us = -50.0"),
+            "broker.connect_cpu_us",
+        ),
+        (
+            ROUND.replace("cpus = 64", "cpus = 64\ncores = 64"),
+            "unknown field `cores`",
+        ),
+        (
+            ROUND.replace("relay_cpu_ns_per_byte = 10.0", ""),
+            "relay_cpu_ns_per_byte",
+        ),
+        (ROUND.replace("[broker]", "[broker"), "line 19"),
+    ];
+    for (text, key) in &cases {
+        let path = write_calibration(dir.path(), text);
+        let out = run(&["--calibration", path.to_str().expect("utf-8 path")]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{key}: {stderr}");
+        assert!(stderr.contains(path.to_str().unwrap_or("?")), "{stderr}");
+        assert!(stderr.contains(key), "{key} in {stderr}");
+    }
+
+    let missing = dir.path().join("missing.toml");
+    let out = run(&["--calibration", missing.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
