@@ -1837,29 +1837,61 @@ mod tests {
     #[test]
     fn shipped_calibration_parses() {
         let cal = Calibration::parse("c", DEFAULT_CALIBRATION).unwrap();
-        assert!(cal.is_placeholder());
+        assert!(
+            !cal.is_placeholder(),
+            "the shipped calibration was measured"
+        );
+        assert!(cal.measured.command.contains("bench calibrate"));
         assert_eq!(cal.coefficients().len(), 13);
         let (source, loaded) = load_calibration(None).unwrap();
         assert_eq!((source.as_str(), loaded), (DEFAULT_CALIBRATION_SOURCE, cal));
     }
 
+    /// A calibration text with round values, independent of the shipped one.
+    const SAMPLE: &str = r#"
+[measured]
+command = "mqttlb bench calibrate --out c.toml"
+date = "2026-01-01T00:00:00Z"
+mqttlb_version = "0.1.0"
+cpu_model = "test"
+cpus = 8
+payload_bytes = 64
+
+[proxy]
+tls_connect_cpu_us = 200.0
+plain_connect_cpu_us = 80.0
+relay_cpu_us_per_packet = 10.0
+relay_cpu_ns_per_byte = 0.5
+rss_base_mib = 12.0
+rss_per_tls_connection_kib = 14.0
+rss_per_plain_connection_kib = 7.0
+
+[broker]
+cpu_us_per_publish_in = 5.0
+cpu_us_per_delivery = 8.0
+qos1_extra_cpu_us = 5.0
+connect_cpu_us = 60.0
+rss_base_mib = 7.0
+rss_per_connection_kib = 12.0
+"#;
+
     #[test]
     fn calibration_errors_name_file_key_and_line() {
-        let unknown = DEFAULT_CALIBRATION.replace("cpus = 8", "cpus = 8\ncores = 8");
+        assert!(Calibration::parse("sample", SAMPLE).is_ok());
+        let unknown = SAMPLE.replace("cpus = 8", "cpus = 8\ncores = 8");
         let e = Calibration::parse("cal.toml", &unknown)
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("cal.toml: measured"), "{e}");
         assert!(e.contains("cores") && e.contains("(line "), "{e}");
 
-        let wrong_type =
-            DEFAULT_CALIBRATION.replace("connect_cpu_us = 60.0", "connect_cpu_us = \"fast\"");
+        let wrong_type = SAMPLE.replace("connect_cpu_us = 60.0", "connect_cpu_us = \"fast\"");
         let e = Calibration::parse("cal.toml", &wrong_type)
             .unwrap_err()
             .to_string();
         assert!(e.contains("broker.connect_cpu_us"), "{e}");
 
-        let negative = DEFAULT_CALIBRATION.replace("rss_base_mib = 12.0", "rss_base_mib = -1.0");
+        let negative = SAMPLE.replace("rss_base_mib = 12.0", "rss_base_mib = -1.0");
         let e = Calibration::parse("cal.toml", &negative)
             .unwrap_err()
             .to_string();
@@ -1868,8 +1900,7 @@ mod tests {
             "cal.toml: proxy.rss_base_mib: expected a finite number ≥ 0, got -1"
         );
 
-        let nan = DEFAULT_CALIBRATION
-            .replace("relay_cpu_ns_per_byte = 0.5", "relay_cpu_ns_per_byte = nan");
+        let nan = SAMPLE.replace("relay_cpu_ns_per_byte = 0.5", "relay_cpu_ns_per_byte = nan");
         let e = Calibration::parse("cal.toml", &nan)
             .unwrap_err()
             .to_string();
