@@ -1,0 +1,351 @@
+//! Output: the human-readable report and the `--json` one.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::calibration::Calibration;
+use super::model::{ComponentEstimate, Estimate, NodeFigures, Term, Workload, to_f64};
+
+/// Everything `--json` prints.
+#[derive(Debug, Serialize)]
+pub struct Report<'a> {
+    pub inputs: Inputs<'a>,
+    pub calibration: CalibrationInfo<'a>,
+    pub proxy: &'a ComponentEstimate,
+    pub broker: &'a ComponentEstimate,
+    pub warnings: &'a [String],
+}
+
+/// The workload with its derived rates.
+#[derive(Debug, Serialize)]
+pub struct Inputs<'a> {
+    #[serde(flatten)]
+    pub workload: &'a Workload,
+    pub deliveries_per_s: f64,
+    pub pingreqs_per_s: f64,
+}
+
+/// The calibration used and where it came from.
+#[derive(Debug, Serialize)]
+pub struct CalibrationInfo<'a> {
+    pub source: &'a str,
+    #[serde(flatten)]
+    pub calibration: &'a Calibration,
+}
+
+/// The `--json` report.
+pub fn render_json(
+    w: &Workload,
+    source: &str,
+    cal: &Calibration,
+    e: &Estimate,
+    warnings: &[String],
+) -> String {
+    let report = Report {
+        inputs: Inputs {
+            workload: w,
+            deliveries_per_s: w.deliveries_per_s(),
+            pingreqs_per_s: w.pingreqs_per_s(),
+        },
+        calibration: CalibrationInfo {
+            source,
+            calibration: cal,
+        },
+        proxy: &e.proxy,
+        broker: &e.broker,
+        warnings,
+    };
+    // Serialising plain structs of finite numbers and strings cannot fail;
+    // fall back to an empty object rather than panic.
+    let mut s = serde_json::to_string_pretty(&report).unwrap_or_else(|_| "{}".to_string());
+    s.push('\n');
+    s
+}
+
+/// A count or rate for people: 1,234,567 / 123 / 12.3 / 1.23.
+pub(super) fn fmt_num(x: f64) -> String {
+    let a = x.abs();
+    if !x.is_finite() {
+        x.to_string()
+    } else if a >= 999.5 {
+        let digits = format!("{:.0}", a);
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        if x < 0.0 { format!("-{out}") } else { out }
+    } else if a >= 99.95 || x.fract() == 0.0 {
+        format!("{x:.0}")
+    } else if a >= 9.995 {
+        format!("{x:.1}")
+    } else if a >= 0.01 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+/// Memory given in MiB, in the unit that reads best.
+fn fmt_mib(mib: f64) -> String {
+    if mib < 1.0 {
+        format!("{} KiB", fmt_num(mib * 1024.0))
+    } else if mib < 1024.0 {
+        format!("{} MiB", fmt_num(mib))
+    } else if mib < 1024.0 * 1024.0 {
+        format!("{:.2} GiB", mib / 1024.0)
+    } else {
+        format!("{:.2} TiB", mib / 1024.0 / 1024.0)
+    }
+}
+
+fn fmt_cores(n: u64) -> String {
+    match n {
+        1 => "1 core".to_string(),
+        2..1000 => format!("{n} cores"),
+        _ => format!("{} cores", fmt_num(to_f64(n))),
+    }
+}
+
+fn fmt_payload(bytes: u64) -> String {
+    if bytes < 1024 {
+        format!("{bytes} B")
+    } else {
+        fmt_mib(to_f64(bytes) / 1024.0 / 1024.0)
+    }
+}
+
+fn render_component(out: &mut String, name: &str, c: &ComponentEstimate, w: &Workload) {
+    let (title, sized) = if c.nodes > 1 {
+        (
+            format!(
+                "{} nodes, each sized for one lost ({} carrying the load)",
+                c.nodes, c.per_node.live_nodes
+            ),
+            "one node, one lost",
+        )
+    } else {
+        ("1 node: no redundancy".to_string(), "the node")
+    };
+    let node = |label: &str, f: &NodeFigures| {
+        format!(
+            "  {label:<20} {}, {}  ({} cores busy, {} used)\n",
+            fmt_cores(f.cores),
+            fmt_mib(f.memory_mib),
+            fmt_num(f.cpu_busy),
+            fmt_mib(f.memory_used_mib)
+        )
+    };
+    let _ = writeln!(out, "{name}: {title}");
+    out.push_str(&node("size each node", &c.per_node));
+    if c.nodes > 1 {
+        out.push_str(&node(
+            &format!("all {} up, each", c.nodes),
+            &c.per_node_all_up,
+        ));
+    }
+    out.push_str(&node("one node for all", &c.single_node));
+    let _ = writeln!(
+        out,
+        "  {:<20} {} ({:.0} % of a node's cost)",
+        "bottleneck",
+        c.bottleneck.describe(),
+        c.bottleneck_share * 100.0
+    );
+    let _ = writeln!(out, "  CPU of {sized}: rate × cost = cores busy");
+    for t in &c.cpu {
+        let _ = writeln!(
+            out,
+            "    {:<16} {:>10} × {:>8} µs = {:>7.3}",
+            t.term.label(),
+            format!("{}/s", fmt_num(t.rate_per_s)),
+            fmt_num(t.unit_cpu_us),
+            t.cores
+        );
+    }
+    let _ = writeln!(
+        out,
+        "    {:<44}{:>7.3} / {} → {}",
+        "total",
+        c.per_node.cpu_busy,
+        w.headroom,
+        fmt_cores(c.per_node.cores)
+    );
+    let _ = writeln!(out, "  memory of {sized}: count × size");
+    for t in &c.memory {
+        if t.term == Term::BaseMemory {
+            let _ = writeln!(out, "    {:<16} {:>38}", t.term.label(), fmt_mib(t.mib));
+        } else {
+            let _ = writeln!(
+                out,
+                "    {:<16} {:>10} × {:>8} KiB = {:>10}",
+                t.term.label(),
+                fmt_num(t.count),
+                fmt_num(t.unit_kib),
+                fmt_mib(t.mib)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "    {:<44}{:>11} / {} → {}",
+        "total",
+        fmt_mib(c.per_node.memory_used_mib),
+        w.headroom,
+        fmt_mib(c.per_node.memory_mib)
+    );
+    if let Some(s) = &c.reconnect_storm {
+        let time = match s.seconds_at_spare {
+            Some(t) => format!("≈ {} s on the survivors' spare cores", fmt_num(t)),
+            None => "the survivors have no spare cores (--headroom 1)".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<20} {} clients reconnect: {} CPU-s, {time}",
+            "losing a node",
+            fmt_num(s.clients),
+            fmt_num(s.cpu_seconds)
+        );
+    }
+    let _ = writeln!(out);
+}
+
+/// The human-readable report.
+pub fn render_text(
+    w: &Workload,
+    source: &str,
+    cal: &Calibration,
+    e: &Estimate,
+    warnings: &[String],
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Workload");
+    let _ = writeln!(
+        out,
+        "  connections          {}, {:.0} % over TLS",
+        fmt_num(to_f64(w.connections)),
+        w.tls_share * 100.0
+    );
+    if let Some(ps) = &w.pubsub {
+        let _ = writeln!(
+            out,
+            "  publishers           {} × {} msg/s; {} subscribers over {} topic{}",
+            fmt_num(to_f64(ps.publishers)),
+            fmt_num(ps.rate_per_publisher),
+            fmt_num(to_f64(ps.subscribers)),
+            fmt_num(to_f64(ps.topics)),
+            if ps.topics == 1 { "" } else { "s" }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  messages             {} published/s × fan-out {} = {} deliveries/s",
+        fmt_num(w.publish_rate),
+        fmt_num(w.fan_out),
+        fmt_num(w.deliveries_per_s())
+    );
+    let _ = writeln!(
+        out,
+        "  payload, QoS         {}, QoS {}",
+        fmt_payload(w.payload_bytes),
+        w.qos.level()
+    );
+    let _ = writeln!(
+        out,
+        "  new connections      {}/s{}",
+        fmt_num(w.new_connections_per_s),
+        if w.new_connections_default {
+            " (default: each client reconnects once an hour)"
+        } else {
+            ""
+        }
+    );
+    if w.keep_alive_s > 0.0 {
+        let _ = writeln!(
+            out,
+            "  keep-alive           {} s: {} PINGREQ/s and as many PINGRESP/s",
+            fmt_num(w.keep_alive_s),
+            fmt_num(w.pingreqs_per_s())
+        );
+    } else {
+        let _ = writeln!(out, "  keep-alive           off");
+    }
+    let _ = writeln!(
+        out,
+        "  headroom             the load may use {:.0} % of a node's cores and memory",
+        w.headroom * 100.0
+    );
+    let _ = writeln!(
+        out,
+        "  nodes                {} proxy, {} broker; {} GiB per core",
+        w.proxy_nodes,
+        w.broker_nodes,
+        fmt_num(w.gib_per_core)
+    );
+    let _ = writeln!(out);
+    let m = &cal.measured;
+    let _ = writeln!(out, "Calibration          {source}");
+    let _ = writeln!(out, "  measured by        {}", m.command);
+    let _ = writeln!(
+        out,
+        "  on                 {}, {} CPUs ({}), mqttlb {}",
+        m.date, m.cpus, m.cpu_model, m.mqttlb_version
+    );
+    let _ = writeln!(out);
+    render_component(&mut out, "Proxy", &e.proxy, w);
+    render_component(&mut out, "Broker (mqttlb broker)", &e.broker, w);
+    if !warnings.is_empty() {
+        let _ = writeln!(out, "Notes");
+        for n in warnings {
+            let _ = writeln!(out, "  - {n}");
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(
+        out,
+        "OS limits for this load: mqttlb doctor --connections {:.0}",
+        e.proxy.per_node.connections.ceil()
+    );
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::float_cmp)]
+mod tests {
+    use super::*;
+    use crate::estimate::estimate;
+    use crate::estimate::model::tests::{round, workload};
+
+    #[test]
+    fn number_formatting() {
+        assert_eq!(fmt_num(0.0), "0");
+        assert_eq!(fmt_num(27.78), "27.8");
+        assert_eq!(fmt_num(1234567.4), "1,234,567");
+        assert_eq!(fmt_num(999.6), "1,000");
+        assert_eq!(fmt_num(100.0), "100");
+        assert_eq!(fmt_num(15.0), "15");
+        assert_eq!(fmt_num(0.5), "0.50");
+        assert_eq!(fmt_mib(0.5), "512 KiB");
+        assert_eq!(fmt_mib(2048.0), "2.00 GiB");
+    }
+
+    #[test]
+    fn reports_render_every_figure() {
+        let (w, cal) = (workload(), round());
+        let e = estimate(&w, &cal).unwrap();
+        let text = render_text(&w, "cal.toml", &cal, &e, &[]);
+        assert!(text.contains("Calibration          cal.toml"), "{text}");
+        assert!(text.contains("size each node       7 cores"), "{text}");
+        assert!(text.contains("message relay"), "{text}");
+        let json: serde_json::Value =
+            serde_json::from_str(&render_json(&w, "cal.toml", &cal, &e, &[])).unwrap();
+        assert_eq!(json["proxy"]["per_node"]["cores"], 7);
+        assert_eq!(json["proxy"]["bottleneck"], "message_relay");
+        assert_eq!(json["inputs"]["deliveries_per_s"], 200_000.0);
+        assert_eq!(json["inputs"]["qos"], 0);
+        assert_eq!(json["calibration"]["measured"]["command"], "test");
+    }
+}
