@@ -109,6 +109,14 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
     pub crl: Option<PathBuf>,
     pub min_version: TlsVersion,
+    /// Cipher suites by name, in order of preference (`None`: mqttlb's
+    /// default order, see `tls::DEFAULT_CIPHER_SUITES`). Names are checked
+    /// against the crypto provider when the listener is built.
+    pub cipher_suites: Option<Vec<String>>,
+    /// Key-exchange groups by name, in order of preference.
+    pub kx_groups: Option<Vec<String>>,
+    /// Choose the suite by the server's order, not the client's.
+    pub prefer_server_order: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -968,6 +976,17 @@ impl Cx {
             TlsVersion::V12,
             &[("1.2", TlsVersion::V12), ("1.3", TlsVersion::V13)],
         );
+        for (list, name) in [
+            (&raw.cipher_suites, "cipher_suites"),
+            (&raw.kx_groups, "kx_groups"),
+        ] {
+            if list.as_ref().is_some_and(Vec::is_empty) {
+                self.err(
+                    &format!("{k}.{name}"),
+                    "must name at least one, or be left out for the default",
+                );
+            }
+        }
         TlsConfig {
             default_cert,
             sni,
@@ -975,6 +994,9 @@ impl Cx {
             client_ca,
             crl,
             min_version,
+            cipher_suites: raw.cipher_suites,
+            kx_groups: raw.kx_groups,
+            prefer_server_order: raw.prefer_server_order.unwrap_or(true),
         }
     }
 }

@@ -46,6 +46,9 @@ pub struct RawTls {
     pub client_ca: Option<String>,
     pub crl: Option<String>,
     pub min_version: Option<String>,
+    pub cipher_suites: Option<Vec<String>>,
+    pub kx_groups: Option<Vec<String>>,
+    pub prefer_server_order: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
