@@ -211,6 +211,7 @@ impl TlsAcceptor {
         };
         let mut config = builder.with_cert_resolver(resolver);
         config.ignore_client_order = cfg.prefer_server_order;
+        config.send_tls13_tickets = usize::from(cfg.session_tickets);
         config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
             .map_err(|e| TlsSetupError::new(key, format!("session ticketer: {e}")))?;
         config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
@@ -409,6 +410,7 @@ mod tests {
             cipher_suites: suites.map(owned),
             kx_groups: groups.map(owned),
             prefer_server_order: true,
+            session_tickets: 1,
         }
     }
 

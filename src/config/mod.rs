@@ -117,6 +117,9 @@ pub struct TlsConfig {
     pub kx_groups: Option<Vec<String>>,
     /// Choose the suite by the server's order, not the client's.
     pub prefer_server_order: bool,
+    /// TLS 1.3 session tickets sent after each full handshake (0: no
+    /// resumption by ticket).
+    pub session_tickets: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -270,6 +273,9 @@ pub mod defaults {
     pub const CONNECT_ATTEMPTS: u32 = 3;
     /// Brokers answer a CONNECT in milliseconds; a node that takes seconds
     /// is stalled, and clients commonly give up after 5 to 30 s.
+    /// One ticket per full handshake: a device resumes one connection at a
+    /// time (rustls sends 2, for clients that open connections in parallel).
+    pub const SESSION_TICKETS: u8 = 1;
     pub const CONNACK_TIMEOUT: Duration = Duration::from_secs(3);
     pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
     pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -997,6 +1003,14 @@ impl Cx {
             cipher_suites: raw.cipher_suites,
             kx_groups: raw.kx_groups,
             prefer_server_order: raw.prefer_server_order.unwrap_or(true),
+            session_tickets: match raw.session_tickets {
+                Some(n) if n > 8 => {
+                    self.err(&format!("{k}.session_tickets"), "at most 8");
+                    8
+                }
+                Some(n) => n,
+                None => defaults::SESSION_TICKETS,
+            },
         }
     }
 }

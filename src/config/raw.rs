@@ -49,6 +49,7 @@ pub struct RawTls {
     pub cipher_suites: Option<Vec<String>>,
     pub kx_groups: Option<Vec<String>>,
     pub prefer_server_order: Option<bool>,
+    pub session_tickets: Option<u8>,
 }
 
 #[derive(Debug, Default, Deserialize)]
