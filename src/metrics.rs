@@ -3,8 +3,9 @@
 //!
 //! Labels are bounded: listener, backend, reason, result, protocol,
 //! direction. Per-listener and per-backend handles are resolved once when a
-//! listener or backend is created, so the data path never looks a label set
-//! up in a map.
+//! listener or backend is created, so the data path of a connection that
+//! succeeds never looks a label set up in a map (failure reasons, the rare
+//! path, do).
 
 use std::sync::Arc;
 
@@ -14,6 +15,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::mqtt::ProtocolVersion;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
@@ -246,6 +249,21 @@ impl Metrics {
             downstream_bytes: self.bytes.get_or_create_owned(&DirectionLabel {
                 direction: Direction::downstream,
             }),
+            handshake_ok: self.tls_handshakes.get_or_create_owned(&ResultLabel {
+                listener: label.listener.clone(),
+                result: "ok",
+            }),
+            connects: [
+                ProtocolVersion::V31,
+                ProtocolVersion::V311,
+                ProtocolVersion::V5,
+            ]
+            .map(|v| {
+                self.mqtt_connects.get_or_create_owned(&ProtocolLabel {
+                    listener: label.listener.clone(),
+                    protocol: v.as_str(),
+                })
+            }),
             name: label.listener,
             families: self.clone(),
         }
@@ -297,6 +315,10 @@ pub struct ListenerMetrics {
     pub handshake_duration: Histogram,
     pub upstream_bytes: Counter,
     pub downstream_bytes: Counter,
+    /// Per-connection outcomes, resolved once: the data path never looks a
+    /// label set up for a successful handshake or a CONNECT.
+    handshake_ok: Counter,
+    connects: [Counter; 3],
     name: Arc<String>,
     families: Metrics,
 }
@@ -313,7 +335,13 @@ impl ListenerMetrics {
             .inc();
     }
 
+    /// Count a TLS handshake by result ("ok" is pre-resolved; failures
+    /// look their label up).
     pub fn handshake(&self, result: &'static str) {
+        if result == "ok" {
+            self.handshake_ok.inc();
+            return;
+        }
         self.families
             .tls_handshakes
             .get_or_create(&ResultLabel {
@@ -323,14 +351,15 @@ impl ListenerMetrics {
             .inc();
     }
 
-    pub fn mqtt_connect(&self, protocol: &'static str) {
-        self.families
-            .mqtt_connects
-            .get_or_create(&ProtocolLabel {
-                listener: self.name.clone(),
-                protocol,
-            })
-            .inc();
+    pub fn mqtt_connect(&self, protocol: ProtocolVersion) {
+        let i = match protocol {
+            ProtocolVersion::V31 => 0,
+            ProtocolVersion::V311 => 1,
+            ProtocolVersion::V5 => 2,
+        };
+        if let Some(c) = self.connects.get(i) {
+            c.inc();
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use super::ListenerCtx;
 use super::header;
 use super::splice::{Kick, SpliceEnd, SpliceError, splice};
 use crate::balance::{ActiveGuard, Backend, Pool};
-use crate::config::{HashKey, MqttListenerConfig};
+use crate::config::{HashKey, MqttListenerConfig, ProxyProtocol};
 use crate::mqtt::framing::FrameTracker;
 use crate::mqtt::packets::{
     ConnackHead, ConnackVerdict, connack_head, connack_server_unavailable, connack_verdict,
@@ -61,7 +61,13 @@ pub async fn handle(ctx: Arc<ListenerCtx>, tcp: TcpStream, peer: SocketAddr, con
     );
     async move {
         let _ = tcp.set_nodelay(true);
-        let local = tcp.local_addr().unwrap_or(ctx.local_addr);
+        // The local address only goes into a PROXY header: skip the
+        // getsockname(2) when no header is sent.
+        let local = if ctx.pool.proxy_protocol == ProxyProtocol::Off {
+            ctx.local_addr
+        } else {
+            tcp.local_addr().unwrap_or(ctx.local_addr)
+        };
         match &ctx.tls {
             None => serve_client(&ctx, tcp, peer, local, None, conn_id).await,
             Some(acceptor) => {
@@ -285,7 +291,7 @@ fn connect_hello(
     connect: crate::mqtt::Connect<'_>,
     tls: Option<&TlsInfo>,
 ) -> (ProtocolVersion, Option<Vec<u8>>, Duration) {
-    ctx.metrics.mqtt_connect(connect.protocol.as_str());
+    ctx.metrics.mqtt_connect(connect.protocol);
     Span::current().record("client_id", connect.client_id);
     debug!(
         protocol = connect.protocol.as_str(),
