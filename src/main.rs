@@ -15,7 +15,7 @@ use mqttlb::proxy::{Proxy, ProxyHandle};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 const EXIT_USAGE: u8 = 64;
 
@@ -222,14 +222,23 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
+/// Raise the open-file limit and grow the descriptor table to match, before
+/// any thread starts (see `sys::reserve_fd_table`).
 fn log_nofile() {
     match mqttlb::sys::raise_nofile() {
-        Ok(l) => info!(
-            soft_before = l.soft_before,
-            soft = l.soft,
-            hard = l.hard,
-            "open-file limit"
-        ),
+        Ok(l) => {
+            info!(
+                soft_before = l.soft_before,
+                soft = l.soft,
+                hard = l.hard,
+                "open-file limit"
+            );
+            match mqttlb::sys::reserve_fd_table(l.soft) {
+                Ok(Some(fd)) => debug!(held = fd, "file-descriptor table grown ahead"),
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "could not grow the file-descriptor table ahead"),
+            }
+        }
         Err(e) => warn!(error = %e, "could not raise the open-file limit"),
     }
 }

@@ -188,6 +188,13 @@ pub fn main(args: BenchArgs) -> u8 {
         eprintln!("mqttlb bench: {e}");
         return EXIT_USAGE;
     }
+    // Before any thread starts: raise the open-file limit and grow the
+    // descriptor table for the run, so connecting never waits for the
+    // kernel to grow it (sys::reserve_fd_table).
+    if let Ok(l) = crate::sys::raise_nofile() {
+        let want = (clients(&args) as u64).saturating_mul(2).saturating_add(256);
+        let _ = crate::sys::reserve_fd_table(want.min(l.soft));
+    }
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
