@@ -192,7 +192,9 @@ pub fn main(args: BenchArgs) -> u8 {
     // descriptor table for the run, so connecting never waits for the
     // kernel to grow it (sys::reserve_fd_table).
     if let Ok(l) = crate::sys::raise_nofile() {
-        let want = (clients(&args) as u64).saturating_mul(2).saturating_add(256);
+        let want = (clients(&args) as u64)
+            .saturating_mul(2)
+            .saturating_add(256);
         let _ = crate::sys::reserve_fd_table(want.min(l.soft));
     }
     let threads = args
