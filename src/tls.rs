@@ -447,17 +447,14 @@ mod tests {
             "listener[0].tls",
             &cfg(Some(&["TLS_RSA_WITH_RC4_128_MD5"]), None),
         )
-        .err()
-        .expect("refused");
+        .expect_err("refused");
         let text = e.to_string();
         assert!(text.contains("listener[0].tls.cipher_suites"), "{text}");
         assert!(
             text.contains("TLS13_AES_128_GCM_SHA256"),
             "lists the known names: {text}"
         );
-        let e = listener_provider("l", &cfg(None, Some(&["ffdhe2048"])))
-            .err()
-            .expect("refused");
+        let e = listener_provider("l", &cfg(None, Some(&["ffdhe2048"]))).expect_err("refused");
         assert!(e.to_string().contains("l.kx_groups"), "{e}");
     }
 }
