@@ -69,28 +69,20 @@ pub async fn handle(ctx: Arc<ListenerCtx>, tcp: TcpStream, peer: SocketAddr, con
             tcp.local_addr().unwrap_or(ctx.local_addr)
         };
         match &ctx.tls {
-            None => serve_client(&ctx, tcp, peer, local, None, conn_id).await,
+            None => {
+                let mut tcp = tcp;
+                serve_client(&ctx, &mut tcp, peer, local, None, conn_id).await
+            }
             Some(acceptor) => {
-                let started = Instant::now();
-                match timeout(ctx.limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
-                    Err(_) => {
-                        ctx.metrics.handshake("timeout");
-                        ctx.metrics.rejected("tls_handshake_timeout");
-                        debug!("TLS handshake timed out");
-                    }
-                    Ok(Err(e)) => {
-                        ctx.metrics.handshake("failed");
-                        ctx.metrics.rejected("tls_handshake_failed");
-                        debug!(error = %e, "TLS handshake failed");
-                    }
-                    Ok(Ok((stream, info))) => {
-                        ctx.metrics.handshake("ok");
-                        ctx.metrics
-                            .handshake_duration
-                            .observe(started.elapsed().as_secs_f64());
-                        serve_client(&ctx, stream, peer, local, Some(info), conn_id).await
-                    }
-                }
+                // Boxed: the handshake's state (rustls's handshake
+                // buffers, the acceptor futures) lives on the heap only
+                // while it runs, not in every connection's task for its
+                // whole life.
+                let Some((mut stream, info)) = Box::pin(tls_handshake(&ctx, acceptor, tcp)).await
+                else {
+                    return;
+                };
+                serve_client(&ctx, &mut stream, peer, local, Some(&info), conn_id).await
             }
         }
     }
@@ -98,18 +90,52 @@ pub async fn handle(ctx: Arc<ListenerCtx>, tcp: TcpStream, peer: SocketAddr, con
     .await
 }
 
+/// The TLS handshake under its deadline; failures are counted and logged
+/// here.
+async fn tls_handshake(
+    ctx: &ListenerCtx,
+    acceptor: &crate::tls::TlsAcceptor,
+    tcp: TcpStream,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo)> {
+    let started = Instant::now();
+    match timeout(ctx.limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
+        Err(_) => {
+            ctx.metrics.handshake("timeout");
+            ctx.metrics.rejected("tls_handshake_timeout");
+            debug!("TLS handshake timed out");
+            None
+        }
+        Ok(Err(e)) => {
+            ctx.metrics.handshake("failed");
+            ctx.metrics.rejected("tls_handshake_failed");
+            debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Ok(Ok(done)) => {
+            ctx.metrics.handshake("ok");
+            ctx.metrics
+                .handshake_duration
+                .observe(started.elapsed().as_secs_f64());
+            Some(done)
+        }
+    }
+}
+
+/// Everything after the handshake. Takes the client stream by reference
+/// so that it lives once, in the connection task, not again inside this
+/// future.
 async fn serve_client<S>(
     ctx: &ListenerCtx,
-    mut client: S,
+    client: &mut S,
     peer: SocketAddr,
     local: SocketAddr,
-    tls: Option<TlsInfo>,
+    tls: Option<&TlsInfo>,
     conn_id: u64,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let hello = match &ctx.mqtt {
-        Some(mqtt) => match read_connect(ctx, mqtt, &mut client, tls.as_ref()).await {
+        Some(mqtt) => match read_connect(ctx, mqtt, client, tls).await {
             Ok(h) => h,
             Err(reason) => {
                 ctx.metrics.rejected(reason);
@@ -133,7 +159,7 @@ async fn serve_client<S>(
         ctx.pool.proxy_protocol,
         peer,
         local,
-        tls.as_ref(),
+        tls,
         &unique_id(ctx.instance_nonce, conn_id),
         &mut first,
     );
@@ -189,7 +215,7 @@ async fn serve_client<S>(
     let kickable = (hello.protocol == Some(ProtocolVersion::V5)).then(|| backend.kickable(conn_id));
     let started = Instant::now();
     let (result, moved) = splice(
-        &mut client,
+        client,
         &mut upstream,
         hello.idle,
         ctx.metrics.upstream_bytes.clone(),
