@@ -209,11 +209,14 @@ fn config_failure(e: &ConfigErrors) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+/// The multi-threaded runtime; `worker_threads` 0 lets tokio size it from
+/// the CPUs this process may use (or `TOKIO_WORKER_THREADS`).
+fn runtime(worker_threads: usize) -> Option<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    match builder.enable_all().build() {
         Ok(r) => Some(r),
         Err(e) => {
             error!(error = %e, "cannot start the runtime");
@@ -266,7 +269,7 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let Some(runtime) = runtime() else {
+    let Some(runtime) = runtime(0) else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
@@ -286,7 +289,7 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
 
 fn run_demo(opts: DemoOptions) -> ExitCode {
     log_nofile();
-    let Some(runtime) = runtime() else {
+    let Some(runtime) = runtime(0) else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
@@ -323,6 +326,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
     };
     log_nofile();
     let admin_addr = config.admin;
+    let worker_threads = config.limits.worker_threads;
     let mut registry = Registry::default();
     let mut proxy = match Proxy::build(config, &mut registry) {
         Ok(p) => p,
@@ -337,7 +341,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let Some(runtime) = runtime() else {
+    let Some(runtime) = runtime(worker_threads) else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {

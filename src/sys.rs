@@ -9,9 +9,19 @@ use tokio::net::TcpListener;
 /// `net.core.somaxconn`). `SO_REUSEADDR` lets a restarted mqttlb bind while
 /// old connections sit in TIME_WAIT. Must be called inside a tokio runtime.
 pub fn bind_tcp(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    bind_one(addr, backlog, false)
+}
+
+fn bind_one(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     #[cfg(not(windows))]
     socket.set_reuse_address(true)?;
+    #[cfg(target_os = "linux")]
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = reuse_port;
     if addr.is_ipv6() {
         // "[::]:8883" serves IPv4 clients too, as operators expect.
         let _ = socket.set_only_v6(false);
@@ -20,6 +30,60 @@ pub fn bind_tcp(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> 
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     TcpListener::from_std(socket.into())
+}
+
+/// The listening sockets of one listener address.
+///
+/// On Linux a listener can open several sockets on the same address with
+/// `SO_REUSEPORT`: the kernel spreads incoming connections over them by a
+/// hash of the 4-tuple, each socket has its own accept queue and its own
+/// accept task, and no lock or shared queue sits between the worker
+/// threads on the accept path (NGINX's `reuseport`, HAProxy's default).
+/// Elsewhere `SO_REUSEPORT` does not balance, and one socket is opened.
+#[derive(Debug)]
+pub struct ListenerSockets {
+    sockets: Vec<TcpListener>,
+}
+
+impl ListenerSockets {
+    /// Bind `count` sockets (at least one) on `addr`. With port 0 the
+    /// first socket picks the port and the others join it.
+    pub fn bind(addr: SocketAddr, backlog: u32, count: usize) -> std::io::Result<ListenerSockets> {
+        let count = if cfg!(target_os = "linux") {
+            count.max(1)
+        } else {
+            1
+        };
+        let reuse_port = count > 1;
+        let first = bind_one(addr, backlog, reuse_port)?;
+        let addr = first.local_addr()?;
+        let mut sockets = Vec::with_capacity(count);
+        sockets.push(first);
+        for _ in 1..count {
+            sockets.push(bind_one(addr, backlog, reuse_port)?);
+        }
+        Ok(ListenerSockets { sockets })
+    }
+
+    /// The address the sockets listen on (the port chosen for port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self.sockets.first() {
+            Some(s) => s.local_addr(),
+            None => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    pub fn into_sockets(self) -> Vec<TcpListener> {
+        self.sockets
+    }
 }
 
 /// Open-file limits before and after raising the soft limit.
@@ -93,4 +157,55 @@ pub fn reserve_fd_table(fds: u64) -> std::io::Result<Option<i32>> {
 #[cfg(not(target_os = "linux"))]
 pub fn reserve_fd_table(_fds: u64) -> std::io::Result<Option<i32>> {
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn listener_sockets_share_one_port() {
+        let group = ListenerSockets::bind("127.0.0.1:0".parse().unwrap(), 16, 3).unwrap();
+        let addr = group.local_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        let expected = if cfg!(target_os = "linux") { 3 } else { 1 };
+        assert_eq!(group.len(), expected);
+        let sockets = group.into_sockets();
+        for s in &sockets {
+            assert_eq!(s.local_addr().unwrap(), addr);
+        }
+        // Every connection lands in one of the accept queues.
+        let _clients: Vec<_> = futures_connect(addr, 12).await;
+        let mut accepted = 0;
+        for s in &sockets {
+            while let Ok(Ok(_)) =
+                tokio::time::timeout(std::time::Duration::from_millis(200), s.accept()).await
+            {
+                accepted += 1;
+            }
+        }
+        assert_eq!(accepted, 12);
+    }
+
+    async fn futures_connect(addr: SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        v
+    }
+
+    #[test]
+    fn a_second_group_on_a_taken_port_fails() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let taken = bind_tcp("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+            let addr = taken.local_addr().unwrap();
+            // A listener without SO_REUSEPORT keeps the port to itself.
+            assert!(ListenerSockets::bind(addr, 16, 2).is_err());
+        });
+    }
 }

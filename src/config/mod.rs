@@ -72,6 +72,9 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     pub pool: String,
     pub backlog: u32,
+    /// Listening sockets on this address, each with its own accept task
+    /// (`SO_REUSEPORT`, Linux); 0 = one per worker thread.
+    pub accept_sockets: u32,
     pub tls: Option<TlsConfig>,
     /// `Some` = MQTT-aware (read the CONNECT before routing); `None` = plain
     /// pass-through.
@@ -253,6 +256,9 @@ pub struct Limits {
     /// Idle timeout of pass-through connections and of MQTT clients that
     /// disabled keep-alive.
     pub idle_timeout: Duration,
+    /// Runtime worker threads; 0 = one per CPU the process may use
+    /// (affinity and cgroup quota aware). Read at start only.
+    pub worker_threads: usize,
 }
 
 /// Defaults, in one place so the reference config and the code agree.
@@ -263,6 +269,10 @@ pub mod defaults {
     pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(10);
     pub const DRAIN_WINDOW: Duration = Duration::from_secs(30);
     pub const BACKLOG: u32 = 1024;
+    /// Upper bound of `listener.accept_sockets`.
+    pub const MAX_ACCEPT_SOCKETS: u32 = 256;
+    /// Upper bound of `limits.worker_threads`.
+    pub const MAX_WORKER_THREADS: u64 = 1024;
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const MAX_CONNECT_SIZE: usize = 64 * 1024;
     pub const KEEPALIVE_FACTOR: f64 = 1.5;
@@ -420,6 +430,20 @@ impl Config {
                 raw.limits.idle_timeout.as_deref(),
                 defaults::IDLE_TIMEOUT,
             ),
+            worker_threads: match raw.limits.worker_threads {
+                Some(n) if n > defaults::MAX_WORKER_THREADS => {
+                    cx.err(
+                        "limits.worker_threads",
+                        &format!(
+                            "must be at most {} (0 = one per CPU)",
+                            defaults::MAX_WORKER_THREADS
+                        ),
+                    );
+                    0
+                }
+                Some(n) => usize::try_from(n).unwrap_or(0),
+                None => 0,
+            },
         };
 
         let mut pools = BTreeMap::new();
@@ -878,6 +902,20 @@ impl Cx {
             Some(n) => n,
             None => defaults::BACKLOG,
         };
+        let accept_sockets = match raw.accept_sockets {
+            Some(n) if n > defaults::MAX_ACCEPT_SOCKETS => {
+                self.err(
+                    &format!("{k}.accept_sockets"),
+                    &format!(
+                        "must be at most {} (0 = one per worker thread)",
+                        defaults::MAX_ACCEPT_SOCKETS
+                    ),
+                );
+                0
+            }
+            Some(n) => n,
+            None => 0,
+        };
         let tls = raw.tls.map(|t| self.tls(&format!("{k}.tls"), t));
         let mqtt = raw.mqtt.map(|m| {
             let mk = format!("{k}.mqtt");
@@ -912,6 +950,7 @@ impl Cx {
             listen,
             pool,
             backlog,
+            accept_sockets,
             tls,
             mqtt,
             key: k,

@@ -31,6 +31,7 @@ pub struct RawListener {
     pub listen: Option<String>,
     pub pool: Option<String>,
     pub backlog: Option<u32>,
+    pub accept_sockets: Option<u32>,
     pub tls: Option<RawTls>,
     pub mqtt: Option<RawMqtt>,
 }
@@ -114,4 +115,5 @@ pub struct RawLimits {
     pub tls_handshake_timeout: Option<String>,
     pub drain_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub worker_threads: Option<u64>,
 }

@@ -30,6 +30,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+
+use crate::sys::ListenerSockets;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -215,8 +217,9 @@ impl Proxy {
         self.state.current.load().pools.get(name).cloned()
     }
 
-    /// Bind every listener with its backlog. Returned in config order.
-    pub fn bind(&self) -> std::io::Result<Vec<TcpListener>> {
+    /// Bind every listener with its backlog and accept sockets. Returned
+    /// in config order. Call inside the runtime that will serve them.
+    pub fn bind(&self) -> std::io::Result<Vec<ListenerSockets>> {
         self.state
             .current
             .load()
@@ -230,7 +233,7 @@ impl Proxy {
     /// Serve on `listeners` (from [`Proxy::bind`]) until `shutdown` is
     /// cancelled; then stop accepting and wait for connections to finish,
     /// at most `drain_timeout`, after which the rest are closed.
-    pub async fn run(self, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
+    pub async fn run(self, listeners: Vec<ListenerSockets>, shutdown: CancellationToken) {
         let state = self.state;
         let generation = state.current.load_full();
         state.restart_health_checks(&generation);
@@ -274,8 +277,14 @@ impl Proxy {
     }
 }
 
-fn bind_listener(l: &ListenerConfig) -> std::io::Result<TcpListener> {
-    crate::sys::bind_tcp(l.listen, l.backlog).map_err(|e| {
+fn bind_listener(l: &ListenerConfig) -> std::io::Result<ListenerSockets> {
+    let count = match l.accept_sockets {
+        0 => tokio::runtime::Handle::try_current()
+            .map(|h| h.metrics().num_workers())
+            .unwrap_or(1),
+        n => usize::try_from(n).unwrap_or(1),
+    };
+    ListenerSockets::bind(l.listen, l.backlog, count).map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!("listener {:?} on {}: {e}", l.name, l.listen),
@@ -315,23 +324,25 @@ impl ProxyState {
         self: &Arc<Self>,
         generation: &Generation,
         cfg: &ListenerConfig,
-        listener: TcpListener,
+        sockets: ListenerSockets,
         tls: Option<TlsAcceptor>,
     ) {
-        let local_addr = listener.local_addr().unwrap_or(cfg.listen);
+        let local_addr = sockets.local_addr().unwrap_or(cfg.listen);
         let Some(ctx) = self.listener_ctx(generation, cfg, local_addr, tls) else {
             warn!(listener = %cfg.name, pool = %cfg.pool, "listener names an unknown pool; not serving it");
             return;
         };
-        info!(listener = %cfg.name, addr = %local_addr, tls = ctx.tls.is_some(), mqtt = cfg.mqtt.is_some(), pool = %cfg.pool, "listening");
+        info!(listener = %cfg.name, addr = %local_addr, tls = ctx.tls.is_some(), mqtt = cfg.mqtt.is_some(), pool = %cfg.pool, accept_sockets = sockets.len(), "listening");
         let slot = Arc::new(ListenerSlot {
             addr: cfg.listen,
             ctx: ArcSwap::from_pointee(ctx),
             stop: self.shutdown.child_token(),
         });
         lock(&self.listeners).insert(cfg.name.clone(), slot.clone());
-        self.background
-            .spawn(accept_loop(listener, slot, self.clone()));
+        for socket in sockets.into_sockets() {
+            self.background
+                .spawn(accept_loop(socket, slot.clone(), self.clone()));
+        }
     }
 
     fn restart_health_checks(&self, generation: &Generation) {
@@ -574,7 +585,7 @@ impl ProxyHandle {
         resolved: Resolved,
         old: &Generation,
         running: BTreeMap<String, Arc<ListenerSlot>>,
-        fresh: Vec<(usize, TcpListener)>,
+        fresh: Vec<(usize, ListenerSockets)>,
     ) -> ReloadSummary {
         let state = &self.state;
         let old_backends: Vec<Arc<Backend>> = old
