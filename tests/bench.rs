@@ -228,29 +228,10 @@ async fn bad_arguments_exit_64() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_mid_run_shows_as_loss() {
     let certs = Certs::new();
-    let la = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let lb = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let (a_addr, b_addr) = (la.local_addr().expect("a"), lb.local_addr().expect("b"));
-    let mesh = |name: &str, peer| {
-        let name = name.to_string();
-        move |c: &mut mqttlb::config::broker::BrokerConfig| {
-            c.node_name = name;
-            c.peers = vec![peer];
-            c.peer_reconnect_max = Duration::from_millis(200);
-        }
-    };
-    let a = BrokerUnderTest::start_on(la, mesh("a", b_addr));
-    let mut b = BrokerUnderTest::start_on(lb, mesh("b", a_addr));
-    for node in [&a, &b] {
-        wait_until("mesh link up", DEADLINE, || async {
-            node.metric("mqttlb_broker_peer_links_up") == 1.0
-        })
-        .await;
-    }
+    let mut nodes = BrokerUnderTest::mesh(2, |_, _| {}).await;
+    let mut b = nodes.pop().expect("node b");
+    let a = nodes.pop().expect("node a");
+    let (a_addr, b_addr) = (a.addr, b.addr);
     let pool = "strategy = \"round-robin\"\nhealth = { check = \"tcp\", interval = \"200ms\", timeout = \"200ms\", rise = 1, fall = 1 }";
     let proxy = ProxyUnderTest::start(
         &config(&certs, &[("a", a_addr), ("b", b_addr)], "", pool),

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
 
@@ -15,38 +13,12 @@ fn home(nodes: &[BrokerUnderTest], id: &str) -> Option<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_delivers_across_nodes_and_survives_a_node_loss() {
     let certs = Certs::new();
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(
-            tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind"),
-        );
-    }
-    let addrs: Vec<_> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr"))
-        .collect();
-    let mut nodes: Vec<BrokerUnderTest> = listeners
-        .into_iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let peers = addrs.iter().copied().filter(|a| *a != addrs[i]).collect();
-            BrokerUnderTest::start_on(l, |c| {
-                c.node_name = format!("node{}", i + 1);
-                c.peers = peers;
-                c.proxy_protocol = mqttlb::config::broker::ProxyIn::Optional;
-                c.peer_reconnect_max = Duration::from_millis(200);
-                c.mesh_secret = Some(mqttlb::config::broker::Secret("mesh-test".into()));
-            })
-        })
-        .collect();
-    for n in &nodes {
-        wait_until("mesh links up", DEADLINE, || async {
-            n.metric("mqttlb_broker_peer_links_up") == 2.0
-        })
-        .await;
-    }
+    let mut nodes = BrokerUnderTest::mesh(3, |_, c| {
+        c.proxy_protocol = mqttlb::config::broker::ProxyIn::Optional;
+        c.mesh_secret = Some(mqttlb::config::broker::Secret("mesh-test".into()));
+    })
+    .await;
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
     let servers: Vec<(&str, _)> = vec![
         ("node1", addrs[0]),
         ("node2", addrs[1]),
@@ -216,27 +188,9 @@ async fn certificate_cn_becomes_the_broker_user_name() {
 /// and messages flow both ways again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_links_reconnect_when_a_node_returns() {
-    let la = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let lb = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let (a_addr, b_addr) = (la.local_addr().expect("a"), lb.local_addr().expect("b"));
-    let mesh = move |peer: std::net::SocketAddr| {
-        move |c: &mut mqttlb::config::broker::BrokerConfig| {
-            c.peers = vec![peer];
-            c.peer_reconnect_max = Duration::from_millis(200);
-        }
-    };
-    let a = BrokerUnderTest::start_on(la, mesh(b_addr));
-    let mut b = BrokerUnderTest::start_on(lb, mesh(a_addr));
-    for n in [&a, &b] {
-        wait_until("links up", DEADLINE, || async {
-            n.metric("mqttlb_broker_peer_links_up") == 1.0
-        })
-        .await;
-    }
+    let mut nodes = BrokerUnderTest::mesh(2, |_, _| {}).await;
+    let mut b = nodes.pop().expect("node b");
+    let a = nodes.pop().expect("node a");
     b.stop().await;
     wait_until("A notices B is gone", DEADLINE, || async {
         a.metric("mqttlb_broker_peer_links_up") == 0.0
@@ -244,15 +198,9 @@ async fn peer_links_reconnect_when_a_node_returns() {
     .await;
 
     // B comes back on the same address.
-    let lb = tokio::net::TcpListener::bind(b_addr)
-        .await
-        .expect("rebind B");
-    let b = BrokerUnderTest::start_on(lb, mesh(a_addr));
+    let b = b.restart(vec![a.addr]).await;
     for n in [&a, &b] {
-        wait_until("links up again", DEADLINE, || async {
-            n.metric("mqttlb_broker_peer_links_up") == 1.0
-        })
-        .await;
+        n.wait_links_up(1).await;
     }
     for (from, to) in [(&a, &b), (&b, &a)] {
         let mut sub = MqttClient::start(MqttOptions::new("sub", "127.0.0.1", to.addr.port()));

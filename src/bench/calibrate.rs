@@ -118,14 +118,7 @@ impl Proc {
 
     /// Resident set size in KiB.
     fn rss_kib(&self) -> Result<f64, String> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .map_err(|e| format!("/proc/{}/status: {e}", self.pid))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .ok_or_else(|| "no VmRSS".to_string())
+        Proc::rss_of(self.pid).ok_or_else(|| format!("/proc/{}/status: no VmRSS", self.pid))
     }
 }
 

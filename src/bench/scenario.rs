@@ -99,17 +99,35 @@ impl Run {
 /// Keep-alive bookkeeping: a PINGREQ every keep-alive period; a missing
 /// PINGRESP by the next one is an error.
 struct Pinger {
+    timer: tokio::time::Interval,
     outstanding: bool,
 }
 
 impl Pinger {
-    fn tick(&mut self, s: &mut Session) -> Result<(), ErrorKind> {
+    fn new(run: &Run) -> Pinger {
+        Pinger {
+            timer: run.keepalive_timer(),
+            outstanding: false,
+        }
+    }
+
+    /// Wait for the next keep-alive period.
+    async fn due(&mut self) {
+        self.timer.tick().await;
+    }
+
+    /// Send the PINGREQ that is due (and whatever else was queued).
+    async fn ping(&mut self, s: &mut Session) -> Result<(), ErrorKind> {
         if self.outstanding {
             return Err(ErrorKind::NoAnswer);
         }
         self.outstanding = true;
         s.queue(&Packet::Pingreq);
-        Ok(())
+        s.flush().await
+    }
+
+    fn answered(&mut self) {
+        self.outstanding = false;
     }
 }
 
@@ -121,17 +139,15 @@ pub async fn holder(run: Arc<Run>, index: usize) {
         Err(e) => return run.failed(e),
     };
     Counters::inc(&run.counters.connected);
-    let mut keepalive = run.keepalive_timer();
-    let mut pinger = Pinger { outstanding: false };
+    let mut pinger = Pinger::new(&run);
     let result = loop {
         tokio::select! {
             _ = run.stop.cancelled() => break Ok(()),
-            _ = keepalive.tick() => {
-                if let Err(e) = pinger.tick(&mut s) { break Err(e) }
-                if let Err(e) = s.flush().await { break Err(e) }
+            _ = pinger.due() => {
+                if let Err(e) = pinger.ping(&mut s).await { break Err(e) }
             }
             p = s.next() => match p {
-                Ok(Packet::Pingresp) => pinger.outstanding = false,
+                Ok(Packet::Pingresp) => pinger.answered(),
                 Ok(_) => {}
                 Err(e) => break Err(e),
             }
@@ -172,8 +188,7 @@ pub async fn publisher(run: Arc<Run>, index: usize, publisher_id: u32) {
     let period = Duration::from_secs_f64(1.0 / o.rate.max(0.001));
     let mut ticks = interval(period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut keepalive = run.keepalive_timer();
-    let mut pinger = Pinger { outstanding: false };
+    let mut pinger = Pinger::new(&run);
     let mut body = vec![0u8; o.payload.max(STAMP_LEN)];
     let mut seq: u64 = 0;
     let mut inflight: u16 = 0;
@@ -209,9 +224,8 @@ pub async fn publisher(run: Arc<Run>, index: usize, publisher_id: u32) {
                 seq += 1;
                 Counters::inc(&run.counters.published);
             }
-            _ = keepalive.tick() => {
-                if let Err(e) = pinger.tick(&mut s) { break Err(e) }
-                if let Err(e) = s.flush().await { break Err(e) }
+            _ = pinger.due() => {
+                if let Err(e) = pinger.ping(&mut s).await { break Err(e) }
             }
             p = s.next() => match p {
                 Ok(Packet::Ack { kind: AckKind::Puback | AckKind::Pubcomp, .. }) => {
@@ -222,7 +236,7 @@ pub async fn publisher(run: Arc<Run>, index: usize, publisher_id: u32) {
                     s.queue(&Packet::Ack { kind: AckKind::Pubrel, pkid, code: 0, props: Properties::default() });
                     if let Err(e) = s.flush().await { break Err(e) }
                 }
-                Ok(Packet::Pingresp) => pinger.outstanding = false,
+                Ok(Packet::Pingresp) => pinger.answered(),
                 Ok(_) => {}
                 Err(e) => break Err(e),
             }
@@ -260,14 +274,12 @@ pub async fn subscriber(run: Arc<Run>, index: usize) {
     Counters::inc(&run.counters.subscribed);
     let mut trackers: HashMap<u32, SeqTracker> = HashMap::new();
     let mut samples: Vec<u64> = Vec::with_capacity(BATCH);
-    let mut keepalive = run.keepalive_timer();
-    let mut pinger = Pinger { outstanding: false };
+    let mut pinger = Pinger::new(&run);
     let result = loop {
         tokio::select! {
             _ = run.stop.cancelled() => break Ok(()),
-            _ = keepalive.tick() => {
-                if let Err(e) = pinger.tick(&mut s) { break Err(e) }
-                if let Err(e) = s.flush().await { break Err(e) }
+            _ = pinger.due() => {
+                if let Err(e) = pinger.ping(&mut s).await { break Err(e) }
             }
             p = s.next() => match p {
                 Ok(Packet::Publish(p)) => {
@@ -294,7 +306,7 @@ pub async fn subscriber(run: Arc<Run>, index: usize) {
                     s.queue(&Packet::Ack { kind: AckKind::Pubcomp, pkid, code: 0, props: Properties::default() });
                     if let Err(e) = s.flush().await { break Err(e) }
                 }
-                Ok(Packet::Pingresp) => pinger.outstanding = false,
+                Ok(Packet::Pingresp) => pinger.answered(),
                 Ok(_) => {}
                 Err(e) => break Err(e),
             }

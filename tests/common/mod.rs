@@ -464,6 +464,65 @@ impl BrokerUnderTest {
         metric_sample(&self.registry, sample)
     }
 
+    /// Start `n` meshed nodes, each peered with all the others (node names
+    /// node1…nodeN, fast peer reconnects), and wait until every link is up.
+    /// `edit` adjusts node `i`'s config after that.
+    pub async fn mesh(
+        n: usize,
+        edit: impl Fn(usize, &mut mqttlb::config::broker::BrokerConfig),
+    ) -> Vec<BrokerUnderTest> {
+        let mut listeners = Vec::with_capacity(n);
+        for _ in 0..n {
+            listeners.push(
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind"),
+            );
+        }
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("addr"))
+            .collect();
+        let nodes: Vec<BrokerUnderTest> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let peers = addrs.iter().copied().filter(|a| *a != addrs[i]).collect();
+                BrokerUnderTest::start_on(l, |c| {
+                    c.node_name = format!("node{}", i + 1);
+                    c.peers = peers;
+                    c.peer_reconnect_max = Duration::from_millis(200);
+                    edit(i, c);
+                })
+            })
+            .collect();
+        for node in &nodes {
+            node.wait_links_up(n - 1).await;
+        }
+        nodes
+    }
+
+    /// Wait until this node has `links` mesh links up.
+    pub async fn wait_links_up(&self, links: usize) {
+        wait_until("mesh links up", DEADLINE, || async {
+            self.metric("mqttlb_broker_peer_links_up") == links as f64
+        })
+        .await;
+    }
+
+    /// Restart a stopped node on its old address with its old peers.
+    pub async fn restart(&self, peers: Vec<SocketAddr>) -> BrokerUnderTest {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("rebind");
+        let name = self.broker.config.node_name.clone();
+        BrokerUnderTest::start_on(listener, |c| {
+            c.node_name = name;
+            c.peers = peers;
+            c.peer_reconnect_max = Duration::from_millis(200);
+        })
+    }
+
     /// Stop the node: listener closed, clients disconnected.
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
