@@ -161,7 +161,7 @@ pub struct EstimateArgs {
     #[arg(long, value_name = "GIB", default_value = "4", value_parser = parse_gib_per_core)]
     pub gib_per_core: f64,
     /// Calibration file (TOML) written by `mqttlb bench calibrate`
-    /// [default: the one built in, a placeholder].
+    /// [default: the one built in, measured on this project's 2-CPU machine].
     #[arg(long, value_name = "FILE")]
     pub calibration: Option<PathBuf>,
     /// Print JSON instead of text.
