@@ -337,13 +337,16 @@ pub fn probe(url: &str, timeout: std::time::Duration) -> Result<(), String> {
     let mut head = [0u8; 64];
     let mut n = 0;
     while n < 12 {
-        match s.read(&mut head[n..]) {
+        let Some(free) = head.get_mut(n..) else {
+            break;
+        };
+        match s.read(free) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) => return Err(e.to_string()),
         }
     }
-    let status = std::str::from_utf8(&head[..n]).unwrap_or("");
+    let status = std::str::from_utf8(head.get(..n).unwrap_or_default()).unwrap_or("");
     let code = status.split_whitespace().nth(1).unwrap_or("");
     if code == "200" {
         Ok(())

@@ -63,10 +63,10 @@ impl Demo {
             .iter()
             .map(|l| l.local_addr())
             .collect::<Result<_, _>>()?;
-        for (i, listener) in listeners.into_iter().enumerate() {
-            let mut config = BrokerConfig::with_listen(addrs[i]);
+        for (i, (listener, &addr)) in listeners.into_iter().zip(&addrs).enumerate() {
+            let mut config = BrokerConfig::with_listen(addr);
             config.node_name = format!("node{}", i + 1);
-            config.peers = addrs.iter().copied().filter(|a| *a != addrs[i]).collect();
+            config.peers = addrs.iter().copied().filter(|a| *a != addr).collect();
             // The proxy sends PROXY v2; mesh links connect without one.
             config.proxy_protocol = ProxyIn::Optional;
             let b = Broker::new(config, &mut Registry::default());

@@ -14,8 +14,10 @@
 //! * [`balance`] — backends, pools, selection strategies (pure), health
 //!   checks.
 //! * [`proxy`] — listeners and accept loops ([`proxy::Proxy`]), the
-//!   connection lifecycle ([`proxy::conn`]), PROXY headers
-//!   ([`proxy::header`]), the splice ([`proxy::splice`]).
+//!   connection lifecycle ([`proxy::conn`]), the splice
+//!   ([`proxy::splice`]), reloads and DNS discovery ([`proxy::dns`]).
+//! * [`proxy_protocol`] — PROXY protocol v1/v2 headers sent to brokers.
+//! * [`secret`] — secrets from configuration, never printed.
 //! * [`broker`] — `mqttlb broker`: a minimal MQTT 3.1.1/5.0 broker,
 //!   sessions, retained messages, and the peer mesh.
 //! * [`demo`] — `mqttlb demo`: meshed nodes and the proxy in one process.
@@ -32,6 +34,20 @@
 //! shutdown sequence.
 
 #![forbid(unsafe_code)]
+// "Nothing a network peer, an admin request or a config file controls may
+// panic", checked by the compiler rather than by review: no unwrap, expect,
+// panic, unchecked indexing or slicing, or truncating casts in library
+// code. Tests (unit tests here, everything under tests/) may use them.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::cast_possible_truncation
+    )
+)]
 
 pub mod admin;
 pub mod balance;
@@ -45,5 +61,7 @@ pub mod estimate;
 pub mod metrics;
 pub mod mqtt;
 pub mod proxy;
+pub mod proxy_protocol;
+pub mod secret;
 pub mod sys;
 pub mod tls;

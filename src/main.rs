@@ -1,6 +1,15 @@
 //! The `mqttlb` command: parses arguments, calls the library, maps results
 //! to exit codes (0 ok, 64 bad usage or invalid config, 1 runtime failure).
 
+// The library's rule, here too (see lib.rs).
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -8,7 +8,7 @@
 //! plain rustls config with ALPN set would refuse it.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
@@ -21,7 +21,52 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::{CertKeyPaths, ClientAuth, ConfigError, TlsConfig, TlsVersion};
+/// Whether and how clients present certificates (mutual TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    Optional,
+    Required,
+}
+
+/// The lowest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V12,
+    V13,
+}
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone)]
+pub struct CertKeyPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A listener's TLS settings, validated by `config` and turned into a
+/// rustls configuration by [`TlsAcceptor::from_config`].
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Served when the client sends no SNI or one no other certificate matches.
+    pub default_cert: CertKeyPaths,
+    /// Further certificates, selected by the DNS names in their SAN.
+    pub sni: Vec<CertKeyPaths>,
+    pub client_auth: ClientAuth,
+    pub client_ca: Option<PathBuf>,
+    pub crl: Option<PathBuf>,
+    pub min_version: TlsVersion,
+    /// Cipher suites by name, in order of preference (`None`: mqttlb's
+    /// default order, see `tls::DEFAULT_CIPHER_SUITES`). Names are checked
+    /// against the crypto provider when the listener is built.
+    pub cipher_suites: Option<Vec<String>>,
+    /// Key-exchange groups by name, in order of preference.
+    pub kx_groups: Option<Vec<String>>,
+    /// Choose the suite by the server's order, not the client's.
+    pub prefer_server_order: bool,
+    /// TLS 1.3 session tickets sent after each full handshake (0: no
+    /// resumption by ticket).
+    pub session_tickets: u8,
+}
 
 /// ALPN protocol id registered for MQTT.
 pub const ALPN_MQTT: &[u8] = b"mqtt";
@@ -39,15 +84,6 @@ impl TlsSetupError {
         TlsSetupError {
             key: key.to_string(),
             reason: reason.into(),
-        }
-    }
-
-    /// As a configuration error of `file`.
-    pub fn into_config_error(self, file: &str) -> ConfigError {
-        ConfigError {
-            file: file.to_string(),
-            key: self.key,
-            reason: self.reason,
         }
     }
 }
@@ -398,7 +434,7 @@ mod tests {
     fn cfg(suites: Option<&[&str]>, groups: Option<&[&str]>) -> TlsConfig {
         let owned = |v: &[&str]| v.iter().map(|s| (*s).to_string()).collect();
         TlsConfig {
-            default_cert: crate::config::CertKeyPaths {
+            default_cert: CertKeyPaths {
                 cert: "c.pem".into(),
                 key: "k.pem".into(),
             },

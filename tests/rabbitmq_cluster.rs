@@ -103,7 +103,7 @@ async fn rabbitmq_cluster_behind_mqttlb() {
     // Why checks send command PROXY: this RabbitMQ drops a connection that
     // starts with a LOCAL header (its MQTT reader crashes on it).
     let mut local = Vec::new();
-    mqttlb::proxy::header::encode_local(mqttlb::config::ProxyProtocol::V2, &mut local);
+    mqttlb::proxy_protocol::encode_local(mqttlb::config::ProxyProtocol::V2, &mut local);
     local.extend_from_slice(&connect_packet(4, "local-header"));
     let mut raw = tokio::net::TcpStream::connect(cluster.mqtt_addr(0))
         .await

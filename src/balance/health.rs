@@ -22,10 +22,11 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::config::HealthCheckKind;
 use super::{Backend, Pool};
-use crate::config::{HealthCheckKind, ProxyProtocol};
 use crate::mqtt::packets::{self, ConnackHead};
-use crate::proxy::header;
+use crate::proxy_protocol as header;
+use crate::proxy_protocol::ProxyProtocol;
 
 /// Why a check failed (logged at debug on each failure).
 #[derive(Debug, thiserror::Error)]
@@ -65,11 +66,12 @@ pub fn spawn_checks(
     tracker: &tokio_util::task::TaskTracker,
     shutdown: &CancellationToken,
 ) {
-    let n = pool.backends.len().max(1) as u32;
-    for (i, backend) in pool.backends.iter().enumerate() {
+    let n = u32::try_from(pool.backends.len().max(1)).unwrap_or(u32::MAX);
+    let step = pool.health.interval / n;
+    for (i, backend) in (0u32..).zip(pool.backends.iter()) {
         // Spread first checks over one interval so checks of many backends
         // do not fire in lockstep.
-        let offset = pool.health.interval / n * i as u32;
+        let offset = step.saturating_mul(i);
         tracker.spawn(run(pool.clone(), backend.clone(), offset, shutdown.clone()));
     }
 }
@@ -152,12 +154,15 @@ async fn check(pool: &Pool, backend: &Backend, connect: &[u8]) -> Result<(), Che
     let mut buf = [0u8; 64];
     let mut filled = 0;
     loop {
-        let n = stream.read(&mut buf[filled..]).await?;
+        let Some(free) = buf.get_mut(filled..) else {
+            return Err(CheckError::Malformed);
+        };
+        let n = stream.read(free).await?;
         if n == 0 {
             return Err(CheckError::Closed);
         }
         filled += n;
-        match packets::connack_head(&buf[..filled]) {
+        match packets::connack_head(buf.get(..filled).unwrap_or_default()) {
             ConnackHead::Incomplete if filled < buf.len() => continue,
             ConnackHead::Incomplete | ConnackHead::Malformed => {
                 return Err(CheckError::Malformed);

@@ -1,7 +1,7 @@
 //! Backend sets: nodes with their health and load, the selection strategies
 //! over them ([`strategy`], pure), and active health checks ([`health`]).
 
-pub mod dns;
+pub mod config;
 pub mod health;
 pub mod state;
 pub mod strategy;
@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{HashKey, HealthConfig, PoolConfig, ProxyProtocol, Strategy};
 use crate::metrics::{BackendMetrics, Metrics};
+use crate::proxy_protocol::ProxyProtocol;
+pub use config::{HashKey, HealthConfig, PoolConfig, Strategy};
 use state::HealthState;
 use strategy::{NodeView, SmoothWrr};
 
@@ -317,8 +318,10 @@ impl Pool {
     /// `connect_attempts` of them; empty when none is in rotation.
     pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<Backend>> {
         let views: Vec<NodeView> = self.backends.iter().map(|b| b.view()).collect();
-        let eligible: Vec<usize> = (0..self.backends.len())
-            .filter(|&i| self.backends[i].in_rotation())
+        let eligible: Vec<usize> = (0..)
+            .zip(&self.backends)
+            .filter(|(_, b)| b.in_rotation())
+            .map(|(i, _)| i)
             .collect();
         let rotor = self.rotor.fetch_add(1, Ordering::Relaxed);
         let order = {
@@ -327,8 +330,8 @@ impl Pool {
         };
         order
             .into_iter()
+            .filter_map(|i| self.backends.get(i).cloned())
             .take(self.connect_attempts)
-            .map(|i| self.backends[i].clone())
             .collect()
     }
 

@@ -14,7 +14,7 @@
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use crate::config::Strategy;
+use super::config::Strategy;
 
 /// What selection needs to know of one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,16 +49,26 @@ impl SmoothWrr {
         if self.current.len() != nodes.len() {
             self.current = vec![0; nodes.len()];
         }
-        let total: i64 = eligible.iter().map(|&i| i64::from(nodes[i].weight)).sum();
-        let mut best = 0;
+        let weight = |i: usize| nodes.get(i).map_or(0, |n| i64::from(n.weight));
+        let total: i64 = eligible.iter().map(|&i| weight(i)).sum();
+        // (position in `eligible`, node index, its current weight)
+        let mut best: Option<(usize, usize, i64)> = None;
         for (pos, &i) in eligible.iter().enumerate() {
-            self.current[i] += i64::from(nodes[i].weight);
-            if self.current[i] > self.current[eligible[best]] {
-                best = pos;
+            let Some(current) = self.current.get_mut(i) else {
+                continue;
+            };
+            *current += weight(i);
+            if best.is_none_or(|(_, _, b)| *current > b) {
+                best = Some((pos, i, *current));
             }
         }
-        self.current[eligible[best]] -= total;
-        best
+        let Some((pos, i, _)) = best else {
+            return 0;
+        };
+        if let Some(current) = self.current.get_mut(i) {
+            *current -= total;
+        }
+        pos
     }
 }
 
@@ -79,31 +89,38 @@ pub fn order(
         (Strategy::ClientId, Some(key)) if !key.is_empty() => {
             let mut v: Vec<(u64, u64, usize)> = eligible
                 .iter()
-                .map(|&i| (hrw_score(key, nodes[i].seed), nodes[i].seed, i))
+                .filter_map(|&i| Some((nodes.get(i)?.seed, i)))
+                .map(|(seed, i)| (hrw_score(key, seed), seed, i))
                 .collect();
             v.sort_unstable_by(|a, b| b.cmp(a));
             v.into_iter().map(|(_, _, i)| i).collect()
         }
         (Strategy::RoundRobin, _) => {
             let first = wrr.pick(nodes, eligible);
-            let n = eligible.len();
-            (0..n).map(|k| eligible[(first + k) % n]).collect()
+            rotated(eligible, first)
         }
         _ => least_connections(nodes, eligible, rotor),
     }
 }
 
 fn least_connections(nodes: &[NodeView], eligible: &[usize], rotor: usize) -> Vec<usize> {
-    let n = eligible.len();
-    let mut v: Vec<usize> = (0..n).map(|k| eligible[(rotor + k) % n]).collect();
+    let mut v = rotated(eligible, rotor);
     // Compare active/weight without division: a.active * b.weight vs b.active * a.weight.
     // A stable sort keeps the rotated order among equals.
+    let load = |i: usize| nodes.get(i).map_or((0, 1), |n| (n.active, n.weight));
     v.sort_by(|&a, &b| {
-        let (a, b) = (&nodes[a], &nodes[b]);
-        (u128::from(a.active) * u128::from(b.weight))
-            .cmp(&(u128::from(b.active) * u128::from(a.weight)))
+        let ((a_active, a_weight), (b_active, b_weight)) = (load(a), load(b));
+        (u128::from(a_active) * u128::from(b_weight))
+            .cmp(&(u128::from(b_active) * u128::from(a_weight)))
     });
     v
+}
+
+/// `items` starting at position `first` (modulo its length), wrapping.
+fn rotated(items: &[usize], first: usize) -> Vec<usize> {
+    let n = items.len().max(1);
+    let (head, tail) = items.split_at(first % n);
+    tail.iter().chain(head).copied().collect()
 }
 
 #[cfg(test)]

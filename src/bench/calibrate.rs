@@ -118,7 +118,9 @@ impl Proc {
 
     /// Resident set size in KiB.
     fn rss_kib(&self) -> Result<f64, String> {
-        Proc::rss_of(self.pid).ok_or_else(|| format!("/proc/{}/status: no VmRSS", self.pid))
+        Proc::rss_of(self.pid)
+            .map(|kib| kib as f64)
+            .ok_or_else(|| format!("/proc/{}/status: no VmRSS", self.pid))
     }
 }
 
@@ -267,7 +269,7 @@ servers = [ {{ name = "broker", addr = "127.0.0.1:{broker_port}" }} ]
                 loop {
                     t.tick().await;
                     for (pid, peak) in [(pp, &peak_p), (bp, &peak_b)] {
-                        let p = Proc::rss_of(pid).unwrap_or(0.0) as u64;
+                        let p = Proc::rss_of(pid).unwrap_or(0);
                         peak.fetch_max(p, Ordering::Relaxed);
                     }
                 }
@@ -308,7 +310,7 @@ servers = [ {{ name = "broker", addr = "127.0.0.1:{broker_port}" }} ]
 }
 
 impl Proc {
-    fn rss_of(pid: u32) -> Option<f64> {
+    fn rss_of(pid: u32) -> Option<u64> {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()?
             .lines()

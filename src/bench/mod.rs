@@ -278,10 +278,10 @@ fn validate(a: &BenchArgs) -> Result<(), String> {
     if a.keep_alive.as_secs() > u64::from(u16::MAX) {
         return Err("--keep-alive: at most 65535s".into());
     }
-    crate::broker::topic::validate_name(&scenario::expand(&a.topic, 0))
+    crate::mqtt::topic::validate_name(&scenario::expand(&a.topic, 0))
         .map_err(|e| format!("--topic {:?}: {e}", a.topic))?;
     if let Some(f) = &a.filter {
-        crate::broker::topic::validate_filter(&scenario::expand(f, 0))
+        crate::mqtt::topic::validate_filter(&scenario::expand(f, 0))
             .map_err(|e| format!("--filter {f:?}: {e}"))?;
     }
     if a.tls && a.cafile.is_none() && !a.insecure {
@@ -623,7 +623,7 @@ fn accounting(scenario: Scenario, run: &Run) -> (u64, u64, u64, u64) {
         if scenario == Scenario::Pubsub {
             expected += published
                 .values()
-                .filter(|(topic, _)| crate::broker::topic::matches(filter, topic))
+                .filter(|(topic, _)| crate::mqtt::topic::matches(filter, topic))
                 .map(|(_, sent)| sent)
                 .sum::<u64>();
         } else {

@@ -181,17 +181,22 @@ const MAGIC: &[u8; 4] = b"MLB1";
 
 pub fn stamp(out: &mut [u8], publisher: u32, seq: u64, sent_unix_ns: u64) {
     if let Some(s) = out.get_mut(..STAMP_LEN) {
-        s[..4].copy_from_slice(MAGIC);
-        s[4..8].copy_from_slice(&publisher.to_be_bytes());
-        s[8..16].copy_from_slice(&seq.to_be_bytes());
-        s[16..24].copy_from_slice(&sent_unix_ns.to_be_bytes());
+        let fields = MAGIC
+            .iter()
+            .copied()
+            .chain(publisher.to_be_bytes())
+            .chain(seq.to_be_bytes())
+            .chain(sent_unix_ns.to_be_bytes());
+        for (d, b) in s.iter_mut().zip(fields) {
+            *d = b;
+        }
     }
 }
 
 /// (publisher, sequence, send time) of a stamped payload.
 pub fn read_stamp(payload: &[u8]) -> Option<(u32, u64, u64)> {
     let s = payload.get(..STAMP_LEN)?;
-    if &s[..4] != MAGIC {
+    if s.get(..4)? != MAGIC {
         return None;
     }
     let u32_at = |i: usize| {

@@ -27,13 +27,13 @@ use tracing::{Instrument, debug, field, info};
 
 use super::router::Sub;
 use super::session::{Attached, Delivery, Inflight, NEVER_EXPIRES, PEER_PREFIX, Session, kick};
-use super::topic;
 use super::{Broker, Message};
 use crate::config::broker::ProxyIn;
 use crate::mqtt::ProtocolVersion;
 use crate::mqtt::codec::{
     self, AckKind, ConnectPacket, DecodeError, Packet, Properties, PublishPacket, Will,
 };
+use crate::mqtt::topic;
 
 /// Stop pulling from the session queue while this much is unwritten.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
@@ -174,11 +174,9 @@ async fn read_proxy_header(
     }
     loop {
         if !rbuf.is_empty() {
-            let looks_like_proxy = match rbuf[0] {
-                b'P' => b"PROXY ".starts_with(&rbuf[..rbuf.len().min(6)]),
-                b'\r' => b"\r\n\r\n\0\r\nQUIT\n".starts_with(&rbuf[..rbuf.len().min(12)]),
-                _ => false,
-            };
+            // What has arrived so far is a prefix of a v1 or v2 signature.
+            let starts = |sig: &[u8]| rbuf.iter().zip(sig).all(|(a, b)| a == b);
+            let looks_like_proxy = starts(b"PROXY ") || starts(b"\r\n\r\n\0\r\nQUIT\n");
             if !looks_like_proxy {
                 return match mode {
                     ProxyIn::Required => Err("proxy_header_missing"),
@@ -328,7 +326,8 @@ async fn run(
     if v5 {
         props.receive_maximum = Some(broker.config.receive_maximum);
         props.topic_alias_maximum = Some(broker.config.topic_alias_maximum);
-        props.maximum_packet_size = Some(broker.config.max_packet_size as u32);
+        props.maximum_packet_size =
+            Some(u32::try_from(broker.config.max_packet_size).unwrap_or(u32::MAX));
         props.retain_available = Some(1);
         props.wildcard_sub_available = Some(1);
         props.sub_id_available = Some(1);

@@ -13,7 +13,6 @@ pub mod conn;
 pub mod peer;
 pub mod router;
 pub mod session;
-pub mod topic;
 
 use std::collections::HashMap;
 use std::sync::Arc;

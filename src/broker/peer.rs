@@ -97,7 +97,9 @@ async fn link(broker: &Broker, peer: SocketAddr) -> Result<(), LinkError> {
             .map(|s| bytes::Bytes::from(s.0.clone().into_bytes())),
         props: Properties {
             receive_maximum: Some(broker.config.receive_maximum),
-            maximum_packet_size: Some(broker.config.max_packet_size as u32),
+            maximum_packet_size: Some(
+                u32::try_from(broker.config.max_packet_size).unwrap_or(u32::MAX),
+            ),
             ..Properties::default()
         },
     };

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::Message;
-use super::topic::matches;
 use crate::mqtt::codec::SubOptions;
+use crate::mqtt::topic::{self, matches};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sub {
@@ -111,7 +111,7 @@ pub struct Router {
 impl Router {
     /// Add or replace a subscription; true if it is new.
     pub fn subscribe(&mut self, client: &str, filter: &str, sub: Sub) -> bool {
-        let new = match super::topic::parse_shared(filter) {
+        let new = match topic::parse_shared(filter) {
             Ok(Some((group, inner))) => {
                 let g = self
                     .shared
@@ -136,7 +136,7 @@ impl Router {
 
     /// Remove a subscription; true if it existed.
     pub fn unsubscribe(&mut self, client: &str, filter: &str) -> bool {
-        let removed = match super::topic::parse_shared(filter) {
+        let removed = match topic::parse_shared(filter) {
             Ok(Some((group, inner))) => {
                 let key = (group.to_string(), inner.to_string());
                 let Some(g) = self.shared.get_mut(&key) else {
@@ -196,9 +196,8 @@ impl Router {
             }
             let qos = msg.qos.min(sub.opts.qos);
             let retain = msg.retain && sub.opts.retain_as_published;
-            match index.get(client) {
-                Some(&i) => {
-                    let t = &mut out[i];
+            match index.get(client).and_then(|&i| out.get_mut(i)) {
+                Some(t) => {
                     t.qos = t.qos.max(qos);
                     t.retain |= retain;
                     t.sub_ids.extend(sub.id);
@@ -222,8 +221,9 @@ impl Router {
             }
             let i = group.next % group.members.len();
             group.next = group.next.wrapping_add(1);
-            let (client, sub) = &group.members[i];
-            add(client, sub);
+            if let Some((client, sub)) = group.members.get(i) {
+                add(client, sub);
+            }
         }
         out
     }
@@ -331,9 +331,8 @@ mod tests {
                 }
             }
         }
-        filters.retain(|f| {
-            super::super::topic::validate_filter(f).is_ok() && !f.starts_with("$share")
-        });
+        filters
+            .retain(|f| crate::mqtt::topic::validate_filter(f).is_ok() && !f.starts_with("$share"));
         let mut r = Router::default();
         for (i, f) in filters.iter().enumerate() {
             r.subscribe(&format!("c{i}"), f, sub(1));

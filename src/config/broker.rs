@@ -187,7 +187,7 @@ impl BrokerConfig {
             .deny_subscribe
             .iter()
             .enumerate()
-            .filter_map(|(i, f)| match crate::broker::topic::validate_filter(f) {
+            .filter_map(|(i, f)| match crate::mqtt::topic::validate_filter(f) {
                 Ok(()) => Some(f.clone()),
                 Err(e) => {
                     cx.err(

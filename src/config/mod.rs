@@ -17,6 +17,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::mqtt::ProtocolVersion;
+
+// Types a lower layer owns, re-exported: the configuration schema in one
+// place for callers, the definitions beside the code that uses them.
+pub use crate::balance::config::{
+    DnsServerConfig, HashKey, HealthCheckKind, HealthConfig, PoolConfig, ServerConfig, Strategy,
+};
+pub use crate::proxy_protocol::{ProxyCommand, ProxyProtocol};
+pub use crate::secret::Secret;
+pub use crate::tls::{CertKeyPaths, ClientAuth, TlsConfig, TlsVersion};
 use raw::{RawConfig, RawListener, RawPool, RawServer, RawTls};
 
 /// One configuration problem: where and why.
@@ -35,6 +44,17 @@ impl fmt::Display for ConfigError {
             write!(f, "{}: {}", self.file, self.reason)
         } else {
             write!(f, "{}: {}: {}", self.file, self.key, self.reason)
+        }
+    }
+}
+
+impl ConfigError {
+    /// A TLS file problem found while building a listener of `file`.
+    pub fn tls(file: &str, e: crate::tls::TlsSetupError) -> ConfigError {
+        ConfigError {
+            file: file.to_string(),
+            key: e.key,
+            reason: e.reason,
         }
     }
 }
@@ -83,169 +103,12 @@ pub struct ListenerConfig {
     pub key: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    None,
-    Optional,
-    Required,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsVersion {
-    V12,
-    V13,
-}
-
-#[derive(Debug, Clone)]
-pub struct CertKeyPaths {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-#[derive(Debug, Clone)]
-pub struct TlsConfig {
-    /// Served when the client sends no SNI or one no other certificate matches.
-    pub default_cert: CertKeyPaths,
-    /// Further certificates, selected by the DNS names in their SAN.
-    pub sni: Vec<CertKeyPaths>,
-    pub client_auth: ClientAuth,
-    pub client_ca: Option<PathBuf>,
-    pub crl: Option<PathBuf>,
-    pub min_version: TlsVersion,
-    /// Cipher suites by name, in order of preference (`None`: mqttlb's
-    /// default order, see `tls::DEFAULT_CIPHER_SUITES`). Names are checked
-    /// against the crypto provider when the listener is built.
-    pub cipher_suites: Option<Vec<String>>,
-    /// Key-exchange groups by name, in order of preference.
-    pub kx_groups: Option<Vec<String>>,
-    /// Choose the suite by the server's order, not the client's.
-    pub prefer_server_order: bool,
-    /// TLS 1.3 session tickets sent after each full handshake (0: no
-    /// resumption by ticket).
-    pub session_tickets: u8,
-}
-
 #[derive(Debug, Clone)]
 pub struct MqttListenerConfig {
     pub connect_timeout: Duration,
     pub max_connect_size: usize,
     pub keepalive_factor: f64,
     pub max_idle_timeout: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    RoundRobin,
-    LeastConnections,
-    ClientId,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HashKey {
-    ClientId,
-    Username,
-    CertCn,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyProtocol {
-    Off,
-    V1,
-    V2,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HealthCheckKind {
-    Tcp,
-    Mqtt,
-}
-
-/// A secret that never appears in logs or `Debug` output.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl Secret {
-    /// Compare without an early exit on the first differing byte.
-    pub fn matches(&self, candidate: &[u8]) -> bool {
-        let s = self.0.as_bytes();
-        s.len() == candidate.len()
-            && s.iter()
-                .zip(candidate)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    }
-}
-
-/// The PROXY header command a health check sends when the pool speaks the
-/// PROXY protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyCommand {
-    /// Command PROXY (v1 `PROXY TCP4 …`) with the check connection's own
-    /// addresses: every broker that parses PROXY headers accepts it.
-    Proxy,
-    /// v2 command LOCAL, v1 `PROXY UNKNOWN`: no addresses. RabbitMQ 3.10,
-    /// Mosquitto 2.1 and older VerneMQ drop such connections.
-    Local,
-}
-
-#[derive(Debug, Clone)]
-pub struct HealthConfig {
-    pub check: HealthCheckKind,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub rise: NonZeroU32,
-    pub fall: NonZeroU32,
-    pub mqtt_version: ProtocolVersion,
-    pub proxy_command: ProxyCommand,
-    /// Credentials of the MQTT check's CONNECT, for brokers that refuse
-    /// anonymous clients.
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerConfig {
-    pub name: String,
-    pub addr: SocketAddr,
-    pub weight: NonZeroU32,
-}
-
-/// A server given by DNS name: every address the name resolves to becomes
-/// a node named `{name}/{ip}` (a Kubernetes headless Service lists every
-/// broker pod), re-resolved every `resolve_interval`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsServerConfig {
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    pub weight: NonZeroU32,
-}
-
-#[derive(Debug, Clone)]
-pub struct PoolConfig {
-    pub name: String,
-    pub strategy: Strategy,
-    pub hash_key: HashKey,
-    pub proxy_protocol: ProxyProtocol,
-    pub connect_timeout: Duration,
-    pub connect_attempts: NonZeroU32,
-    /// MQTT listeners: how long a node has to answer a client's CONNECT
-    /// with a CONNACK before the next candidate gets it.
-    pub connack_timeout: Duration,
-    pub health: HealthConfig,
-    pub servers: Vec<ServerConfig>,
-    pub dns: Vec<DnsServerConfig>,
-    pub resolve_interval: Duration,
-    /// On drain, send MQTT 5 clients DISCONNECT 0x9C "use another server".
-    pub drain_disconnect: bool,
-    /// Spread those DISCONNECTs over this window (no reconnect storm).
-    pub drain_window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -339,7 +202,9 @@ impl Overrides {
                 ..Default::default()
             });
         }
-        let listener = &mut raw.listener[0];
+        let Some(listener) = raw.listener.first_mut() else {
+            return; // pushed above
+        };
         let pool_name = listener
             .pool
             .get_or_insert_with(|| "default".into())

@@ -214,7 +214,8 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, DecodeError> {
     if buf.len() < 2 {
         return Ok(None);
     }
-    let Some((remaining, used)) = decode_varint(&buf[1..]).map_err(|_| DecodeError::BadLength)?
+    let Some((remaining, used)) =
+        decode_varint(buf.get(1..).unwrap_or_default()).map_err(|_| DecodeError::BadLength)?
     else {
         return Ok(None);
     };
@@ -232,7 +233,7 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, DecodeError> {
 /// the connection's version; a CONNECT carries its own.
 pub fn decode(frame: Bytes, protocol: ProtocolVersion) -> Result<Packet, DecodeError> {
     let first = *frame.first().ok_or(DecodeError::Truncated)?;
-    let (_, used) = decode_varint(&frame[1..])
+    let (_, used) = decode_varint(frame.get(1..).unwrap_or_default())
         .map_err(|_| DecodeError::BadLength)?
         .ok_or(DecodeError::Truncated)?;
     let mut r = Reader {
@@ -434,17 +435,19 @@ impl Reader {
     }
 
     fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
+        self.take(1)?.first().copied().ok_or(DecodeError::Truncated)
     }
 
     fn u16(&mut self) -> Result<u16, DecodeError> {
         let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
+        let b: [u8; 2] = b.as_ref().try_into().map_err(|_| DecodeError::Truncated)?;
+        Ok(u16::from_be_bytes(b))
     }
 
     fn u32(&mut self) -> Result<u32, DecodeError> {
         let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        let b: [u8; 4] = b.as_ref().try_into().map_err(|_| DecodeError::Truncated)?;
+        Ok(u32::from_be_bytes(b))
     }
 
     fn varint(&mut self) -> Result<u32, DecodeError> {
@@ -453,7 +456,7 @@ impl Reader {
             .ok_or(DecodeError::Truncated)?;
         self.take(used)?;
         // At most 268,435,455 by construction.
-        Ok(v as u32)
+        u32::try_from(v).map_err(|_| DecodeError::BadLength)
     }
 
     fn pkid(&mut self) -> Result<u16, DecodeError> {
@@ -709,7 +712,7 @@ pub fn encode(p: &Packet, protocol: ProtocolVersion, out: &mut BytesMut) {
     let len = body.buf.len() + body.tail.as_ref().map_or(0, Bytes::len);
     out.reserve(1 + 4 + len);
     out.put_u8(header);
-    put_varint(out, len as u32);
+    put_varint(out, u32::try_from(len).unwrap_or(u32::MAX));
     out.extend_from_slice(&body.buf);
     if let Some(t) = &body.tail {
         out.extend_from_slice(t);
@@ -794,8 +797,8 @@ impl Body {
     fn binary(&mut self, b: &[u8]) {
         // Lengths are bounded by the codec's callers (strings from decoded
         // packets or config); truncate rather than corrupt the frame.
-        let b = &b[..b.len().min(usize::from(u16::MAX))];
-        self.buf.put_u16(b.len() as u16);
+        let b = b.get(..usize::from(u16::MAX)).unwrap_or(b);
+        self.buf.put_u16(u16::try_from(b.len()).unwrap_or(u16::MAX));
         self.buf.extend_from_slice(b);
     }
     fn string(&mut self, s: &str) {
@@ -867,7 +870,10 @@ impl Body {
         byte(&mut b, 0x28, p.wildcard_sub_available);
         byte(&mut b, 0x29, p.sub_id_available);
         byte(&mut b, 0x2A, p.shared_sub_available);
-        put_varint(&mut self.buf, b.buf.len() as u32);
+        put_varint(
+            &mut self.buf,
+            u32::try_from(b.buf.len()).unwrap_or(u32::MAX),
+        );
         self.buf.extend_from_slice(&b.buf);
     }
 }
@@ -1116,7 +1122,9 @@ mod tests {
         use mqtt_protocol_core::mqtt::packet::{Qos, RetainHandling, v3_1_1, v5_0};
         use std::sync::Arc;
         fn body(frame: &[u8]) -> (u8, &[u8]) {
-            let (_, used) = decode_varint(&frame[1..]).unwrap().unwrap();
+            let (_, used) = decode_varint(frame.get(1..).unwrap_or_default())
+                .unwrap()
+                .unwrap();
             (frame[0] & 0x0f, &frame[1 + used..])
         }
         let mut checked = 0;

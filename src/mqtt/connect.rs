@@ -151,7 +151,7 @@ pub fn peek_connect(buf: &[u8], max_size: usize) -> Result<Peek<'_>, ConnectErro
     if first != CONNECT_HEADER {
         return Err(classify_foreign(first));
     }
-    let Some((remaining, used)) = decode_varint(&buf[1..])? else {
+    let Some((remaining, used)) = decode_varint(buf.get(1..).unwrap_or_default())? else {
         return Ok(Peek::Incomplete(1));
     };
     debug_assert!(remaining <= MAX_REMAINING_LENGTH);
@@ -165,7 +165,7 @@ pub fn peek_connect(buf: &[u8], max_size: usize) -> Result<Peek<'_>, ConnectErro
     if buf.len() < total {
         return Ok(Peek::Incomplete(total - buf.len()));
     }
-    let connect = parse_body(&buf[1 + used..total])?;
+    let connect = parse_body(buf.get(1 + used..total).ok_or(ConnectError::Truncated)?)?;
     Ok(Peek::Complete {
         connect,
         len: total,
@@ -200,12 +200,18 @@ impl<'a> Cursor<'a> {
     }
 
     fn u8(&mut self) -> Result<u8, ConnectError> {
-        Ok(self.take(1)?[0])
+        self.take(1)?
+            .first()
+            .copied()
+            .ok_or(ConnectError::Truncated)
     }
 
     fn u16(&mut self) -> Result<u16, ConnectError> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
+        let b: [u8; 2] = self
+            .take(2)?
+            .try_into()
+            .map_err(|_| ConnectError::Truncated)?;
+        Ok(u16::from_be_bytes(b))
     }
 
     fn binary(&mut self) -> Result<&'a [u8], ConnectError> {

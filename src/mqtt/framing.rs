@@ -43,7 +43,9 @@ impl FrameTracker {
                     i += 1;
                 }
                 State::Length { value, shift } => {
-                    let b = data[i];
+                    let Some(&b) = data.get(i) else {
+                        break;
+                    };
                     i += 1;
                     let value = value | (usize::from(b & 0x7f) << shift);
                     if b & 0x80 != 0 {

@@ -20,7 +20,6 @@ use tokio::time::{Instant, timeout};
 use tracing::{Instrument, Span, debug, field, info, warn};
 
 use super::ListenerCtx;
-use super::header;
 use super::splice::{Kick, SpliceEnd, SpliceError, splice};
 use crate::balance::{ActiveGuard, Backend, Pool};
 use crate::config::{HashKey, MqttListenerConfig, ProxyProtocol};
@@ -29,6 +28,7 @@ use crate::mqtt::packets::{
     ConnackHead, ConnackVerdict, connack_head, connack_server_unavailable, connack_verdict,
 };
 use crate::mqtt::{Peek, ProtocolVersion, peek_connect};
+use crate::proxy_protocol as header;
 use crate::tls::TlsInfo;
 
 /// First read size while waiting for a CONNECT: most CONNECTs are far
@@ -264,7 +264,7 @@ where
     let mut filled = 0;
     let read = async {
         loop {
-            match peek_connect(&buf[..filled], limit) {
+            match peek_connect(buf.get(..filled).unwrap_or_default(), limit) {
                 Ok(Peek::Complete { connect, .. }) => {
                     return Ok(connect_hello(ctx, mqtt, connect, tls));
                 }
@@ -275,7 +275,10 @@ where
                 }
                 Err(e) => return Err(Err(e)),
             }
-            match client.read(&mut buf[filled..]).await {
+            let Some(free) = buf.get_mut(filled..) else {
+                return Err(Ok("client_error"));
+            };
+            match client.read(free).await {
                 Ok(0) => return Err(Ok("closed_before_connect")),
                 Ok(n) => filled += n,
                 Err(e) => {
@@ -503,7 +506,7 @@ async fn read_connack(stream: &mut TcpStream) -> Result<(u8, Vec<u8>), Miss> {
             return Err(Miss::Closed);
         }
         filled += n;
-        match connack_head(&buf[..filled]) {
+        match connack_head(buf.get(..filled).unwrap_or_default()) {
             ConnackHead::Incomplete => {}
             ConnackHead::Malformed => return Err(Miss::Malformed),
             ConnackHead::Complete { code, .. } => {

@@ -17,7 +17,7 @@
 //! connections and their open connections run to completion (drain).
 
 pub mod conn;
-pub mod header;
+pub mod dns;
 pub mod splice;
 
 use std::collections::BTreeMap;
@@ -31,15 +31,17 @@ use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::sys::ListenerSockets;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::balance::{Backend, LastCheck, Pool, health};
-use crate::config::{Config, ConfigErrors, Limits, ListenerConfig, MqttListenerConfig, Overrides};
+use crate::config::{
+    Config, ConfigError, ConfigErrors, Limits, ListenerConfig, MqttListenerConfig, Overrides,
+};
 use crate::metrics::{ListenerMetrics, Metrics};
+use crate::sys::ListenerSockets;
 use crate::tls::TlsAcceptor;
 
 /// Everything a connection task needs from its listener.
@@ -151,7 +153,7 @@ fn load_tls(config: &Config) -> Result<Vec<Option<TlsAcceptor>>, ConfigErrors> {
         .map(|l| {
             l.tls.as_ref().and_then(|t| {
                 TlsAcceptor::from_config(&format!("{}.tls", l.key), t)
-                    .map_err(|e| errors.push(e.into_config_error(&config.source)))
+                    .map_err(|e| errors.push(ConfigError::tls(&config.source, e)))
                     .ok()
             })
         })
@@ -237,7 +239,7 @@ impl Proxy {
         let state = self.state;
         let generation = state.current.load_full();
         state.restart_health_checks(&generation);
-        state.background.spawn(crate::balance::dns::run(
+        state.background.spawn(dns::run(
             ProxyHandle {
                 state: state.clone(),
             },
@@ -661,8 +663,11 @@ impl ProxyHandle {
             }
         }
         for (i, listener) in fresh {
-            let l = &generation.config.listeners[i];
-            state.start_listener(&generation, l, listener, generation.tls[i].clone());
+            let (Some(l), Some(tls)) = (generation.config.listeners.get(i), generation.tls.get(i))
+            else {
+                continue; // `fresh` indexes this generation's listeners
+            };
+            state.start_listener(&generation, l, listener, tls.clone());
             summary.listeners_added.push(l.name.clone());
         }
         state.restart_health_checks(&generation);
@@ -747,7 +752,7 @@ async fn accept_loop(listener: TcpListener, slot: Arc<ListenerSlot>, state: Arc<
 fn instance_nonce() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
+        .map(|d| d.as_nanos())
         .unwrap_or(0);
     xxhash_rust::xxh3::xxh3_64_with_seed(&t.to_le_bytes(), u64::from(std::process::id()))
 }

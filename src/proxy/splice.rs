@@ -129,9 +129,8 @@ impl Half {
     {
         for _ in 0..MAX_READS_PER_POLL {
             // Flush what backpressure left over.
-            while self.pos < self.pending.len() {
-                let n = ready!(w.as_mut().poll_write(cx, &self.pending[self.pos..]))
-                    .map_err(|e| (Side::Write, e))?;
+            while let Some(rest) = self.pending.get(self.pos..).filter(|r| !r.is_empty()) {
+                let n = ready!(w.as_mut().poll_write(cx, rest)).map_err(|e| (Side::Write, e))?;
                 if n == 0 {
                     return Poll::Ready(Err((Side::Write, io::ErrorKind::WriteZero.into())));
                 }
@@ -174,12 +173,14 @@ impl Half {
                 // Kicking: forward up to the end of the current packet and
                 // drop the rest (the client is leaving this node).
                 let data = match &mut self.tracker {
-                    Some(t) => &data[..t.advance(data, self.kick.is_some())],
+                    Some(t) => data
+                        .get(..t.advance(data, self.kick.is_some()))
+                        .unwrap_or(data),
                     None => data,
                 };
                 let mut written = 0;
-                while written < data.len() {
-                    match w.as_mut().poll_write(cx, &data[written..]) {
+                while let Some(rest) = data.get(written..).filter(|r| !r.is_empty()) {
+                    match w.as_mut().poll_write(cx, rest) {
                         Poll::Ready(Ok(0)) => {
                             return Poll::Ready(Err((
                                 Side::Write,
@@ -191,8 +192,8 @@ impl Half {
                         Poll::Pending => break,
                     }
                 }
-                if written < data.len() {
-                    self.pending = data[written..].to_vec();
+                if let Some(rest) = data.get(written..).filter(|r| !r.is_empty()) {
+                    self.pending = rest.to_vec();
                 }
                 Poll::Ready(Ok(()))
             });

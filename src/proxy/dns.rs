@@ -17,7 +17,7 @@ use hickory_resolver::TokioResolver;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::proxy::{ProxyHandle, Resolved};
+use super::{ProxyHandle, Resolved};
 
 /// Resolve the proxy's DNS servers until `shutdown`.
 pub async fn run(handle: ProxyHandle, shutdown: CancellationToken) {
@@ -69,7 +69,9 @@ fn set(resolved: &mut Resolved, pool: &str, i: usize, ips: Vec<IpAddr>) {
     if entries.len() <= i {
         entries.resize(i + 1, Vec::new());
     }
-    entries[i] = ips;
+    if let Some(entry) = entries.get_mut(i) {
+        *entry = ips;
+    }
 }
 
 #[cfg(test)]

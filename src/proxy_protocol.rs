@@ -1,5 +1,6 @@
-//! PROXY protocol headers sent to backends (v1 text, v2 binary with TLVs),
-//! encoded with the `proxy-header` crate.
+//! PROXY protocol headers sent to backends, by client connections and by
+//! health checks (v1 text, v2 binary with TLVs), encoded with the
+//! `proxy-header` crate.
 //!
 //! v2 carries, besides the addresses: ALPN, authority (the TLS SNI), an SSL
 //! TLV (client used TLS, presented and verified a certificate, TLS version,
@@ -9,8 +10,27 @@ use std::net::SocketAddr;
 
 use proxy_header::{ProxiedAddress, ProxyHeader, SslInfo, Tlv};
 
-use crate::config::{ProxyCommand, ProxyProtocol};
 use crate::tls::TlsInfo;
+
+/// The PROXY header command a health check sends when the pool speaks the
+/// PROXY protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyCommand {
+    /// Command PROXY (v1 `PROXY TCP4 …`) with the check connection's own
+    /// addresses: every broker that parses PROXY headers accepts it.
+    Proxy,
+    /// v2 command LOCAL, v1 `PROXY UNKNOWN`: no addresses. RabbitMQ 3.10,
+    /// Mosquitto 2.1 and older VerneMQ drop such connections.
+    Local,
+}
+
+/// Which PROXY protocol version a pool sends to its nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    Off,
+    V1,
+    V2,
+}
 
 /// Append the header for a proxied client connection to `out`.
 pub fn encode(

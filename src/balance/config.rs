@@ -1,0 +1,89 @@
+//! The configuration of a pool, as the balancer uses it: its nodes, how
+//! one is chosen, and how their health is checked. Built and validated by
+//! [`crate::config`]; owned here so that this layer depends on nothing
+//! above it.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use crate::mqtt::ProtocolVersion;
+use crate::proxy_protocol::{ProxyCommand, ProxyProtocol};
+use crate::secret::Secret;
+
+/// How a pool chooses a node for a new client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    RoundRobin,
+    LeastConnections,
+    ClientId,
+}
+
+/// What the `client-id` strategy hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashKey {
+    ClientId,
+    Username,
+    CertCn,
+}
+
+/// How a node's health is checked actively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    Tcp,
+    Mqtt,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub check: HealthCheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: NonZeroU32,
+    pub fall: NonZeroU32,
+    pub mqtt_version: ProtocolVersion,
+    pub proxy_command: ProxyCommand,
+    /// Credentials of the MQTT check's CONNECT, for brokers that refuse
+    /// anonymous clients.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: NonZeroU32,
+}
+
+/// A server given by DNS name: every address the name resolves to becomes
+/// a node named `{name}/{ip}` (a Kubernetes headless Service lists every
+/// broker pod), re-resolved every `resolve_interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsServerConfig {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub weight: NonZeroU32,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub name: String,
+    pub strategy: Strategy,
+    pub hash_key: HashKey,
+    pub proxy_protocol: ProxyProtocol,
+    pub connect_timeout: Duration,
+    pub connect_attempts: NonZeroU32,
+    /// MQTT listeners: how long a node has to answer a client's CONNECT
+    /// with a CONNACK before the next candidate gets it.
+    pub connack_timeout: Duration,
+    pub health: HealthConfig,
+    pub servers: Vec<ServerConfig>,
+    pub dns: Vec<DnsServerConfig>,
+    pub resolve_interval: Duration,
+    /// On drain, send MQTT 5 clients DISCONNECT 0x9C "use another server".
+    pub drain_disconnect: bool,
+    /// Spread those DISCONNECTs over this window (no reconnect storm).
+    pub drain_window: Duration,
+}

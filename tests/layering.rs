@@ -1,0 +1,143 @@
+//! The module graph points one way (ARCHITECTURE.md, "Layers"): a module
+//! may use modules of lower layers only, never its own layer's siblings
+//! or anything above. Checked on the source text: every `crate::NAME`
+//! path outside `#[cfg(test)]` code (and every `super::`-free
+//! `use crate::…` line) names the module it depends on.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Layer of each top-level module, lowest first.
+const LAYERS: &[(&str, u8)] = &[
+    // wire formats and OS plumbing: depend on nothing in the crate
+    ("sys", 0),
+    ("secret", 0),
+    ("mqtt", 0),
+    // metric families, TLS setup, development certificates
+    ("metrics", 1),
+    ("tls", 1),
+    ("certs", 1),
+    // PROXY headers (carry TLS facts)
+    ("proxy_protocol", 2),
+    // pools, selection, health state and checks: pure of config and proxy
+    ("balance", 3),
+    // parsing and validation into the types the layers below own
+    ("config", 4),
+    // the two servers
+    ("proxy", 5),
+    ("broker", 5),
+    // what drives them, and the operator tools
+    ("admin", 6),
+    ("demo", 6),
+    ("doctor", 6),
+    ("estimate", 6),
+    ("bench", 7),
+];
+
+fn layer(module: &str) -> u8 {
+    LAYERS
+        .iter()
+        .find(|(m, _)| *m == module)
+        .map(|(_, l)| *l)
+        .unwrap_or_else(|| panic!("module {module:?} has no layer in tests/layering.rs"))
+}
+
+/// Top-level module of a file under src/ (`src/balance/health.rs` → balance).
+fn module_of(rel: &Path) -> Option<String> {
+    let first = rel.components().next()?.as_os_str().to_str()?;
+    let name = first.strip_suffix(".rs").unwrap_or(first);
+    (!matches!(name, "lib" | "main")).then(|| name.to_string())
+}
+
+/// Every `crate::NAME` outside comments and `#[cfg(test)]` code.
+fn crate_refs(text: &str) -> Vec<String> {
+    let mut refs = Vec::new();
+    for line in text.lines() {
+        let code = line.trim_start();
+        if code.starts_with("#[cfg(test)]") {
+            break;
+        }
+        if code.starts_with("//") {
+            continue;
+        }
+        let mut rest = code;
+        while let Some(i) = rest.find("crate::") {
+            let after = &rest[i + "crate::".len()..];
+            let name: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                refs.push(name);
+            }
+            rest = after;
+        }
+        // `use crate::{a, b::c}` groups.
+        if let Some(group) = code.strip_prefix("use crate::{") {
+            for part in group.split(',') {
+                let name: String = part
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    refs.push(name);
+                }
+            }
+        }
+    }
+    refs
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read src") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn dependencies_point_down() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut graph: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    let mut wrong = Vec::new();
+    for file in files {
+        let rel = file.strip_prefix(&src).expect("under src");
+        let Some(module) = module_of(rel) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&file).expect("read");
+        for dep in crate_refs(&text) {
+            if dep == module {
+                continue;
+            }
+            graph.entry(module.clone()).or_default().insert(dep.clone());
+            if layer(&dep) >= layer(&module) {
+                wrong.push(format!(
+                    "{}: {module} (layer {}) uses {dep} (layer {})",
+                    rel.display(),
+                    layer(&module),
+                    layer(&dep)
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "dependencies that point sideways or up:\n  {}\ngraph: {graph:#?}",
+        wrong.join("\n  ")
+    );
+    // Every module of lib.rs has a layer.
+    for (m, _) in LAYERS {
+        assert!(
+            src.join(format!("{m}.rs")).exists() || src.join(m).join("mod.rs").exists(),
+            "{m} is listed in LAYERS but is not a module"
+        );
+    }
+}
