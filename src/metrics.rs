@@ -2,10 +2,11 @@
 //! the caller (no globals), named as `../shared/DESIGN.md` fixes them.
 //!
 //! Labels are bounded: listener, backend, reason, result, protocol,
-//! direction. Per-listener and per-backend handles are resolved once when a
-//! listener or backend is created, so the data path of a connection that
-//! succeeds never looks a label set up in a map (failure reasons, the rare
-//! path, do).
+//! direction. Reasons and results are enums ([`Rejection`],
+//! [`HandshakeResult`], [`Disconnect`]) whose `as_str` is the label value.
+//! Per-listener and per-backend handles for every label value are resolved
+//! once when a listener or backend is created (so every series exists from
+//! the start, at 0), and no connection ever looks a label set up in a map.
 
 use std::sync::Arc;
 
@@ -17,6 +18,126 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::mqtt::ProtocolVersion;
+use crate::mqtt::connect::ConnectError;
+
+/// A fieldless enum whose variants are the values of one metric label:
+/// `ALL` lists them (handles are resolved for each up front) and `as_str`
+/// is the label value.
+macro_rules! label_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident => $label:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+    };
+}
+pub(crate) use label_enum;
+
+/// Counters for every value of a label enum, resolved once; `get` never
+/// looks a label set up.
+#[derive(Clone, Debug)]
+pub struct CounterSet(Box<[Counter]>);
+
+impl CounterSet {
+    pub fn new<T: Copy>(all: &[T], counter: impl Fn(T) -> Counter) -> CounterSet {
+        CounterSet(all.iter().map(|&v| counter(v)).collect())
+    }
+
+    /// Count one `value` (its position in the enum's `ALL`).
+    pub fn inc(&self, index: usize) {
+        if let Some(c) = self.0.get(index) {
+            c.inc();
+        }
+    }
+}
+
+label_enum! {
+    /// Why the proxy closed a client connection before relaying it: the
+    /// `reason` label of `mqttlb_connections_rejected_total`.
+    pub enum Rejection {
+        /// `limits.max_connections` reached: closed right after accept.
+        MaxConnections => "max_connections",
+        TlsHandshakeTimeout => "tls_handshake_timeout",
+        TlsHandshakeFailed => "tls_handshake_failed",
+        /// No complete CONNECT within `connect_timeout`.
+        ConnectTimeout => "connect_timeout",
+        ClosedBeforeConnect => "closed_before_connect",
+        /// A read error before the CONNECT arrived.
+        ClientError => "client_error",
+        /// The first packet is another MQTT packet.
+        NotConnect => "not_connect",
+        /// A TLS ClientHello on a plain MQTT listener.
+        TlsInMqtt => "tls_in_mqtt",
+        /// An HTTP request on an MQTT listener.
+        Http => "http",
+        ConnectTooLarge => "connect_too_large",
+        UnsupportedProtocol => "unsupported_protocol",
+        MalformedConnect => "malformed_connect",
+        /// No node in rotation took the client.
+        NoBackend => "no_backend",
+    }
+}
+
+impl From<&ConnectError> for Rejection {
+    fn from(e: &ConnectError) -> Rejection {
+        match e {
+            ConnectError::NotConnect(_) => Rejection::NotConnect,
+            ConnectError::Tls => Rejection::TlsInMqtt,
+            ConnectError::Http => Rejection::Http,
+            ConnectError::TooLarge { .. } => Rejection::ConnectTooLarge,
+            ConnectError::UnsupportedProtocol => Rejection::UnsupportedProtocol,
+            ConnectError::BadRemainingLength
+            | ConnectError::BadFlags
+            | ConnectError::Truncated
+            | ConnectError::BadUtf8
+            | ConnectError::BadProperties
+            | ConnectError::TrailingBytes => Rejection::MalformedConnect,
+        }
+    }
+}
+
+label_enum! {
+    /// Outcome of a TLS handshake: the `result` label of
+    /// `mqttlb_tls_handshakes_total`.
+    pub enum HandshakeResult {
+        Ok => "ok",
+        Failed => "failed",
+        Timeout => "timeout",
+    }
+}
+
+label_enum! {
+    /// How a relayed connection (one that reached a backend) ended: the
+    /// `reason` label of `mqttlb_connections_closed_total`.
+    pub enum Disconnect {
+        /// Both sides closed.
+        Closed => "closed",
+        /// Nothing moved for the idle timeout (1.5 × the client's keep-alive).
+        IdleTimeout => "idle_timeout",
+        /// Sent DISCONNECT "use another server" by a drain.
+        Drained => "drained",
+        /// An I/O error on the client's side.
+        ClientError => "client_error",
+        /// An I/O error on the backend's side.
+        BackendError => "backend_error",
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
@@ -82,6 +203,7 @@ pub struct Metrics {
     pub connections_active: Family<ListenerLabel, Gauge>,
     pub connections_total: Family<ListenerLabel, Counter>,
     pub connections_rejected: Family<RejectLabel, Counter>,
+    pub connections_closed: Family<RejectLabel, Counter>,
     pub tls_handshakes: Family<ResultLabel, Counter>,
     pub tls_handshake_duration: Family<ListenerLabel, Histogram>,
     pub mqtt_connects: Family<ProtocolLabel, Counter>,
@@ -104,6 +226,7 @@ impl Metrics {
             connections_active: Family::default(),
             connections_total: Family::default(),
             connections_rejected: Family::default(),
+            connections_closed: Family::default(),
             tls_handshakes: Family::default(),
             tls_handshake_duration: Family::new_with_constructor(latency_histogram),
             mqtt_connects: Family::default(),
@@ -134,6 +257,11 @@ impl Metrics {
             "connections_rejected",
             "Client connections closed before reaching a backend, by reason",
             m.connections_rejected.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Relayed client connections that ended, by how (idle timeouts, drains, errors)",
+            m.connections_closed.clone(),
         );
         r.register(
             "tls_handshakes",
@@ -249,9 +377,23 @@ impl Metrics {
             downstream_bytes: self.bytes.get_or_create_owned(&DirectionLabel {
                 direction: Direction::downstream,
             }),
-            handshake_ok: self.tls_handshakes.get_or_create_owned(&ResultLabel {
-                listener: label.listener.clone(),
-                result: "ok",
+            rejected: CounterSet::new(Rejection::ALL, |r| {
+                self.connections_rejected.get_or_create_owned(&RejectLabel {
+                    listener: label.listener.clone(),
+                    reason: r.as_str(),
+                })
+            }),
+            handshakes: CounterSet::new(HandshakeResult::ALL, |r| {
+                self.tls_handshakes.get_or_create_owned(&ResultLabel {
+                    listener: label.listener.clone(),
+                    result: r.as_str(),
+                })
+            }),
+            closed: CounterSet::new(Disconnect::ALL, |r| {
+                self.connections_closed.get_or_create_owned(&RejectLabel {
+                    listener: label.listener.clone(),
+                    reason: r.as_str(),
+                })
             }),
             connects: [
                 ProtocolVersion::V31,
@@ -264,8 +406,6 @@ impl Metrics {
                     protocol: v.as_str(),
                 })
             }),
-            name: label.listener,
-            families: self.clone(),
         }
     }
 
@@ -315,40 +455,28 @@ pub struct ListenerMetrics {
     pub handshake_duration: Histogram,
     pub upstream_bytes: Counter,
     pub downstream_bytes: Counter,
-    /// Per-connection outcomes, resolved once: the data path never looks a
-    /// label set up for a successful handshake or a CONNECT.
-    handshake_ok: Counter,
+    /// Every outcome counter of this listener, resolved once, in the
+    /// order of the enums' `ALL`.
+    rejected: CounterSet,
+    handshakes: CounterSet,
+    closed: CounterSet,
     connects: [Counter; 3],
-    name: Arc<String>,
-    families: Metrics,
 }
 
 impl ListenerMetrics {
-    /// Count a connection closed for `reason` (a stable snake_case word).
-    pub fn rejected(&self, reason: &'static str) {
-        self.families
-            .connections_rejected
-            .get_or_create(&RejectLabel {
-                listener: self.name.clone(),
-                reason,
-            })
-            .inc();
+    /// Count a connection closed before it reached a backend.
+    pub fn rejected(&self, reason: Rejection) {
+        self.rejected.inc(reason as usize);
     }
 
-    /// Count a TLS handshake by result ("ok" is pre-resolved; failures
-    /// look their label up).
-    pub fn handshake(&self, result: &'static str) {
-        if result == "ok" {
-            self.handshake_ok.inc();
-            return;
-        }
-        self.families
-            .tls_handshakes
-            .get_or_create(&ResultLabel {
-                listener: self.name.clone(),
-                result,
-            })
-            .inc();
+    /// Count a TLS handshake by result.
+    pub fn handshake(&self, result: HandshakeResult) {
+        self.handshakes.inc(result as usize);
+    }
+
+    /// Count how a relayed connection ended.
+    pub fn closed(&self, how: Disconnect) {
+        self.closed.inc(how as usize);
     }
 
     pub fn mqtt_connect(&self, protocol: ProtocolVersion) {

@@ -25,6 +25,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info};
 
+use super::metrics::{DropReason, Ended, Refusal};
 use super::router::Sub;
 use super::session::{Attached, Delivery, Inflight, NEVER_EXPIRES, PEER_PREFIX, Session, kick};
 use super::{Broker, Message};
@@ -65,7 +66,7 @@ enum End {
     /// DISCONNECT received (reason code).
     Disconnect(u8),
     /// Closed, errored, timed out, protocol error: the will is published.
-    Abnormal(&'static str),
+    Abnormal(Ended),
     /// Kicked by the broker with this reason code.
     Kicked(u8),
 }
@@ -92,7 +93,7 @@ pub async fn handle(
             Ok(p) => p,
             Err(reason) => {
                 broker.metrics.rejected(reason);
-                debug!(reason, "closed before CONNECT");
+                debug!(reason = reason.as_str(), "closed before CONNECT");
                 return;
             }
         };
@@ -100,7 +101,7 @@ pub async fn handle(
             Ok(c) => c,
             Err(reason) => {
                 broker.metrics.rejected(reason);
-                debug!(reason, "closed before CONNECT");
+                debug!(reason = reason.as_str(), "closed before CONNECT");
                 return;
             }
         };
@@ -108,7 +109,7 @@ pub async fn handle(
         if connect.client_id.starts_with(PEER_PREFIX)
             && !mesh_link_allowed(&broker, &connect, addr, &proxied)
         {
-            broker.metrics.rejected("mesh_link_not_authorized");
+            broker.metrics.rejected(Refusal::MeshLinkNotAuthorized);
             info!("mesh link refused: wrong secret, unknown peer address, or behind a proxy");
             let code = if connect.protocol == ProtocolVersion::V5 {
                 rc::NOT_AUTHORIZED
@@ -166,7 +167,7 @@ async fn read_proxy_header(
     rd: &mut OwnedReadHalf,
     rbuf: &mut BytesMut,
     deadline: Instant,
-) -> Result<Proxied, &'static str> {
+) -> Result<Proxied, Refusal> {
     use proxy_header::{Error, ParseConfig, ProxyHeader};
     let mode = broker.config.proxy_protocol;
     if mode == ProxyIn::Off {
@@ -179,7 +180,7 @@ async fn read_proxy_header(
             let looks_like_proxy = starts(b"PROXY ") || starts(b"\r\n\r\n\0\r\nQUIT\n");
             if !looks_like_proxy {
                 return match mode {
-                    ProxyIn::Required => Err("proxy_header_missing"),
+                    ProxyIn::Required => Err(Refusal::ProxyHeaderMissing),
                     _ => Ok(Proxied::default()),
                 };
             }
@@ -193,13 +194,13 @@ async fn read_proxy_header(
                     return Ok(Proxied { present: true, cn });
                 }
                 Err(Error::BufferTooShort) if rbuf.len() < 536 => {}
-                Err(_) => return Err("proxy_header_invalid"),
+                Err(_) => return Err(Refusal::ProxyHeaderInvalid),
             }
         }
         match timeout_at(deadline, rd.read_buf(rbuf)).await {
-            Some(Ok(0)) | Some(Err(_)) => return Err("closed_before_connect"),
+            Some(Ok(0)) | Some(Err(_)) => return Err(Refusal::ClosedBeforeConnect),
             Some(Ok(_)) => {}
-            None => return Err("connect_timeout"),
+            None => return Err(Refusal::ConnectTimeout),
         }
     }
 }
@@ -213,29 +214,29 @@ async fn read_connect(
     rd: &mut OwnedReadHalf,
     rbuf: &mut BytesMut,
     deadline: Instant,
-) -> Result<Box<ConnectPacket>, &'static str> {
+) -> Result<Box<ConnectPacket>, Refusal> {
     loop {
         match codec::frame_len(rbuf, broker.config.max_packet_size) {
             Ok(Some(n)) => {
                 let frame = rbuf.split_to(n).freeze();
                 return match codec::decode(frame, ProtocolVersion::V311) {
                     Ok(Packet::Connect(c)) => Ok(c),
-                    Ok(_) => Err("not_connect"),
-                    Err(DecodeError::UnsupportedProtocol) => Err("unsupported_protocol"),
-                    Err(_) => Err("malformed_connect"),
+                    Ok(_) => Err(Refusal::NotConnect),
+                    Err(DecodeError::UnsupportedProtocol) => Err(Refusal::UnsupportedProtocol),
+                    Err(_) => Err(Refusal::MalformedConnect),
                 };
             }
             Ok(None) => {}
-            Err(DecodeError::TooLarge { .. }) => return Err("connect_too_large"),
-            Err(_) => return Err("malformed_connect"),
+            Err(DecodeError::TooLarge { .. }) => return Err(Refusal::ConnectTooLarge),
+            Err(_) => return Err(Refusal::MalformedConnect),
         }
         if rbuf.first().is_some_and(|&b| b != 0x10) {
-            return Err("not_connect");
+            return Err(Refusal::NotConnect);
         }
         match timeout_at(deadline, rd.read_buf(rbuf)).await {
-            Some(Ok(0)) | Some(Err(_)) => return Err("closed_before_connect"),
+            Some(Ok(0)) | Some(Err(_)) => return Err(Refusal::ClosedBeforeConnect),
             Some(Ok(_)) => {}
-            None => return Err("connect_timeout"),
+            None => return Err(Refusal::ConnectTimeout),
         }
     }
 }
@@ -272,7 +273,7 @@ async fn run(
     let mut assigned = None;
     let client_id = if connect.client_id.is_empty() {
         if !v5 && !connect.clean {
-            broker.metrics.rejected("identifier_rejected");
+            broker.metrics.rejected(Refusal::IdentifierRejected);
             codec::encode(
                 &connack(false, 0x02, Properties::default()),
                 protocol,
@@ -290,7 +291,7 @@ async fn run(
     tracing::Span::current().record("client_id", client_id.as_str());
     if let Some(w) = &connect.will {
         if topic::validate_name(&w.topic).is_err() {
-            broker.metrics.rejected("bad_will_topic");
+            broker.metrics.rejected(Refusal::BadWillTopic);
             let code = if v5 { rc::TOPIC_NAME_INVALID } else { 0x02 };
             codec::encode(
                 &connack(false, code, Properties::default()),
@@ -377,18 +378,18 @@ async fn run(
         let ka_deadline = last_heard + keep_alive.unwrap_or(far);
         tokio::select! {
             r = rd.read_buf(&mut rbuf), if c.wbuf.len() < READ_PAUSE => match r {
-                Ok(0) => break End::Abnormal("closed"),
+                Ok(0) => break End::Abnormal(Ended::Closed),
                 Ok(_) => last_heard = Instant::now(),
-                Err(_) => break End::Abnormal("read_error"),
+                Err(_) => break End::Abnormal(Ended::ReadError),
             },
             r = wr.write(&c.wbuf), if !c.wbuf.is_empty() => match r {
                 Ok(n) => c.wbuf.advance(n),
-                Err(_) => break End::Abnormal("write_error"),
+                Err(_) => break End::Abnormal(Ended::WriteError),
             },
             _ = session.notify.notified(), if c.wbuf.len() < WRITE_HIGH_WATER => {}
             _ = sleep_until(ka_deadline) => {
                 c.disconnect_packet(rc::KEEP_ALIVE_TIMEOUT);
-                break End::Abnormal("keep_alive_timeout");
+                break End::Abnormal(Ended::KeepAliveTimeout);
             }
             _ = kick_token.cancelled() => break End::Kicked(kick_reason.load(Ordering::Relaxed)),
             _ = shutdown.cancelled() => break End::Kicked(kick::SERVER_SHUTTING_DOWN),
@@ -545,11 +546,11 @@ impl Conn {
             let Some((d, pkid)) = next else { return };
             if d.msg.expired() {
                 self.forget(pkid);
-                self.broker.metrics.dropped("expired");
+                self.broker.metrics.dropped(DropReason::Expired);
                 continue;
             }
             let Some(pkid) = pkid else {
-                self.broker.metrics.dropped("no_packet_id");
+                self.broker.metrics.dropped(DropReason::NoPacketId);
                 continue;
             };
             let p = self.publish_packet(&d, pkid, false);
@@ -557,7 +558,7 @@ impl Conn {
                 && codec::encoded_len(&p, self.protocol) > self.client_max_packet
             {
                 self.forget(Some(pkid));
-                self.broker.metrics.dropped("too_large_for_client");
+                self.broker.metrics.dropped(DropReason::TooLargeForClient);
                 continue;
             }
             self.send(&p);
@@ -580,11 +581,11 @@ impl Conn {
                 Ok(None) => return Ok(None),
                 Err(DecodeError::TooLarge { .. }) => {
                     self.disconnect_packet(rc::PACKET_TOO_LARGE);
-                    return Err(End::Abnormal("packet_too_large"));
+                    return Err(End::Abnormal(Ended::PacketTooLarge));
                 }
                 Err(_) => {
                     self.disconnect_packet(rc::MALFORMED);
-                    return Err(End::Abnormal("malformed"));
+                    return Err(End::Abnormal(Ended::Malformed));
                 }
             };
             let frame = rbuf.split_to(n).freeze();
@@ -593,7 +594,7 @@ impl Conn {
                 Err(e) => {
                     debug!(error = %e, "malformed packet");
                     self.disconnect_packet(rc::MALFORMED);
-                    return Err(End::Abnormal("malformed"));
+                    return Err(End::Abnormal(Ended::Malformed));
                 }
             };
             if let Some(end) = self.packet(packet)? {
@@ -602,8 +603,8 @@ impl Conn {
         }
     }
 
-    fn protocol_error(&mut self, why: &'static str) -> End {
-        debug!(why, "protocol error");
+    fn protocol_error(&mut self, why: Ended) -> End {
+        debug!(why = why.as_str(), "protocol error");
         self.disconnect_packet(rc::PROTOCOL_ERROR);
         End::Abnormal(why)
     }
@@ -675,14 +676,14 @@ impl Conn {
                     // [MQTT-3.14.2.2.2].
                     if st.expiry == 0 && e != 0 {
                         drop(st);
-                        return Err(self.protocol_error("session_expiry_raised"));
+                        return Err(self.protocol_error(Ended::SessionExpiryRaised));
                     }
                     st.expiry = e;
                 }
                 return Ok(Some(End::Disconnect(code)));
             }
-            Packet::Connect(_) => return Err(self.protocol_error("second_connect")),
-            _ => return Err(self.protocol_error("unexpected_packet")),
+            Packet::Connect(_) => return Err(self.protocol_error(Ended::SecondConnect)),
+            _ => return Err(self.protocol_error(Ended::UnexpectedPacket)),
         }
         Ok(None)
     }
@@ -692,12 +693,12 @@ impl Conn {
         if let Some(alias) = p.props.topic_alias.take() {
             if alias == 0 || alias > self.broker.config.topic_alias_maximum {
                 self.disconnect_packet(rc::TOPIC_ALIAS_INVALID);
-                return Err(End::Abnormal("topic_alias_invalid"));
+                return Err(End::Abnormal(Ended::TopicAliasInvalid));
             }
             if p.topic.is_empty() {
                 match self.aliases.get(&alias) {
                     Some(t) => p.topic = t.clone(),
-                    None => return Err(self.protocol_error("unknown_topic_alias")),
+                    None => return Err(self.protocol_error(Ended::UnknownTopicAlias)),
                 }
             } else {
                 self.aliases.insert(alias, p.topic.clone());
@@ -705,7 +706,7 @@ impl Conn {
         }
         if topic::validate_name(&p.topic).is_err() {
             self.disconnect_packet(rc::TOPIC_NAME_INVALID);
-            return Err(End::Abnormal("topic_name_invalid"));
+            return Err(End::Abnormal(Ended::TopicNameInvalid));
         }
         match p.qos {
             0 => self.route(p),
@@ -729,7 +730,7 @@ impl Conn {
                 match fresh {
                     None => {
                         self.disconnect_packet(rc::RECEIVE_MAXIMUM_EXCEEDED);
-                        return Err(End::Abnormal("receive_maximum_exceeded"));
+                        return Err(End::Abnormal(Ended::ReceiveMaximumExceeded));
                     }
                     // A retransmission (DUP) of a QoS 2 message already
                     // routed: acknowledge again, do not deliver twice.
@@ -833,24 +834,20 @@ impl Conn {
 
     /// After the loop: will, then keep or drop the session.
     fn detach(self, end: End) {
-        let (publish_will, label) = match &end {
-            End::Disconnect(code) => (*code == rc::DISCONNECT_WITH_WILL, "client_disconnect"),
+        let (publish_will, how) = match &end {
+            End::Disconnect(code) => (*code == rc::DISCONNECT_WITH_WILL, Ended::ClientDisconnect),
             End::Abnormal(why) => (true, *why),
             End::Kicked(code) => (
                 *code != kick::SERVER_SHUTTING_DOWN,
                 match *code {
-                    kick::SESSION_TAKEN_OVER => "taken_over",
-                    kick::QUOTA_EXCEEDED => "slow_consumer",
-                    _ => "server_shutdown",
+                    kick::SESSION_TAKEN_OVER => Ended::TakenOver,
+                    kick::QUOTA_EXCEEDED => Ended::SlowConsumer,
+                    _ => Ended::ServerShutdown,
                 },
             ),
         };
-        self.broker
-            .metrics
-            .disconnects
-            .get_or_create(&super::ReasonLabel { reason: label })
-            .inc();
-        debug!(reason = label, "client disconnected");
+        self.broker.metrics.ended(how);
+        debug!(reason = how.as_str(), "client disconnected");
         let broker = self.broker;
         let (still_ours, expiry) = {
             let mut st = self.session.lock();

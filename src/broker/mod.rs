@@ -10,6 +10,7 @@
 //! one lock per session; no lock is held across an `.await`.
 
 pub mod conn;
+pub mod metrics;
 pub mod peer;
 pub mod router;
 pub mod session;
@@ -19,10 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -33,6 +30,8 @@ use tracing::{debug, info, warn};
 
 use crate::config::broker::BrokerConfig;
 use crate::mqtt::codec::{Properties, PublishPacket};
+pub use metrics::BrokerMetrics;
+use metrics::{DropReason, Refusal};
 use router::Router;
 use session::{Delivery, Enqueued, Session};
 
@@ -105,114 +104,6 @@ impl Message {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
-}
-
-/// `mqttlb_broker_*` metrics.
-#[derive(Clone)]
-pub struct BrokerMetrics {
-    pub connections_active: Gauge,
-    pub connections_total: Counter,
-    pub connections_rejected: Family<ReasonLabel, Counter>,
-    pub sessions: Gauge,
-    pub subscriptions: Gauge,
-    pub retained: Gauge,
-    pub messages_received: Counter,
-    pub messages_sent: Counter,
-    pub messages_dropped: Family<ReasonLabel, Counter>,
-    pub peer_links_up: Gauge,
-    pub disconnects: Family<ReasonLabel, Counter>,
-}
-
-impl BrokerMetrics {
-    pub fn new(registry: &mut Registry) -> BrokerMetrics {
-        let m = BrokerMetrics {
-            connections_active: Gauge::default(),
-            connections_total: Counter::default(),
-            connections_rejected: Family::default(),
-            sessions: Gauge::default(),
-            subscriptions: Gauge::default(),
-            retained: Gauge::default(),
-            messages_received: Counter::default(),
-            messages_sent: Counter::default(),
-            messages_dropped: Family::default(),
-            peer_links_up: Gauge::default(),
-            disconnects: Family::default(),
-        };
-        let r = registry.sub_registry_with_prefix("mqttlb_broker");
-        r.register(
-            "connections_active",
-            "Open client connections",
-            m.connections_active.clone(),
-        );
-        r.register(
-            "connections",
-            "Accepted client connections",
-            m.connections_total.clone(),
-        );
-        r.register(
-            "connections_rejected",
-            "Connections closed before or at CONNECT, by reason",
-            m.connections_rejected.clone(),
-        );
-        r.register(
-            "sessions",
-            "Sessions held (online and offline)",
-            m.sessions.clone(),
-        );
-        r.register(
-            "subscriptions",
-            "Subscriptions held",
-            m.subscriptions.clone(),
-        );
-        r.register(
-            "retained_messages",
-            "Retained messages held",
-            m.retained.clone(),
-        );
-        r.register(
-            "messages_received",
-            "PUBLISH packets received from clients and peers",
-            m.messages_received.clone(),
-        );
-        r.register(
-            "messages_sent",
-            "PUBLISH packets sent to clients and peers",
-            m.messages_sent.clone(),
-        );
-        r.register(
-            "messages_dropped",
-            "Messages not delivered to a subscriber, by reason",
-            m.messages_dropped.clone(),
-        );
-        r.register(
-            "peer_links_up",
-            "Mesh links to peers that are up",
-            m.peer_links_up.clone(),
-        );
-        r.register(
-            "disconnects",
-            "Client connections ended after CONNECT, by reason (protocol errors included)",
-            m.disconnects.clone(),
-        );
-        m
-    }
-
-    pub fn dropped(&self, reason: &'static str) {
-        self.messages_dropped
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
-    }
-
-    pub fn rejected(&self, reason: &'static str) {
-        self.connections_rejected
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
-    }
-}
-
 /// The broker's shared state.
 pub struct Broker {
     pub config: BrokerConfig,
@@ -277,9 +168,9 @@ impl Broker {
             };
             match session.enqueue(d, cap) {
                 Enqueued::Queued => {}
-                Enqueued::QueuedEvicting => self.metrics.dropped("queue_full"),
+                Enqueued::QueuedEvicting => self.metrics.dropped(DropReason::QueueFull),
                 Enqueued::Dropped(reason) => {
-                    if reason == "slow_consumer" {
+                    if reason == DropReason::SlowConsumer {
                         info!(client_id = %session.client_id, "slow consumer: queue full of QoS 1/2 messages; disconnecting");
                     }
                     self.metrics.dropped(reason)
@@ -357,7 +248,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: Cancell
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            broker.metrics.rejected("max_connections");
+            broker.metrics.rejected(Refusal::MaxConnections);
             debug!(client.addr = %addr, "connection limit reached; refusing");
             continue;
         };

@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Message;
+use super::metrics::DropReason;
 use crate::mqtt::ProtocolVersion;
 use crate::mqtt::codec::SubOptions;
 
@@ -91,7 +92,7 @@ pub struct SessionState {
 pub enum Enqueued {
     Queued,
     /// Dropped (`reason` is the metric label).
-    Dropped(&'static str),
+    Dropped(DropReason),
     /// Queued, after evicting an older QoS 0 message to make room.
     QueuedEvicting,
 }
@@ -140,12 +141,12 @@ impl Session {
         if !online && d.qos == 0 {
             // Like Mosquitto's default: QoS 0 is not queued for offline
             // clients.
-            return Enqueued::Dropped("offline_qos0");
+            return Enqueued::Dropped(DropReason::OfflineQos0);
         }
         let mut outcome = Enqueued::Queued;
         if st.queue.len() >= cap {
             if d.qos == 0 {
-                return Enqueued::Dropped("queue_full");
+                return Enqueued::Dropped(DropReason::QueueFull);
             }
             match st.queue.iter().position(|q| q.qos == 0) {
                 Some(i) => {
@@ -156,7 +157,7 @@ impl Session {
                     if let Some(a) = &st.attached {
                         a.kick(kick::QUOTA_EXCEEDED);
                     }
-                    return Enqueued::Dropped("slow_consumer");
+                    return Enqueued::Dropped(DropReason::SlowConsumer);
                 }
             }
         }
@@ -211,12 +212,15 @@ mod tests {
         let (s, kick) = online();
         assert_eq!(s.enqueue(delivery(0), 2), Enqueued::Queued);
         assert_eq!(s.enqueue(delivery(1), 2), Enqueued::Queued);
-        assert_eq!(s.enqueue(delivery(0), 2), Enqueued::Dropped("queue_full"));
+        assert_eq!(
+            s.enqueue(delivery(0), 2),
+            Enqueued::Dropped(DropReason::QueueFull)
+        );
         assert_eq!(s.enqueue(delivery(1), 2), Enqueued::QueuedEvicting);
         assert!(!kick.is_cancelled());
         assert_eq!(
             s.enqueue(delivery(2), 2),
-            Enqueued::Dropped("slow_consumer")
+            Enqueued::Dropped(DropReason::SlowConsumer)
         );
         assert!(kick.is_cancelled(), "a full queue of QoS 1/2 disconnects");
         assert_eq!(s.lock().queue.len(), 2);
@@ -225,11 +229,14 @@ mod tests {
     #[test]
     fn offline_sessions_queue_only_qos1_and_2() {
         let s = Session::new("c".into(), ProtocolVersion::V311);
-        assert_eq!(s.enqueue(delivery(0), 5), Enqueued::Dropped("offline_qos0"));
+        assert_eq!(
+            s.enqueue(delivery(0), 5),
+            Enqueued::Dropped(DropReason::OfflineQos0)
+        );
         assert_eq!(s.enqueue(delivery(1), 5), Enqueued::Queued);
         assert_eq!(
             s.enqueue(delivery(2), 1),
-            Enqueued::Dropped("slow_consumer")
+            Enqueued::Dropped(DropReason::SlowConsumer)
         );
     }
 

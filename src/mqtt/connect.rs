@@ -96,25 +96,6 @@ pub enum ConnectError {
     TrailingBytes,
 }
 
-impl ConnectError {
-    /// Short stable reason for metric labels.
-    pub fn reason(self) -> &'static str {
-        match self {
-            ConnectError::NotConnect(_) => "not_connect",
-            ConnectError::Tls => "tls_in_mqtt",
-            ConnectError::Http => "http",
-            ConnectError::TooLarge { .. } => "connect_too_large",
-            ConnectError::UnsupportedProtocol => "unsupported_protocol",
-            ConnectError::BadRemainingLength
-            | ConnectError::BadFlags
-            | ConnectError::Truncated
-            | ConnectError::BadUtf8
-            | ConnectError::BadProperties
-            | ConnectError::TrailingBytes => "malformed_connect",
-        }
-    }
-}
-
 const CONNECT_HEADER: u8 = 0x10;
 /// Largest value a 4-byte variable byte integer can carry.
 const MAX_REMAINING_LENGTH: usize = 268_435_455;

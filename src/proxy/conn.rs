@@ -23,6 +23,7 @@ use super::ListenerCtx;
 use super::splice::{Kick, SpliceEnd, SpliceError, splice};
 use crate::balance::{ActiveGuard, Backend, Pool};
 use crate::config::{HashKey, MqttListenerConfig, ProxyProtocol};
+use crate::metrics::{Disconnect, HandshakeResult, Rejection};
 use crate::mqtt::framing::FrameTracker;
 use crate::mqtt::packets::{
     ConnackHead, ConnackVerdict, connack_head, connack_server_unavailable, connack_verdict,
@@ -100,19 +101,19 @@ async fn tls_handshake(
     let started = Instant::now();
     match timeout(ctx.limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
         Err(_) => {
-            ctx.metrics.handshake("timeout");
-            ctx.metrics.rejected("tls_handshake_timeout");
+            ctx.metrics.handshake(HandshakeResult::Timeout);
+            ctx.metrics.rejected(Rejection::TlsHandshakeTimeout);
             debug!("TLS handshake timed out");
             None
         }
         Ok(Err(e)) => {
-            ctx.metrics.handshake("failed");
-            ctx.metrics.rejected("tls_handshake_failed");
+            ctx.metrics.handshake(HandshakeResult::Failed);
+            ctx.metrics.rejected(Rejection::TlsHandshakeFailed);
             debug!(error = %e, "TLS handshake failed");
             None
         }
         Ok(Ok(done)) => {
-            ctx.metrics.handshake("ok");
+            ctx.metrics.handshake(HandshakeResult::Ok);
             ctx.metrics
                 .handshake_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -168,7 +169,7 @@ async fn serve_client<S>(
     drop(hello.buffered);
 
     let Some(placed) = place(ctx, &first, hello.protocol, hello.key.as_deref()).await else {
-        ctx.metrics.rejected("no_backend");
+        ctx.metrics.rejected(Rejection::NoBackend);
         warn!(pool = %ctx.pool.name, "no backend available");
         if let Some(protocol) = hello.protocol {
             let _ = timeout(Duration::from_secs(1), async {
@@ -228,34 +229,43 @@ async fn serve_client<S>(
     )
     .await;
     let secs = started.elapsed().as_secs_f64();
-    match result {
+    let how = match result {
         Ok(SpliceEnd::Closed) => {
-            debug!(up = moved.upstream, down = moved.downstream, secs, "closed")
+            debug!(up = moved.upstream, down = moved.downstream, secs, "closed");
+            Disconnect::Closed
         }
         Ok(SpliceEnd::Kicked) => {
             info!(
                 up = moved.upstream,
                 down = moved.downstream,
                 "drain: client sent DISCONNECT \"use another server\""
-            )
+            );
+            Disconnect::Drained
         }
         Ok(SpliceEnd::Idle) => {
-            ctx.metrics.rejected("idle_timeout");
             debug!(up = moved.upstream, down = moved.downstream, idle = ?hello.idle, "idle timeout");
+            Disconnect::IdleTimeout
         }
-        Err(SpliceError::Client(e)) => debug!(error = %e, "client connection error"),
-        Err(SpliceError::Backend(e)) => info!(error = %e, "backend connection error"),
-    }
+        Err(SpliceError::Client(e)) => {
+            debug!(error = %e, "client connection error");
+            Disconnect::ClientError
+        }
+        Err(SpliceError::Backend(e)) => {
+            info!(error = %e, "backend connection error");
+            Disconnect::BackendError
+        }
+    };
+    ctx.metrics.closed(how);
 }
 
-/// Read the CONNECT under its deadline and size cap. Errors are metric
-/// reasons; the cause is logged here.
+/// Read the CONNECT under its deadline and size cap. The cause of a
+/// rejection is logged here.
 async fn read_connect<S>(
     ctx: &ListenerCtx,
     mqtt: &MqttListenerConfig,
     client: &mut S,
     tls: Option<&TlsInfo>,
-) -> Result<ClientHello, &'static str>
+) -> Result<ClientHello, Rejection>
 where
     S: AsyncRead + Unpin,
 {
@@ -273,44 +283,41 @@ where
                         buf.resize(filled + need, 0);
                     }
                 }
-                Err(e) => return Err(Err(e)),
+                Err(e) => {
+                    info!(error = %e, "first packet refused");
+                    return Err(Rejection::from(&e));
+                }
             }
             let Some(free) = buf.get_mut(filled..) else {
-                return Err(Ok("client_error"));
+                return Err(Rejection::ClientError);
             };
             match client.read(free).await {
-                Ok(0) => return Err(Ok("closed_before_connect")),
+                Ok(0) => {
+                    debug!("client left before sending a CONNECT");
+                    return Err(Rejection::ClosedBeforeConnect);
+                }
                 Ok(n) => filled += n,
                 Err(e) => {
                     debug!(error = %e, "read error before CONNECT");
-                    return Err(Ok("client_error"));
+                    return Err(Rejection::ClientError);
                 }
             }
         }
     };
-    match timeout(mqtt.connect_timeout, read).await {
+    let (protocol, key, idle) = match timeout(mqtt.connect_timeout, read).await {
+        Ok(read) => read?,
         Err(_) => {
             info!(timeout = ?mqtt.connect_timeout, received = filled, "no complete CONNECT before the deadline");
-            Err("connect_timeout")
+            return Err(Rejection::ConnectTimeout);
         }
-        Ok(Err(Ok(reason))) => {
-            debug!(reason, "client left before sending a CONNECT");
-            Err(reason)
-        }
-        Ok(Err(Err(e))) => {
-            info!(error = %e, "first packet refused");
-            Err(e.reason())
-        }
-        Ok(Ok((protocol, key, idle))) => {
-            buf.truncate(filled);
-            Ok(ClientHello {
-                buffered: buf,
-                protocol: Some(protocol),
-                key,
-                idle,
-            })
-        }
-    }
+    };
+    buf.truncate(filled);
+    Ok(ClientHello {
+        buffered: buf,
+        protocol: Some(protocol),
+        key,
+        idle,
+    })
 }
 
 /// Routing facts from a parsed CONNECT.

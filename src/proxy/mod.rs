@@ -40,7 +40,7 @@ use crate::balance::{Backend, LastCheck, Pool, health};
 use crate::config::{
     Config, ConfigError, ConfigErrors, Limits, ListenerConfig, MqttListenerConfig, Overrides,
 };
-use crate::metrics::{ListenerMetrics, Metrics};
+use crate::metrics::{ListenerMetrics, Metrics, Rejection};
 use crate::sys::ListenerSockets;
 use crate::tls::TlsAcceptor;
 
@@ -727,7 +727,7 @@ async fn accept_loop(listener: TcpListener, slot: Arc<ListenerSlot>, state: Arc<
             }
         };
         let Ok(permit) = state.limit.clone().try_acquire_owned() else {
-            ctx.metrics.rejected("max_connections");
+            ctx.metrics.rejected(Rejection::MaxConnections);
             debug!(listener = %ctx.name, client.addr = %peer, "connection limit reached; refusing");
             drop(tcp);
             continue;
