@@ -3,7 +3,7 @@
 //!
 //! It shares nothing with the data path but read-mostly handles; `main`
 //! runs it on its own thread and runtime, so it answers while the proxy's
-//! workers are saturated. It binds loopback by default (DESIGN.md): the API
+//! workers are saturated. It binds loopback by default: the API
 //! has no authentication of its own.
 
 use std::convert::Infallible;

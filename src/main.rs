@@ -148,7 +148,7 @@ struct ProxyArgs {
 }
 
 fn main() -> ExitCode {
-    // Usage errors exit 64 (DESIGN.md), not clap's default 2; --help and
+    // Usage errors exit 64 (the documented CLI contract), not clap's default 2; --help and
     // --version still exit 0.
     let cli = match Cli::try_parse() {
         Ok(c) => c,

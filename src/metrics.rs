@@ -1,5 +1,6 @@
 //! Prometheus metrics of the proxy, registered on a registry passed in by
-//! the caller (no globals), named as `../shared/DESIGN.md` fixes them.
+//! the caller (no globals). The names are a contract with dashboards and
+//! alert rules (`deploy/`, README "Metrics"): changing one is a breaking change.
 //!
 //! Labels are bounded: listener, backend, reason, result, protocol,
 //! direction. Reasons and results are enums ([`Rejection`],
@@ -322,7 +323,7 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             m.health_check_duration.clone(),
         );
-        // Named `mqttlb_bytes_total` (DESIGN.md): the unit is the name.
+        // Named `mqttlb_bytes_total` (the documented name): the unit is the name.
         r.register(
             "bytes",
             "Bytes spliced between clients and backends",

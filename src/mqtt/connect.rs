@@ -599,22 +599,80 @@ mod tests {
         ));
     }
 
+    /// The parser's contract on every prefix of many pseudo-random buffers
+    /// (and of valid CONNECTs): it never panics; `Incomplete(n)` asks for
+    /// at least one byte and every prefix shorter than that stays
+    /// incomplete; once a prefix is complete or refused, every longer
+    /// prefix gives the same answer (bytes that arrive later never change
+    /// a verdict, so reading exactly what is asked for is safe).
     #[test]
-    fn arbitrary_bytes_never_panic() {
-        // A cheap deterministic fuzz: every prefix of many pseudo-random buffers.
+    fn every_prefix_keeps_the_contract() {
+        #[derive(Debug, PartialEq)]
+        enum Verdict {
+            Incomplete(usize),
+            Complete(usize),
+            Refused(ConnectError),
+        }
+        let verdict = |b: &[u8]| match peek_connect(b, 1024) {
+            Ok(Peek::Incomplete(n)) => Verdict::Incomplete(n),
+            Ok(Peek::Complete { len, .. }) => Verdict::Complete(len),
+            Err(e) => Verdict::Refused(e),
+        };
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut buf = [0u8; 64];
-        for round in 0..20_000 {
+        let mut buffers: Vec<Vec<u8>> = Vec::new();
+        for round in 0..5_000u32 {
+            let mut buf = vec![0u8; 64];
             for b in buf.iter_mut() {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                *b = x as u8;
+                *b = x.to_le_bytes()[0];
             }
             buf[0] = 0x10;
             buf[1] = (round % 64) as u8;
-            let _ = peek_connect(&buf, 1024);
+            buffers.push(buf);
         }
+        // Valid CONNECTs with trailing bytes, so completion is reached.
+        let mut valid = vec![
+            0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 1, b'c',
+        ];
+        valid.extend_from_slice(&[0xc0, 0x00]);
+        buffers.push(valid);
+        let mut completed = 0;
+        for buf in &buffers {
+            let mut settled: Option<Verdict> = None;
+            let mut need_until = 0;
+            for end in 0..=buf.len() {
+                let v = verdict(&buf[..end]);
+                if let Some(s) = &settled {
+                    assert_eq!(&v, s, "verdict changed at {end} bytes of {buf:02x?}");
+                    continue;
+                }
+                match v {
+                    Verdict::Incomplete(n) => {
+                        assert!(n >= 1, "Incomplete(0) at {end} bytes of {buf:02x?}");
+                        assert!(
+                            end >= need_until || n <= need_until - end,
+                            "asked for more than before at {end} bytes of {buf:02x?}"
+                        );
+                        need_until = need_until.max(end + n);
+                    }
+                    Verdict::Complete(len) => {
+                        assert!(
+                            len <= end && end >= need_until,
+                            "complete too early: {buf:02x?}"
+                        );
+                        completed += 1;
+                        settled = Some(v);
+                    }
+                    Verdict::Refused(_) => {
+                        assert!(end >= need_until, "refused too early: {buf:02x?}");
+                        settled = Some(v);
+                    }
+                }
+            }
+        }
+        assert!(completed >= 1, "the valid CONNECT completes");
     }
 
     /// Cross-check against an independent decoder (`mqtt-protocol-core`) on
