@@ -217,7 +217,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
                             .find(|(k, _)| *k == key)
                             .map(|(_, v)| v)
                     };
-                    let window = match param("window").map(humantime::parse_duration) {
+                    let window = match param("window").map(crate::config::parse_duration) {
                         Some(Ok(w)) => Some(w),
                         Some(Err(e)) => {
                             return json(

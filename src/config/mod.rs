@@ -124,6 +124,21 @@ pub struct Limits {
     pub worker_threads: usize,
 }
 
+/// Parse a duration from configuration or the admin API: humantime syntax
+/// ("250ms", "5s", "2m"), at most [`defaults::MAX_DURATION`], so that no
+/// deadline computed from it can overflow a clock.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("expected a duration such as \"5s\" or \"250ms\", got {s:?} ({e})"))?;
+    if d > defaults::MAX_DURATION {
+        return Err(format!(
+            "{s:?} is longer than the longest duration accepted ({})",
+            humantime::format_duration(defaults::MAX_DURATION)
+        ));
+    }
+    Ok(d)
+}
+
 /// Defaults, in one place so the reference config and the code agree.
 pub mod defaults {
     use std::time::Duration;
@@ -132,6 +147,8 @@ pub mod defaults {
     pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(10);
     pub const DRAIN_WINDOW: Duration = Duration::from_secs(30);
     pub const BACKLOG: u32 = 1024;
+    /// Upper bound of every duration in configuration and the admin API.
+    pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
     /// Upper bound of `listener.accept_sockets`.
     pub const MAX_ACCEPT_SOCKETS: u32 = 256;
     /// Upper bound of `limits.worker_threads`.
@@ -433,15 +450,10 @@ impl Cx {
     fn duration_or_zero(&mut self, key: &str, v: Option<&str>, default: Duration) -> Duration {
         match v {
             None => default,
-            Some(s) => match humantime::parse_duration(s.trim()) {
+            Some(s) => match parse_duration(s) {
                 Ok(d) => d,
                 Err(e) => {
-                    self.err(
-                        key,
-                        &format!(
-                            "expected a duration such as \"5s\" or \"250ms\", got {s:?} ({e})"
-                        ),
-                    );
+                    self.err(key, &e);
                     default
                 }
             },
@@ -952,6 +964,23 @@ mod tests {
         assert_eq!(p.servers[1].name, "127.0.0.1:1885");
         assert_eq!(p.servers[1].weight.get(), 3);
         assert_eq!(c.limits.drain_timeout, defaults::DRAIN_TIMEOUT);
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_with_their_key() {
+        let text = format!(
+            "{MINIMAL}\nhealth = {{ interval = \"1000000000d\" }}\n[limits]\ndrain_timeout = \"2y\""
+        );
+        let errors = load_str(&text).expect_err("out of bounds").0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["limits.drain_timeout", "pool.b.health.interval"],
+            "{errors:?}"
+        );
+        assert!(errors[0].reason.contains("longer than"), "{errors:?}");
+        assert_eq!(parse_duration("365d"), Ok(defaults::MAX_DURATION));
+        assert!(parse_duration("366d").is_err());
     }
 
     #[test]
