@@ -50,18 +50,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
     let tasks = TaskTracker::new();
     info!(addr = ?listener.local_addr().ok(), "admin server listening");
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let on_accept = |tcp: tokio::net::TcpStream, peer: std::net::SocketAddr| {
         let admin = admin.clone();
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -80,7 +69,11 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
                 _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
             }
         });
-    }
+    };
+    let on_error = |e: &std::io::Error, pause: std::time::Duration| {
+        warn!(error = %e, ?pause, "admin accept failed");
+    };
+    crate::sys::accept_loop(&listener, &shutdown, on_accept, on_error).await;
     tasks.close();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tasks.wait()).await;
 }

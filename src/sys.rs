@@ -86,6 +86,46 @@ impl ListenerSockets {
     }
 }
 
+/// Shortest pause after a failed `accept`; it doubles up to [`ACCEPT_PAUSE_MAX`].
+pub const ACCEPT_PAUSE_MIN: std::time::Duration = std::time::Duration::from_millis(5);
+pub const ACCEPT_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The accept loop of every server in mqttlb (proxy listeners, broker,
+/// admin): hands each accepted connection to `on_accept` until `stop` is
+/// cancelled. A failed `accept` (EMFILE, ENFILE, ENOBUFS: the connection
+/// stays in the backlog) goes to `on_error` with the pause that follows,
+/// 5 ms doubling to 1 s and reset by the next success, so the loop never
+/// spins on a condition only time can clear. Cancel-safe: `accept` is
+/// raced against `stop`, and a cancelled `accept` loses no connection.
+pub async fn accept_loop(
+    listener: &TcpListener,
+    stop: &tokio_util::sync::CancellationToken,
+    mut on_accept: impl FnMut(tokio::net::TcpStream, SocketAddr),
+    mut on_error: impl FnMut(&std::io::Error, std::time::Duration),
+) {
+    let mut pause = ACCEPT_PAUSE_MIN;
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                pause = ACCEPT_PAUSE_MIN;
+                on_accept(tcp, peer);
+            }
+            Err(e) => {
+                on_error(&e, pause);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
+            }
+        }
+    }
+}
+
 /// Open-file limits before and after raising the soft limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NofileLimits {
@@ -193,6 +233,33 @@ mod tests {
             v.push(tokio::net::TcpStream::connect(addr).await.unwrap());
         }
         v
+    }
+
+    #[tokio::test]
+    async fn accept_loop_hands_over_connections_until_stopped() {
+        let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let looping = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                accept_loop(
+                    &listener,
+                    &stop,
+                    |tcp, peer| {
+                        let _ = tx.send((tcp, peer));
+                    },
+                    |_, _| {},
+                )
+                .await
+            })
+        };
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (_, peer) = rx.recv().await.unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        stop.cancel();
+        looping.await.unwrap();
     }
 
     #[test]

@@ -226,31 +226,11 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: Cancell
     }
     let local = listener.local_addr().ok();
     info!(node = %broker.config.node_name, addr = ?local, peers = broker.config.peers.len(), "broker listening");
-    let mut backoff = std::time::Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (tcp, addr) = match accepted {
-            Ok(x) => {
-                backoff = std::time::Duration::from_millis(5);
-                x
-            }
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
-                continue;
-            }
-        };
+    let on_accept = |tcp: tokio::net::TcpStream, addr: std::net::SocketAddr| {
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             broker.metrics.rejected(Refusal::MaxConnections);
             debug!(client.addr = %addr, "connection limit reached; refusing");
-            continue;
+            return;
         };
         broker.metrics.connections_total.inc();
         let b = broker.clone();
@@ -261,7 +241,11 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: Cancell
             conn::handle(b.clone(), tcp, addr, stop).await;
             b.metrics.connections_active.dec();
         });
-    }
+    };
+    let on_error = |e: &std::io::Error, pause: std::time::Duration| {
+        warn!(error = %e, ?pause, "accept failed");
+    };
+    crate::sys::accept_loop(&listener, &shutdown, on_accept, on_error).await;
     drop(listener);
     tasks.close();
     if tokio::time::timeout(broker.config.drain_timeout, tasks.wait())

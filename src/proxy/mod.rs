@@ -701,36 +701,12 @@ impl ProxyHandle {
 }
 
 async fn accept_loop(listener: TcpListener, slot: Arc<ListenerSlot>, state: Arc<ProxyState>) {
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            _ = slot.stop.cancelled() => return,
-            r = listener.accept() => r,
-        };
+    let on_accept = |tcp: tokio::net::TcpStream, peer: SocketAddr| {
         let ctx = slot.ctx.load_full();
-        let (tcp, peer) = match accepted {
-            Ok(x) => {
-                backoff = Duration::from_millis(5);
-                x
-            }
-            Err(e) => {
-                // EMFILE/ENFILE/ENOBUFS: the pending connection stays in the
-                // backlog; pause so the loop does not spin, then retry.
-                state.metrics.accept_errors.inc();
-                warn!(listener = %ctx.name, error = %e, pause = ?backoff, "accept failed");
-                tokio::select! {
-                    _ = slot.stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
         let Ok(permit) = state.limit.clone().try_acquire_owned() else {
             ctx.metrics.rejected(Rejection::MaxConnections);
             debug!(listener = %ctx.name, client.addr = %peer, "connection limit reached; refusing");
-            drop(tcp);
-            continue;
+            return;
         };
         ctx.metrics.total.inc();
         let id = state.conn_ids.fetch_add(1, Ordering::Relaxed);
@@ -744,7 +720,12 @@ async fn accept_loop(listener: TcpListener, slot: Arc<ListenerSlot>, state: Arc<
             }
             ctx.metrics.active.dec();
         });
-    }
+    };
+    let on_error = |e: &std::io::Error, pause: Duration| {
+        state.metrics.accept_errors.inc();
+        warn!(listener = %slot.ctx.load().name, error = %e, ?pause, "accept failed");
+    };
+    crate::sys::accept_loop(&listener, &slot.stop, on_accept, on_error).await;
 }
 
 /// A per-process value that makes PROXY unique ids differ across restarts
