@@ -15,34 +15,47 @@
 //! and address) are taken over by the new pools with their health state,
 //! counters and connections; removed ones simply stop receiving new
 //! connections and their open connections run to completion (drain).
+//!
+//! # Layout
+//!
+//! * this file — the shared state, build/bind/run, backend status;
+//! * `accept` — listening sockets and what happens to each accepted
+//!   connection (permit, counters, spawn);
+//! * [`conn`] — one connection's life; [`splice`] — the relay;
+//! * `reload` — configuration and DNS generations, with the diff they apply;
+//! * `drain` — draining a backend and pacing its clients' moves;
+//! * [`dns`] — the resolver task that feeds reloads.
 
+mod accept;
 pub mod conn;
 pub mod dns;
+mod drain;
+mod reload;
 pub mod splice;
+
+pub use reload::{ReloadError, ReloadSummary};
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::balance::{Backend, LastCheck, Pool, health};
-use crate::config::{
-    Config, ConfigError, ConfigErrors, Limits, ListenerConfig, MqttListenerConfig, Overrides,
-};
-use crate::metrics::{ListenerMetrics, Metrics, Rejection};
+use crate::balance::{LastCheck, Pool, health};
+use crate::config::{Config, ConfigErrors, Limits, ListenerConfig, MqttListenerConfig, Overrides};
+use crate::metrics::{ListenerMetrics, Metrics};
 use crate::sys::ListenerSockets;
 use crate::tls::TlsAcceptor;
+use accept::bind_listener;
+use reload::load_tls;
 
 /// Everything a connection task needs from its listener.
 pub struct ListenerCtx {
@@ -122,47 +135,6 @@ pub struct BackendStatus {
     pub weight: u32,
     pub active: u64,
     pub last_check: Option<LastCheck>,
-}
-
-/// Why a reload did not apply; the old configuration keeps running.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("{0}")]
-    Config(#[from] ConfigErrors),
-    #[error("{0}")]
-    Bind(std::io::Error),
-    #[error("no configuration file to reload from (started from flags only)")]
-    NoSource,
-}
-
-/// What a successful reload changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReloadSummary {
-    pub listeners_added: Vec<String>,
-    pub listeners_removed: Vec<String>,
-    pub backends_added: Vec<String>,
-    pub backends_removed: Vec<String>,
-}
-
-/// Load TLS material for every listener; errors name the config key.
-fn load_tls(config: &Config) -> Result<Vec<Option<TlsAcceptor>>, ConfigErrors> {
-    let mut errors = Vec::new();
-    let tls = config
-        .listeners
-        .iter()
-        .map(|l| {
-            l.tls.as_ref().and_then(|t| {
-                TlsAcceptor::from_config(&format!("{}.tls", l.key), t)
-                    .map_err(|e| errors.push(ConfigError::tls(&config.source, e)))
-                    .ok()
-            })
-        })
-        .collect();
-    if errors.is_empty() {
-        Ok(tls)
-    } else {
-        Err(ConfigErrors(errors))
-    }
 }
 
 impl Proxy {
@@ -279,21 +251,6 @@ impl Proxy {
     }
 }
 
-fn bind_listener(l: &ListenerConfig) -> std::io::Result<ListenerSockets> {
-    let count = match l.accept_sockets {
-        0 => tokio::runtime::Handle::try_current()
-            .map(|h| h.metrics().num_workers())
-            .unwrap_or(1),
-        n => usize::try_from(n).unwrap_or(1),
-    };
-    ListenerSockets::bind(l.listen, l.backlog, count).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("listener {:?} on {}: {e}", l.name, l.listen),
-        )
-    })
-}
-
 // A poisoned lock only means a panic elsewhere while holding it; the data
 // (a map of handles) is still consistent.
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -320,31 +277,6 @@ impl ProxyState {
             metrics: self.metrics.listener(&cfg.name),
             instance_nonce: self.instance_nonce,
         })
-    }
-
-    fn start_listener(
-        self: &Arc<Self>,
-        generation: &Generation,
-        cfg: &ListenerConfig,
-        sockets: ListenerSockets,
-        tls: Option<TlsAcceptor>,
-    ) {
-        let local_addr = sockets.local_addr().unwrap_or(cfg.listen);
-        let Some(ctx) = self.listener_ctx(generation, cfg, local_addr, tls) else {
-            warn!(listener = %cfg.name, pool = %cfg.pool, "listener names an unknown pool; not serving it");
-            return;
-        };
-        info!(listener = %cfg.name, addr = %local_addr, tls = ctx.tls.is_some(), mqtt = cfg.mqtt.is_some(), pool = %cfg.pool, accept_sockets = sockets.len(), "listening");
-        let slot = Arc::new(ListenerSlot {
-            addr: cfg.listen,
-            ctx: ArcSwap::from_pointee(ctx),
-            stop: self.shutdown.child_token(),
-        });
-        lock(&self.listeners).insert(cfg.name.clone(), slot.clone());
-        for socket in sockets.into_sockets() {
-            self.background
-                .spawn(accept_loop(socket, slot.clone(), self.clone()));
-        }
     }
 
     fn restart_health_checks(&self, generation: &Generation) {
@@ -384,65 +316,6 @@ impl ProxyHandle {
             .collect()
     }
 
-    /// Take a backend out of rotation (`true`) or put it back; open
-    /// connections are untouched. `false` if no backend has that name.
-    pub fn set_draining(&self, name: &str, draining: bool) -> bool {
-        self.drain(name, draining, None)
-    }
-
-    /// Drain (or enable) a backend. When draining with `disconnect` —
-    /// `Some(window)`, or the pool's `drain_disconnect` when `None` — its
-    /// MQTT 5 clients are sent DISCONNECT 0x9C "use another server", one
-    /// by one spread over the window, until the backend is enabled again.
-    pub fn drain(&self, name: &str, draining: bool, disconnect: Option<Option<Duration>>) -> bool {
-        let generation = self.state.current.load();
-        let mut found = false;
-        for pool in generation.pools.values() {
-            let Some(b) = pool.find(name) else { continue };
-            found = true;
-            b.set_draining(draining);
-            info!(backend = %b.name, draining, "backend drain state changed by the admin API");
-            let window = match disconnect {
-                Some(w) => w,
-                None => generation
-                    .config
-                    .pools
-                    .get(&pool.name)
-                    .filter(|p| p.drain_disconnect)
-                    .map(|p| p.drain_window),
-            };
-            if let (true, Some(window)) = (draining, window) {
-                self.kick_paced(b.clone(), window);
-            }
-        }
-        found
-    }
-
-    fn kick_paced(&self, backend: Arc<Backend>, window: Duration) {
-        let tokens = backend.kick_tokens();
-        let n = tokens.len();
-        if n == 0 {
-            return;
-        }
-        info!(backend = %backend.name, clients = n, ?window, "drain: asking MQTT 5 clients to use another server");
-        let stop = self.state.shutdown.clone();
-        self.state.background.spawn(async move {
-            let start = tokio::time::Instant::now();
-            for (i, token) in tokens.into_iter().enumerate() {
-                let at = start + window.mul_f64(i as f64 / n as f64);
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep_until(at) => {}
-                }
-                if !backend.is_draining() {
-                    info!(backend = %backend.name, "drain cancelled; no more clients asked to move");
-                    return;
-                }
-                token.cancel();
-            }
-        });
-    }
-
     /// Running listeners and the addresses they are bound to.
     pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
         lock(&self.state.listeners)
@@ -455,277 +328,6 @@ impl ProxyHandle {
     pub fn ready(&self) -> bool {
         self.state.current.load().pools.values().any(|p| p.any_up())
     }
-
-    /// Read the configuration file again (with the original flags) and
-    /// apply it; on any error the running configuration stays.
-    pub async fn reload_from_source(&self) -> Result<ReloadSummary, ReloadError> {
-        let source = lock(&self.state.source).clone();
-        let Some((path, overrides)) = source else {
-            self.state.metrics.reload("error");
-            return Err(ReloadError::NoSource);
-        };
-        match Config::load(Some(&path), &overrides) {
-            Ok(config) => self.reload(config).await,
-            Err(e) => {
-                self.state.metrics.reload("error");
-                warn!(error = %e, "reload refused: invalid configuration; the running one stays");
-                Err(e.into())
-            }
-        }
-    }
-
-    /// Apply `config`: new certificates for new handshakes, backends added,
-    /// removed (their connections drain) or reweighted, listeners added or
-    /// removed. All or nothing: on error the old configuration keeps
-    /// running and `mqttlb_config_reloads_total{result="error"}` counts it.
-    pub async fn reload(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
-        let result = self.apply(config).await;
-        match &result {
-            Ok(s) => {
-                self.state.metrics.reload("ok");
-                info!(?s, "configuration reloaded");
-            }
-            Err(e) => {
-                self.state.metrics.reload("error");
-                warn!(error = %e, "reload refused; the running configuration stays");
-            }
-        }
-        result
-    }
-
-    async fn apply(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
-        let state = &self.state;
-        let _one_at_a_time = state.reload_lock.lock().await;
-        let old = state.current.load_full();
-        let tls = load_tls(&config)?;
-
-        // Listeners to open: new names, or a name whose address changed.
-        // Bind them all before changing anything, so a busy port refuses
-        // the whole reload.
-        let running: BTreeMap<String, Arc<ListenerSlot>> = lock(&state.listeners).clone();
-        let mut fresh = Vec::new();
-        for (i, l) in config.listeners.iter().enumerate() {
-            if running.get(&l.name).is_none_or(|s| s.addr != l.listen) {
-                fresh.push((i, bind_listener(l).map_err(ReloadError::Bind)?));
-            }
-        }
-        // DNS answers carry over for entries that still name the same
-        // host and port; new names resolve right after.
-        let resolved: Resolved = config
-            .pools
-            .iter()
-            .map(|(name, p)| {
-                let answers = p
-                    .dns
-                    .iter()
-                    .map(|d| {
-                        old.config
-                            .pools
-                            .get(name)
-                            .and_then(|op| {
-                                let j = op
-                                    .dns
-                                    .iter()
-                                    .position(|o| o.host == d.host && o.port == d.port)?;
-                                old.resolved.get(name)?.get(j).cloned()
-                            })
-                            .unwrap_or_default()
-                    })
-                    .collect();
-                (name.clone(), answers)
-            })
-            .collect();
-        let summary = self.install(config, tls, resolved, &old, running, fresh);
-        state.dns_wake.notify_one();
-        Ok(summary)
-    }
-
-    /// New DNS answers: rebuild the pools of the running configuration.
-    pub(crate) async fn apply_resolved(&self, resolved: Resolved) -> ReloadSummary {
-        let state = &self.state;
-        let _one_at_a_time = state.reload_lock.lock().await;
-        let old = state.current.load_full();
-        let running = lock(&state.listeners).clone();
-        self.install(
-            old.config.clone(),
-            old.tls.clone(),
-            resolved,
-            &old,
-            running,
-            Vec::new(),
-        )
-    }
-
-    /// The DNS names to resolve: (pool, entry index, host).
-    pub(crate) fn dns_names(&self) -> (Vec<(String, usize, String)>, Duration, Resolved) {
-        let generation = self.state.current.load();
-        let mut names = Vec::new();
-        let mut interval = Duration::from_secs(3600);
-        for (pool, p) in &generation.config.pools {
-            for (i, d) in p.dns.iter().enumerate() {
-                names.push((pool.clone(), i, d.host.clone()));
-                interval = interval.min(p.resolve_interval);
-            }
-        }
-        (names, interval, generation.resolved.clone())
-    }
-
-    pub(crate) async fn dns_wait(&self, interval: Duration) {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = self.state.dns_wake.notified() => {}
-        }
-    }
-
-    /// Build pools for `config` and `resolved` (taking over backends that
-    /// stay), then swap listener contexts, stop removed listeners, start
-    /// `fresh` ones and restart health checks.
-    fn install(
-        &self,
-        config: Config,
-        tls: Vec<Option<TlsAcceptor>>,
-        resolved: Resolved,
-        old: &Generation,
-        running: BTreeMap<String, Arc<ListenerSlot>>,
-        fresh: Vec<(usize, ListenerSockets)>,
-    ) -> ReloadSummary {
-        let state = &self.state;
-        let old_backends: Vec<Arc<Backend>> = old
-            .pools
-            .values()
-            .flat_map(|p| p.backends.iter().cloned())
-            .collect();
-        let reuse = |name: &str, addr: SocketAddr| {
-            old_backends
-                .iter()
-                .find(|b| b.name == name && b.addr == addr)
-                .cloned()
-        };
-        let pools: BTreeMap<String, Arc<Pool>> = config
-            .pools
-            .iter()
-            .map(|(name, p)| {
-                let answers = resolved.get(name).map(Vec::as_slice).unwrap_or(&[]);
-                (
-                    name.clone(),
-                    Arc::new(Pool::reusing(p, &state.metrics, &reuse, answers)),
-                )
-            })
-            .collect();
-
-        let mut summary = ReloadSummary::default();
-        let new_backends: Vec<&Arc<Backend>> =
-            pools.values().flat_map(|p| p.backends.iter()).collect();
-        for b in &old_backends {
-            if !new_backends.iter().any(|n| Arc::ptr_eq(n, b)) {
-                summary.backends_removed.push(b.name.clone());
-                if !new_backends.iter().any(|n| n.name == b.name) {
-                    state.metrics.forget_backend(&b.name);
-                }
-            }
-        }
-        for b in &new_backends {
-            if !old_backends.iter().any(|o| Arc::ptr_eq(o, b)) {
-                summary.backends_added.push(b.name.clone());
-            }
-        }
-
-        let generation = Arc::new(Generation {
-            config,
-            pools,
-            tls,
-            resolved,
-        });
-        state.current.store(generation.clone());
-        for (l, tls) in generation
-            .config
-            .listeners
-            .iter()
-            .zip(generation.tls.iter().cloned())
-        {
-            if let Some(slot) = running.get(&l.name).filter(|s| s.addr == l.listen) {
-                let local = slot.ctx.load().local_addr;
-                if let Some(ctx) = state.listener_ctx(&generation, l, local, tls) {
-                    slot.ctx.store(Arc::new(ctx));
-                }
-            }
-        }
-        for (name, slot) in &running {
-            let keep = generation
-                .config
-                .listeners
-                .iter()
-                .any(|l| &l.name == name && l.listen == slot.addr);
-            if !keep {
-                slot.stop.cancel();
-                lock(&state.listeners).remove(name);
-                summary.listeners_removed.push(name.clone());
-            }
-        }
-        for (i, listener) in fresh {
-            let (Some(l), Some(tls)) = (generation.config.listeners.get(i), generation.tls.get(i))
-            else {
-                continue; // `fresh` indexes this generation's listeners
-            };
-            state.start_listener(&generation, l, listener, tls.clone());
-            summary.listeners_added.push(l.name.clone());
-        }
-        state.restart_health_checks(&generation);
-        self.resize_limit(generation.config.limits.max_connections);
-        summary
-    }
-
-    fn resize_limit(&self, wanted: usize) {
-        let state = &self.state;
-        let wanted = wanted.min(Semaphore::MAX_PERMITS);
-        let current = state.limit_size.load(Ordering::Acquire);
-        if wanted > current {
-            state.limit.add_permits(wanted - current);
-            state.limit_size.store(wanted, Ordering::Release);
-        } else if wanted < current {
-            // Only idle permits can be forgotten; with more connections
-            // open than the new limit, the limit shrinks as far as it can
-            // now and the effective value is recorded.
-            let forgotten = state.limit.forget_permits(current - wanted);
-            let effective = current - forgotten;
-            state.limit_size.store(effective, Ordering::Release);
-            if effective != wanted {
-                warn!(
-                    wanted,
-                    effective,
-                    "max_connections lowered below the open connections; reload again once they close"
-                );
-            }
-        }
-    }
-}
-
-async fn accept_loop(listener: TcpListener, slot: Arc<ListenerSlot>, state: Arc<ProxyState>) {
-    let on_accept = |tcp: tokio::net::TcpStream, peer: SocketAddr| {
-        let ctx = slot.ctx.load_full();
-        let Ok(permit) = state.limit.clone().try_acquire_owned() else {
-            ctx.metrics.rejected(Rejection::MaxConnections);
-            debug!(listener = %ctx.name, client.addr = %peer, "connection limit reached; refusing");
-            return;
-        };
-        ctx.metrics.total.inc();
-        let id = state.conn_ids.fetch_add(1, Ordering::Relaxed);
-        let hard_stop = state.hard_stop.clone();
-        state.conns.spawn(async move {
-            let _permit = permit;
-            ctx.metrics.active.inc();
-            tokio::select! {
-                _ = conn::handle(ctx.clone(), tcp, peer, id) => {}
-                _ = hard_stop.cancelled() => {}
-            }
-            ctx.metrics.active.dec();
-        });
-    };
-    let on_error = |e: &std::io::Error, pause: Duration| {
-        state.metrics.accept_errors.inc();
-        warn!(listener = %slot.ctx.load().name, error = %e, ?pause, "accept failed");
-    };
-    crate::sys::accept_loop(&listener, &slot.stop, on_accept, on_error).await;
 }
 
 /// A per-process value that makes PROXY unique ids differ across restarts
@@ -736,4 +338,57 @@ fn instance_nonce() -> u64 {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     xxhash_rust::xxh3::xxh3_64_with_seed(&t.to_le_bytes(), u64::from(std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+
+    /// On shutdown the proxy stops accepting, waits for open connections
+    /// up to `drain_timeout` (virtual time here), then closes them.
+    #[tokio::test]
+    async fn drain_timeout_then_hard_stop() {
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let text = format!(
+            "[[listener]]\nname = \"pass\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\
+             [pool.p]\nservers = [ {{ addr = \"{}\" }} ]\n\
+             [limits]\ndrain_timeout = \"7s\"\n",
+            backend.local_addr().unwrap()
+        );
+        let raw = crate::config::parse_toml("t.toml", &text).unwrap();
+        let config = Config::from_raw("t.toml", std::path::Path::new(""), raw).unwrap();
+        let proxy = Proxy::build(config, &mut Registry::default()).unwrap();
+        let handle = proxy.handle();
+        let sockets = proxy.bind().unwrap();
+        let addr = sockets[0].local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(proxy.run(sockets, shutdown.clone()));
+
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (_held, _) = backend.accept().await.unwrap();
+        while handle.backends().iter().map(|b| b.active).sum::<u64>() == 0 {
+            tokio::task::yield_now().await;
+        }
+
+        tokio::time::pause();
+        let started = tokio::time::Instant::now();
+        shutdown.cancel();
+        run.await.unwrap();
+        // Timers have millisecond resolution.
+        let waited = started.elapsed();
+        assert!(
+            (Duration::from_secs(7)..Duration::from_millis(7_010)).contains(&waited),
+            "{waited:?}"
+        );
+        // The client's connection was closed by the hard stop.
+        let mut buf = [0u8; 1];
+        tokio::time::resume();
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("closed, not hanging")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
 }

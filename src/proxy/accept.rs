@@ -1,0 +1,88 @@
+//! Listening sockets and what happens to each accepted connection: the
+//! connection permit (`limits.max_connections`), counting, and the spawn of
+//! its task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use super::{Generation, ListenerSlot, ProxyState, conn, lock};
+use crate::config::ListenerConfig;
+use crate::metrics::Rejection;
+use crate::sys::ListenerSockets;
+use crate::tls::TlsAcceptor;
+
+pub(super) fn bind_listener(l: &ListenerConfig) -> std::io::Result<ListenerSockets> {
+    let count = match l.accept_sockets {
+        0 => tokio::runtime::Handle::try_current()
+            .map(|h| h.metrics().num_workers())
+            .unwrap_or(1),
+        n => usize::try_from(n).unwrap_or(1),
+    };
+    ListenerSockets::bind(l.listen, l.backlog, count).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("listener {:?} on {}: {e}", l.name, l.listen),
+        )
+    })
+}
+
+impl ProxyState {
+    pub(super) fn start_listener(
+        self: &Arc<Self>,
+        generation: &Generation,
+        cfg: &ListenerConfig,
+        sockets: ListenerSockets,
+        tls: Option<TlsAcceptor>,
+    ) {
+        let local_addr = sockets.local_addr().unwrap_or(cfg.listen);
+        let Some(ctx) = self.listener_ctx(generation, cfg, local_addr, tls) else {
+            warn!(listener = %cfg.name, pool = %cfg.pool, "listener names an unknown pool; not serving it");
+            return;
+        };
+        info!(listener = %cfg.name, addr = %local_addr, tls = ctx.tls.is_some(), mqtt = cfg.mqtt.is_some(), pool = %cfg.pool, accept_sockets = sockets.len(), "listening");
+        let slot = Arc::new(ListenerSlot {
+            addr: cfg.listen,
+            ctx: ArcSwap::from_pointee(ctx),
+            stop: self.shutdown.child_token(),
+        });
+        lock(&self.listeners).insert(cfg.name.clone(), slot.clone());
+        for socket in sockets.into_sockets() {
+            self.background
+                .spawn(accept_loop(socket, slot.clone(), self.clone()));
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, slot: Arc<ListenerSlot>, state: Arc<ProxyState>) {
+    let on_accept = |tcp: tokio::net::TcpStream, peer: SocketAddr| {
+        let ctx = slot.ctx.load_full();
+        let Ok(permit) = state.limit.clone().try_acquire_owned() else {
+            ctx.metrics.rejected(Rejection::MaxConnections);
+            debug!(listener = %ctx.name, client.addr = %peer, "connection limit reached; refusing");
+            return;
+        };
+        ctx.metrics.total.inc();
+        let id = state.conn_ids.fetch_add(1, Ordering::Relaxed);
+        let hard_stop = state.hard_stop.clone();
+        state.conns.spawn(async move {
+            let _permit = permit;
+            ctx.metrics.active.inc();
+            tokio::select! {
+                _ = conn::handle(ctx.clone(), tcp, peer, id) => {}
+                _ = hard_stop.cancelled() => {}
+            }
+            ctx.metrics.active.dec();
+        });
+    };
+    let on_error = |e: &std::io::Error, pause: Duration| {
+        state.metrics.accept_errors.inc();
+        warn!(listener = %slot.ctx.load().name, error = %e, ?pause, "accept failed");
+    };
+    crate::sys::accept_loop(&listener, &slot.stop, on_accept, on_error).await;
+}

@@ -1,0 +1,433 @@
+//! Reloads: a new configuration (SIGHUP, the admin API) or new DNS answers
+//! become the next *generation*. Everything that can fail (TLS files, new
+//! listeners' ports) happens before anything changes; then pools are built
+//! taking over the backends that stay, listener contexts are swapped,
+//! removed listeners stop, new ones start, health checks restart.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use super::accept::bind_listener;
+use super::{Generation, ListenerSlot, ProxyHandle, Resolved, lock};
+use crate::balance::{Backend, Pool};
+use crate::config::{Config, ConfigError, ConfigErrors, ListenerConfig};
+use crate::sys::ListenerSockets;
+use crate::tls::TlsAcceptor;
+
+/// Why a reload did not apply; the old configuration keeps running.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Bind(std::io::Error),
+    #[error("no configuration file to reload from (started from flags only)")]
+    NoSource,
+}
+
+/// What a successful reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub listeners_added: Vec<String>,
+    pub listeners_removed: Vec<String>,
+    pub backends_added: Vec<String>,
+    pub backends_removed: Vec<String>,
+}
+
+/// Load TLS material for every listener; errors name the config key.
+pub(super) fn load_tls(config: &Config) -> Result<Vec<Option<TlsAcceptor>>, ConfigErrors> {
+    let mut errors = Vec::new();
+    let tls = config
+        .listeners
+        .iter()
+        .map(|l| {
+            l.tls.as_ref().and_then(|t| {
+                TlsAcceptor::from_config(&format!("{}.tls", l.key), t)
+                    .map_err(|e| errors.push(ConfigError::tls(&config.source, e)))
+                    .ok()
+            })
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(tls)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+impl ProxyHandle {
+    /// Read the configuration file again (with the original flags) and
+    /// apply it; on any error the running configuration stays.
+    pub async fn reload_from_source(&self) -> Result<ReloadSummary, ReloadError> {
+        let source = lock(&self.state.source).clone();
+        let Some((path, overrides)) = source else {
+            self.state.metrics.reload("error");
+            return Err(ReloadError::NoSource);
+        };
+        match Config::load(Some(&path), &overrides) {
+            Ok(config) => self.reload(config).await,
+            Err(e) => {
+                self.state.metrics.reload("error");
+                warn!(error = %e, "reload refused: invalid configuration; the running one stays");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Apply `config`: new certificates for new handshakes, backends added,
+    /// removed (their connections drain) or reweighted, listeners added or
+    /// removed. All or nothing: on error the old configuration keeps
+    /// running and `mqttlb_config_reloads_total{result="error"}` counts it.
+    pub async fn reload(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
+        let result = self.apply(config).await;
+        match &result {
+            Ok(s) => {
+                self.state.metrics.reload("ok");
+                info!(?s, "configuration reloaded");
+            }
+            Err(e) => {
+                self.state.metrics.reload("error");
+                warn!(error = %e, "reload refused; the running configuration stays");
+            }
+        }
+        result
+    }
+
+    async fn apply(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
+        let state = &self.state;
+        let _one_at_a_time = state.reload_lock.lock().await;
+        let old = state.current.load_full();
+        let tls = load_tls(&config)?;
+
+        // Listeners to open: new names, or a name whose address changed.
+        // Bind them all before changing anything, so a busy port refuses
+        // the whole reload.
+        let running: BTreeMap<String, Arc<ListenerSlot>> = lock(&state.listeners).clone();
+        let mut fresh = Vec::new();
+        for i in to_open(&addrs(&running), &config.listeners) {
+            if let Some(l) = config.listeners.get(i) {
+                fresh.push((i, bind_listener(l).map_err(ReloadError::Bind)?));
+            }
+        }
+        // DNS answers carry over for entries that still name the same
+        // host and port; new names resolve right after.
+        let resolved: Resolved = config
+            .pools
+            .iter()
+            .map(|(name, p)| {
+                let answers = p
+                    .dns
+                    .iter()
+                    .map(|d| {
+                        old.config
+                            .pools
+                            .get(name)
+                            .and_then(|op| {
+                                let j = op
+                                    .dns
+                                    .iter()
+                                    .position(|o| o.host == d.host && o.port == d.port)?;
+                                old.resolved.get(name)?.get(j).cloned()
+                            })
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                (name.clone(), answers)
+            })
+            .collect();
+        let summary = self.install(config, tls, resolved, &old, running, fresh);
+        state.dns_wake.notify_one();
+        Ok(summary)
+    }
+
+    /// New DNS answers: rebuild the pools of the running configuration.
+    pub(crate) async fn apply_resolved(&self, resolved: Resolved) -> ReloadSummary {
+        let state = &self.state;
+        let _one_at_a_time = state.reload_lock.lock().await;
+        let old = state.current.load_full();
+        let running = lock(&state.listeners).clone();
+        self.install(
+            old.config.clone(),
+            old.tls.clone(),
+            resolved,
+            &old,
+            running,
+            Vec::new(),
+        )
+    }
+
+    /// The DNS names to resolve: (pool, entry index, host).
+    pub(crate) fn dns_names(&self) -> (Vec<(String, usize, String)>, Duration, Resolved) {
+        let generation = self.state.current.load();
+        let mut names = Vec::new();
+        let mut interval = Duration::from_secs(3600);
+        for (pool, p) in &generation.config.pools {
+            for (i, d) in p.dns.iter().enumerate() {
+                names.push((pool.clone(), i, d.host.clone()));
+                interval = interval.min(p.resolve_interval);
+            }
+        }
+        (names, interval, generation.resolved.clone())
+    }
+
+    pub(crate) async fn dns_wait(&self, interval: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = self.state.dns_wake.notified() => {}
+        }
+    }
+
+    /// Build pools for `config` and `resolved` (taking over backends that
+    /// stay), then swap listener contexts, stop removed listeners, start
+    /// `fresh` ones and restart health checks.
+    fn install(
+        &self,
+        config: Config,
+        tls: Vec<Option<TlsAcceptor>>,
+        resolved: Resolved,
+        old: &Generation,
+        running: BTreeMap<String, Arc<ListenerSlot>>,
+        fresh: Vec<(usize, ListenerSockets)>,
+    ) -> ReloadSummary {
+        let state = &self.state;
+        let old_backends: Vec<Arc<Backend>> = old
+            .pools
+            .values()
+            .flat_map(|p| p.backends.iter().cloned())
+            .collect();
+        let reuse = |name: &str, addr: SocketAddr| {
+            old_backends
+                .iter()
+                .find(|b| b.name == name && b.addr == addr)
+                .cloned()
+        };
+        let pools: BTreeMap<String, Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|(name, p)| {
+                let answers = resolved.get(name).map(Vec::as_slice).unwrap_or(&[]);
+                (
+                    name.clone(),
+                    Arc::new(Pool::reusing(p, &state.metrics, &reuse, answers)),
+                )
+            })
+            .collect();
+
+        let mut summary = ReloadSummary::default();
+        let new_backends: Vec<Arc<Backend>> = pools
+            .values()
+            .flat_map(|p| p.backends.iter().cloned())
+            .collect();
+        let changes = backend_changes(&old_backends, &new_backends);
+        for name in &changes.forgotten {
+            state.metrics.forget_backend(name);
+        }
+        summary.backends_added = changes.added;
+        summary.backends_removed = changes.removed;
+
+        let generation = Arc::new(Generation {
+            config,
+            pools,
+            tls,
+            resolved,
+        });
+        state.current.store(generation.clone());
+        for (l, tls) in generation
+            .config
+            .listeners
+            .iter()
+            .zip(generation.tls.iter().cloned())
+        {
+            if let Some(slot) = running.get(&l.name).filter(|s| s.addr == l.listen) {
+                let local = slot.ctx.load().local_addr;
+                if let Some(ctx) = state.listener_ctx(&generation, l, local, tls) {
+                    slot.ctx.store(Arc::new(ctx));
+                }
+            }
+        }
+        for name in to_stop(&addrs(&running), &generation.config.listeners) {
+            if let Some(slot) = running.get(&name) {
+                slot.stop.cancel();
+            }
+            lock(&state.listeners).remove(&name);
+            summary.listeners_removed.push(name);
+        }
+        for (i, listener) in fresh {
+            let (Some(l), Some(tls)) = (generation.config.listeners.get(i), generation.tls.get(i))
+            else {
+                continue; // `fresh` indexes this generation's listeners
+            };
+            state.start_listener(&generation, l, listener, tls.clone());
+            summary.listeners_added.push(l.name.clone());
+        }
+        state.restart_health_checks(&generation);
+        self.resize_limit(generation.config.limits.max_connections);
+        summary
+    }
+
+    fn resize_limit(&self, wanted: usize) {
+        let state = &self.state;
+        let wanted = wanted.min(Semaphore::MAX_PERMITS);
+        let current = state.limit_size.load(Ordering::Acquire);
+        if wanted > current {
+            state.limit.add_permits(wanted - current);
+            state.limit_size.store(wanted, Ordering::Release);
+        } else if wanted < current {
+            // Only idle permits can be forgotten; with more connections
+            // open than the new limit, the limit shrinks as far as it can
+            // now and the effective value is recorded.
+            let forgotten = state.limit.forget_permits(current - wanted);
+            let effective = current - forgotten;
+            state.limit_size.store(effective, Ordering::Release);
+            if effective != wanted {
+                warn!(
+                    wanted,
+                    effective,
+                    "max_connections lowered below the open connections; reload again once they close"
+                );
+            }
+        }
+    }
+}
+
+/// Configured address of each running listener, by name.
+fn addrs(running: &BTreeMap<String, Arc<ListenerSlot>>) -> BTreeMap<String, SocketAddr> {
+    running
+        .iter()
+        .map(|(name, slot)| (name.clone(), slot.addr))
+        .collect()
+}
+
+/// Listeners of the new configuration to open (positions in `wanted`): a
+/// new name, or a known name on a new address.
+fn to_open(running: &BTreeMap<String, SocketAddr>, wanted: &[ListenerConfig]) -> Vec<usize> {
+    (0..)
+        .zip(wanted)
+        .filter(|(_, l)| running.get(&l.name) != Some(&l.listen))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Running listeners to stop: gone from the configuration, or moved to
+/// another address (the new address is opened by [`to_open`]).
+fn to_stop(running: &BTreeMap<String, SocketAddr>, wanted: &[ListenerConfig]) -> Vec<String> {
+    running
+        .iter()
+        .filter(|(name, addr)| {
+            !wanted
+                .iter()
+                .any(|l| &&l.name == name && &l.listen == *addr)
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// Backends of a reload, by identity: a backend carried over (same name
+/// and address) is the same `Arc`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct BackendChanges {
+    added: Vec<String>,
+    removed: Vec<String>,
+    /// Removed names that no new backend reuses: their metric series go.
+    forgotten: Vec<String>,
+}
+
+fn backend_changes(old: &[Arc<Backend>], new: &[Arc<Backend>]) -> BackendChanges {
+    let mut c = BackendChanges::default();
+    for b in old {
+        if !new.iter().any(|n| Arc::ptr_eq(n, b)) {
+            c.removed.push(b.name.clone());
+            if !new.iter().any(|n| n.name == b.name) {
+                c.forgotten.push(b.name.clone());
+            }
+        }
+    }
+    for b in new {
+        if !old.iter().any(|o| Arc::ptr_eq(o, b)) {
+            c.added.push(b.name.clone());
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(name: &str, addr: &str) -> ListenerConfig {
+        ListenerConfig {
+            name: name.into(),
+            listen: addr.parse().unwrap(),
+            pool: "p".into(),
+            backlog: 16,
+            accept_sockets: 1,
+            tls: None,
+            mqtt: None,
+            key: format!("listener[{name}]"),
+        }
+    }
+
+    #[test]
+    fn listener_diff_opens_new_and_moved_and_stops_gone_and_moved() {
+        let running: BTreeMap<String, SocketAddr> = [
+            ("keep", "127.0.0.1:1000"),
+            ("moved", "127.0.0.1:1001"),
+            ("gone", "127.0.0.1:1002"),
+        ]
+        .into_iter()
+        .map(|(n, a)| (n.to_string(), a.parse().unwrap()))
+        .collect();
+        let wanted = [
+            listener("keep", "127.0.0.1:1000"),
+            listener("moved", "127.0.0.1:2001"),
+            listener("new", "127.0.0.1:1003"),
+        ];
+        assert_eq!(to_open(&running, &wanted), [1, 2]);
+        assert_eq!(to_stop(&running, &wanted), ["gone", "moved"]);
+        assert!(to_open(&running, &wanted[..1]).is_empty());
+    }
+
+    #[test]
+    fn backend_diff_by_identity() {
+        let m = crate::metrics::Metrics::new(&mut prometheus_client::registry::Registry::default());
+        let health = crate::balance::HealthConfig {
+            check: crate::balance::config::HealthCheckKind::Tcp,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            rise: std::num::NonZeroU32::MIN,
+            fall: std::num::NonZeroU32::MIN,
+            mqtt_version: crate::mqtt::ProtocolVersion::V311,
+            proxy_command: crate::proxy_protocol::ProxyCommand::Proxy,
+            username: None,
+            password: None,
+        };
+        let node = |name: &str, port: u16| {
+            Arc::new(Backend::new(
+                name,
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                1,
+                &health,
+                &m,
+            ))
+        };
+        let (a, b, b_moved, c) = (node("a", 1), node("b", 2), node("b", 3), node("c", 4));
+        let changes = backend_changes(&[a.clone(), b.clone()], &[a.clone(), b_moved, c]);
+        assert_eq!(
+            changes,
+            BackendChanges {
+                added: vec!["b".into(), "c".into()],
+                removed: vec!["b".into()],
+                forgotten: vec![],
+            }
+        );
+        let changes = backend_changes(&[a.clone(), b], &[a]);
+        assert_eq!(changes.forgotten, ["b"]);
+        assert!(changes.added.is_empty());
+    }
+}
