@@ -23,6 +23,9 @@
 //! * [`demo`] — `mqttlb demo`: meshed nodes and the proxy in one process.
 //! * [`metrics`] — Prometheus metric families on a registry passed down.
 //! * [`certs`] — development certificates (`mqttlb certs`).
+//! * [`check`] — `mqttlb check`: a configuration file validated as its
+//!   server would load it.
+//! * [`signals`] — stop and reload signals of the servers.
 //! * [`sys`] — sockets and resource limits.
 //! * [`bench`] — `mqttlb bench`: the load generator and `bench calibrate`.
 //! * [`doctor`] — `mqttlb doctor`: OS limits that cap a deployment, with
@@ -54,6 +57,7 @@ pub mod balance;
 pub mod bench;
 pub mod broker;
 pub mod certs;
+pub mod check;
 pub mod config;
 pub mod demo;
 pub mod doctor;
@@ -63,5 +67,6 @@ pub mod mqtt;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod secret;
+pub mod signals;
 pub mod sys;
 pub mod tls;

@@ -175,26 +175,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => {
-            // A file with a [broker] table is a broker configuration.
-            let is_broker = std::fs::read_to_string(&config)
-                .ok()
-                .and_then(|t| t.parse::<toml::Table>().ok())
-                .is_some_and(|t| t.contains_key("broker"));
-            let result = if is_broker {
-                BrokerConfig::load(Some(&config), &BrokerOverrides::default()).map(|_| ())
-            } else {
-                Config::load(Some(&config), &Overrides::default())
-                    .and_then(|c| Proxy::build(c, &mut Registry::default()).map(|_| ()))
-            };
-            match result {
-                Ok(()) => {
-                    println!("{}: ok", config.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => config_failure(&e),
+        Command::Check { config } => match mqttlb::check::check(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => config_failure(&e),
+        },
         Command::Proxy(args) => run_proxy(args),
         Command::Broker(args) => run_broker(args),
         Command::Health { url, timeout } => match mqttlb::admin::probe(&url, timeout) {
@@ -393,46 +380,22 @@ fn start_admin(
     }
 }
 
-/// SIGTERM / SIGINT (Ctrl-C on Windows) start a graceful shutdown; a second
-/// one is logged and ignored while draining (the drain deadline bounds it).
+/// Stop on SIGTERM / SIGINT (graceful: the drain deadline bounds it);
 /// SIGHUP reloads the proxy's configuration and certificates.
 async fn signals(shutdown: CancellationToken, proxy: Option<ProxyHandle>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            error!("cannot install signal handlers; stop with SIGKILL");
-            return;
-        };
-        let name = loop {
-            tokio::select! {
-                _ = term.recv() => break "SIGTERM",
-                _ = int.recv() => break "SIGINT",
-                _ = hup.recv() => match &proxy {
-                    Some(p) => {
-                        info!("SIGHUP: reloading the configuration");
-                        // Outcome logged and counted by the reload itself.
-                        let _ = p.reload_from_source().await;
-                    }
-                    None => info!("SIGHUP ignored: nothing to reload"),
-                },
+    let name = mqttlb::signals::wait_for_stop(|| {
+        let proxy = proxy.clone();
+        async move {
+            match proxy {
+                // Outcome logged and counted by the reload itself.
+                Some(p) => drop(p.reload_from_source().await),
+                None => info!("SIGHUP ignored: nothing to reload"),
             }
-        };
-        info!(signal = name, "shutting down: no new connections, draining");
-        shutdown.cancel();
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = proxy;
-        if tokio::signal::ctrl_c().await.is_ok() {
-            info!("shutting down: no new connections, draining");
-            shutdown.cancel();
         }
-    }
+    })
+    .await;
+    info!(signal = name, "shutting down: no new connections, draining");
+    shutdown.cancel();
 }
 
 fn init_logging(format: LogFormat) {

@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u8)] = &[
     // wire formats and OS plumbing: depend on nothing in the crate
     ("sys", 0),
     ("secret", 0),
+    ("signals", 0),
     ("mqtt", 0),
     // metric families, TLS setup, development certificates
     ("metrics", 1),
@@ -31,6 +32,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("demo", 6),
     ("doctor", 6),
     ("estimate", 6),
+    ("check", 6),
     ("bench", 7),
 ];
 

@@ -77,6 +77,7 @@ async fn pace(
     for (i, token) in tokens.into_iter().enumerate() {
         let at = start + offset(i, n, window);
         tokio::select! {
+            biased; // a shutdown wins over a turn that is due
             _ = stop.cancelled() => return i,
             _ = tokio::time::sleep_until(at) => {}
         }
