@@ -1,0 +1,148 @@
+//! mqttlb's proxy running in-process on port 0: [`ProxyUnderTest`], the
+//! TOML [`config`] tests start it from, and its admin API.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use mqttlb::balance::Pool;
+use mqttlb::config::{Config, parse_toml};
+use mqttlb::proxy::Proxy;
+use prometheus_client::registry::Registry;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{Certs, metric_sample, read_to_close};
+
+/// mqttlb running in-process on an ephemeral port.
+pub struct ProxyUnderTest {
+    pub addr: SocketAddr,
+    pub registry: Arc<Registry>,
+    pub handle: mqttlb::proxy::ProxyHandle,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+    proxy_pools: Vec<Arc<Pool>>,
+}
+
+impl ProxyUnderTest {
+    /// Start from TOML text; its first listener must use `listen =
+    /// "127.0.0.1:0"`. Relative paths resolve against `base`.
+    pub async fn start(toml: &str, base: &Path) -> ProxyUnderTest {
+        let raw = parse_toml("test.toml", toml).expect("test config parses");
+        let config = Config::from_raw("test.toml", base, raw).expect("test config converts");
+        let pool_names: Vec<String> = config.pools.keys().cloned().collect();
+        let mut registry = Registry::default();
+        let proxy = Proxy::build(config, &mut registry).expect("proxy builds");
+        let pools = pool_names.iter().filter_map(|n| proxy.pool(n)).collect();
+        let listeners = proxy.bind().expect("bind");
+        let addr = listeners[0].local_addr().expect("local addr");
+        let shutdown = CancellationToken::new();
+        let handle = proxy.handle();
+        let task = tokio::spawn(proxy.run(listeners, shutdown.clone()));
+        ProxyUnderTest {
+            addr,
+            registry: Arc::new(registry),
+            handle,
+            shutdown,
+            task,
+            proxy_pools: pools,
+        }
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.proxy_pools[0]
+    }
+
+    pub fn backend_up(&self, name: &str) -> bool {
+        self.pool().find(name).expect("backend exists").is_up()
+    }
+
+    /// Current value of a metric sample, e.g.
+    /// `mqttlb_connections_rejected_total{listener="l",reason="http"}`.
+    pub fn metric(&self, sample: &str) -> f64 {
+        metric_sample(&self.registry, sample)
+    }
+
+    pub fn rejected(&self, reason: &str) -> f64 {
+        self.metric(&format!(
+            "mqttlb_connections_rejected_total{{listener=\"mqtts\",reason=\"{reason}\"}}"
+        ))
+    }
+}
+
+/// A TOML config for tests: one TLS MQTT-aware listener "mqtts" on port 0
+/// in front of `servers`, with `extra_pool` and `extra_listener` lines added.
+pub fn config(
+    certs: &Certs,
+    servers: &[(&str, SocketAddr)],
+    extra_listener: &str,
+    extra_pool: &str,
+) -> String {
+    let servers: Vec<String> = servers
+        .iter()
+        .map(|(name, addr)| format!("{{ name = \"{name}\", addr = \"{addr}\" }}"))
+        .collect();
+    format!(
+        r#"
+[[listener]]
+name = "mqtts"
+listen = "127.0.0.1:0"
+pool = "brokers"
+{extra_listener}
+[listener.tls]
+cert = "{cert}"
+key = "{key}"
+[listener.mqtt]
+connect_timeout = "2s"
+
+[pool.brokers]
+servers = [ {servers} ]
+{extra_pool}
+
+[limits]
+tls_handshake_timeout = "2s"
+drain_timeout = "5s"
+"#,
+        cert = certs.p("server.pem"),
+        key = certs.p("server.key"),
+        servers = servers.join(", "),
+    )
+}
+
+/// A plain HTTP/1.0 request to an admin server: (status, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect admin");
+    s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let raw = String::from_utf8(read_to_close(&mut s).await).expect("utf-8 response");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Serve the admin API of `proxy` on an ephemeral loopback port.
+pub async fn start_admin(proxy: &ProxyUnderTest) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind admin");
+    let addr = listener.local_addr().expect("admin addr");
+    let admin = Arc::new(mqttlb::admin::Admin {
+        registry: proxy.registry.clone(),
+        role: mqttlb::admin::Role::Proxy(proxy.handle.clone()),
+    });
+    tokio::spawn(mqttlb::admin::serve(
+        listener,
+        admin,
+        proxy.shutdown.clone(),
+    ));
+    addr
+}
