@@ -27,7 +27,9 @@ use tracing::{Instrument, debug, field, info};
 
 use super::metrics::{DropReason, Ended, Refusal};
 use super::router::Sub;
-use super::session::{Attached, Delivery, Inflight, NEVER_EXPIRES, PEER_PREFIX, Session, kick};
+use super::session::{
+    Delivery, Inflight, NEVER_EXPIRES, PEER_PREFIX, Session, attach, kick, remove_session,
+};
 use super::{Broker, Message};
 use crate::config::broker::ProxyIn;
 use crate::mqtt::ProtocolVersion;
@@ -412,58 +414,6 @@ fn connack(session_present: bool, code: u8, props: Properties) -> Packet {
         code,
         props,
     }
-}
-
-/// Find or create the session, kick a connection holding it, attach.
-/// Returns the session, this connection's generation and "session present".
-fn attach(
-    broker: &Broker,
-    client_id: &str,
-    clean: bool,
-    protocol: ProtocolVersion,
-    expiry: u32,
-    kick_token: &CancellationToken,
-    kick_reason: &Arc<AtomicU8>,
-) -> (Arc<Session>, u64, bool) {
-    let mut sessions = broker.sessions();
-    let existing = sessions.get(client_id).cloned();
-    if let Some(old) = &existing {
-        if let Some(a) = old.lock().attached.take() {
-            info!(client_id, "session taken over by a new connection");
-            a.kick(kick::SESSION_TAKEN_OVER);
-        }
-    }
-    let (session, present) = match existing {
-        Some(s) if !clean => (s, true),
-        old => {
-            if let Some(old) = old {
-                let filters: Vec<String> = old.lock().subscriptions.keys().cloned().collect();
-                let mut r = broker.router();
-                for f in filters {
-                    r.unsubscribe(client_id, &f);
-                }
-            }
-            let s = Arc::new(Session::new(client_id.to_string(), protocol));
-            sessions.insert(client_id.to_string(), s.clone());
-            (s, false)
-        }
-    };
-    let generation = {
-        let mut st = session.lock();
-        st.generation += 1;
-        st.protocol = protocol;
-        st.expiry = expiry;
-        st.attached = Some(Attached {
-            generation: st.generation,
-            kick: kick_token.clone(),
-            kick_reason: kick_reason.clone(),
-        });
-        st.generation
-    };
-    let n = sessions.len();
-    drop(sessions);
-    broker.update_gauges(n);
-    (session, generation, present)
 }
 
 impl Conn {
@@ -872,8 +822,7 @@ impl Conn {
                     let session = self.session.clone();
                     let generation = self.generation;
                     let b = broker.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                    broker.after(Duration::from_secs(u64::from(delay)), move || {
                         if session.lock().generation == generation {
                             b.publish(msg);
                         }
@@ -889,39 +838,12 @@ impl Conn {
         } else if expiry != NEVER_EXPIRES {
             let session = self.session.clone();
             let generation = self.generation;
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
-                remove_session(&broker, &session, generation);
+            let b = broker.clone();
+            broker.after(Duration::from_secs(u64::from(expiry)), move || {
+                remove_session(&b, &session, generation);
             });
         }
     }
-}
-
-/// Remove `session` if no connection attached after `generation`.
-fn remove_session(broker: &Broker, session: &Arc<Session>, generation: u64) {
-    let mut sessions = broker.sessions();
-    let filters: Vec<String> = {
-        let st = session.lock();
-        if st.generation != generation || st.attached.is_some() {
-            return;
-        }
-        st.subscriptions.keys().cloned().collect()
-    };
-    if sessions
-        .get(&session.client_id)
-        .is_some_and(|s| Arc::ptr_eq(s, session))
-    {
-        sessions.remove(&session.client_id);
-    }
-    {
-        let mut r = broker.router();
-        for f in filters {
-            r.unsubscribe(&session.client_id, &f);
-        }
-    }
-    let n = sessions.len();
-    drop(sessions);
-    broker.update_gauges(n);
 }
 
 fn will_message(w: Will, client_id: &str) -> Message {

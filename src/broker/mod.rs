@@ -111,6 +111,10 @@ pub struct Broker {
     router: std::sync::Mutex<Router>,
     pub metrics: BrokerMetrics,
     next_auto_id: AtomicU64,
+    /// Will-delay and session-expiry timers: tracked, and cancelled when
+    /// the broker stops (none outlives it).
+    timers: TaskTracker,
+    timers_stop: CancellationToken,
 }
 
 impl Broker {
@@ -121,7 +125,27 @@ impl Broker {
             router: Default::default(),
             metrics: BrokerMetrics::new(registry),
             next_auto_id: AtomicU64::new(0),
+            timers: TaskTracker::new(),
+            timers_stop: CancellationToken::new(),
         })
+    }
+
+    /// Run `f` after `delay` (capped at [`MAX_TIMER`]) unless the broker
+    /// stops first.
+    pub(crate) fn after(&self, delay: std::time::Duration, f: impl FnOnce() + Send + 'static) {
+        let stop = self.timers_stop.clone();
+        let delay = delay.min(MAX_TIMER);
+        self.timers.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(delay) => f(),
+            }
+        });
+    }
+
+    /// Timers pending now (will delays, session expiries).
+    pub fn pending_timers(&self) -> usize {
+        self.timers.len()
     }
 
     // A poisoned lock means a panic while holding it, which the code rules
@@ -257,5 +281,13 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: Cancell
             "drain timeout reached; closing the rest"
         );
     }
+    broker.timers_stop.cancel();
+    broker.timers.close();
+    broker.timers.wait().await;
     info!("broker stopped");
 }
+
+/// Longest timer the broker keeps: a will delay or session expiry beyond
+/// it (MQTT allows up to 136 years) fires after one year instead; sessions
+/// live in memory and a restart ends them anyway.
+pub const MAX_TIMER: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);

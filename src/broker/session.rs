@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::info;
 
-use super::Message;
 use super::metrics::DropReason;
+use super::{Broker, Message};
 use crate::mqtt::ProtocolVersion;
 use crate::mqtt::codec::SubOptions;
 
@@ -180,6 +181,87 @@ impl SessionState {
         }
         None
     }
+}
+
+// --- the session table: attach a connection, remove an expired session ---
+
+/// Find or create the session, kick a connection holding it, attach.
+/// Returns the session, this connection's generation and "session present".
+pub(super) fn attach(
+    broker: &Broker,
+    client_id: &str,
+    clean: bool,
+    protocol: ProtocolVersion,
+    expiry: u32,
+    kick_token: &CancellationToken,
+    kick_reason: &Arc<AtomicU8>,
+) -> (Arc<Session>, u64, bool) {
+    let mut sessions = broker.sessions();
+    let existing = sessions.get(client_id).cloned();
+    if let Some(old) = &existing {
+        if let Some(a) = old.lock().attached.take() {
+            info!(client_id, "session taken over by a new connection");
+            a.kick(kick::SESSION_TAKEN_OVER);
+        }
+    }
+    let (session, present) = match existing {
+        Some(s) if !clean => (s, true),
+        old => {
+            if let Some(old) = old {
+                let filters: Vec<String> = old.lock().subscriptions.keys().cloned().collect();
+                let mut r = broker.router();
+                for f in filters {
+                    r.unsubscribe(client_id, &f);
+                }
+            }
+            let s = Arc::new(Session::new(client_id.to_string(), protocol));
+            sessions.insert(client_id.to_string(), s.clone());
+            (s, false)
+        }
+    };
+    let generation = {
+        let mut st = session.lock();
+        st.generation += 1;
+        st.protocol = protocol;
+        st.expiry = expiry;
+        st.attached = Some(Attached {
+            generation: st.generation,
+            kick: kick_token.clone(),
+            kick_reason: kick_reason.clone(),
+        });
+        st.generation
+    };
+    let n = sessions.len();
+    drop(sessions);
+    broker.update_gauges(n);
+    (session, generation, present)
+}
+
+/// Remove `session` if no connection attached after `generation`.
+pub(super) fn remove_session(broker: &Broker, session: &Arc<Session>, generation: u64) {
+    let mut sessions = broker.sessions();
+    let filters: Vec<String> = {
+        let st = session.lock();
+        if st.generation != generation || st.attached.is_some() {
+            return;
+        }
+        st.subscriptions.keys().cloned().collect()
+    };
+    if sessions
+        .get(&session.client_id)
+        .is_some_and(|s| Arc::ptr_eq(s, session))
+    {
+        sessions.remove(&session.client_id);
+    }
+    {
+        let mut r = broker.router();
+        for f in filters {
+            r.unsubscribe(&session.client_id, &f);
+        }
+    }
+    let n = sessions.len();
+    drop(sessions);
+    broker.update_gauges(n);
 }
 
 #[cfg(test)]
