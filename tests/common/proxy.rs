@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{Certs, metric_sample, read_to_close};
+use super::{Certs, DEADLINE, metric_sample, read_to_close, wait_until};
 
 /// mqttlb running in-process on an ephemeral port.
 pub struct ProxyUnderTest {
@@ -32,6 +32,7 @@ impl ProxyUnderTest {
         let raw = parse_toml("test.toml", toml).expect("test config parses");
         let config = Config::from_raw("test.toml", base, raw).expect("test config converts");
         let pool_names: Vec<String> = config.pools.keys().cloned().collect();
+        let listener_count = config.listeners.len();
         let mut registry = Registry::default();
         let proxy = Proxy::build(config, &mut registry).expect("proxy builds");
         let pools = pool_names.iter().filter_map(|n| proxy.pool(n)).collect();
@@ -40,6 +41,12 @@ impl ProxyUnderTest {
         let shutdown = CancellationToken::new();
         let handle = proxy.handle();
         let task = tokio::spawn(proxy.run(listeners, shutdown.clone()));
+        // Serving once every listener is registered: a reload issued before
+        // that would see none running and bind their ports again.
+        wait_until("listeners registered", DEADLINE, || async {
+            handle.listeners().len() == listener_count
+        })
+        .await;
         ProxyUnderTest {
             addr,
             registry: Arc::new(registry),
