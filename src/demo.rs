@@ -128,31 +128,35 @@ fn absolute(p: &Path) -> PathBuf {
 }
 
 fn proxy_config(listen: SocketAddr, nodes: &[SocketAddr]) -> String {
-    let servers: Vec<String> = nodes
+    let names: Vec<(String, String)> = nodes
         .iter()
         .enumerate()
-        .map(|(i, a)| format!("{{ name = \"node{}\", addr = \"{a}\" }}", i + 1))
+        .map(|(i, a)| (format!("node{}", i + 1), a.to_string()))
         .collect();
+    let servers: Vec<(&str, &str)> = names
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.as_str()))
+        .collect();
+    let mut raw = crate::config::template::tls_proxy(
+        &listen.to_string(),
+        "certs/server.pem",
+        "certs/server.key",
+        "nodes",
+        &servers,
+    );
+    let pool = raw.pool_mut("nodes");
+    pool.strategy = Some("client-id".into());
+    pool.proxy_protocol = Some("v2".into());
+    let health = pool.health_mut();
+    health.check = Some("mqtt".into());
+    health.interval = Some("1s".into());
+    health.timeout = Some("500ms".into());
+    health.rise = Some(2);
+    health.fall = Some(2);
+    health.mqtt_version = Some("5.0".into());
+    raw.limits_mut().drain_timeout = Some("2s".into());
     format!(
-        r#"# Written by `mqttlb demo` (node ports are ephemeral: rewritten each start).
-[[listener]]
-name = "mqtts"
-listen = "{listen}"
-pool = "nodes"
-[listener.tls]
-cert = "certs/server.pem"
-key = "certs/server.key"
-[listener.mqtt]
-
-[pool.nodes]
-strategy = "client-id"
-proxy_protocol = "v2"
-health = {{ check = "mqtt", interval = "1s", timeout = "500ms", rise = 2, fall = 2, mqtt_version = "5.0" }}
-servers = [ {servers} ]
-
-[limits]
-drain_timeout = "2s"
-"#,
-        servers = servers.join(", ")
+        "# Written by `mqttlb demo` (node ports are ephemeral: rewritten each start).\n{}",
+        raw.to_toml()
     )
 }

@@ -10,20 +10,15 @@ use common::*;
 async fn a_dns_name_becomes_one_node_per_address() {
     let certs = Certs::new();
     let node = BrokerUnderTest::start(|_| {}).await;
-    let text = config(
-        &certs,
-        &[("static", node.addr)],
-        "",
-        "resolve_interval = \"1s\"",
-    )
-    .replace(
-        &format!("{{ name = \"static\", addr = \"{}\" }}", node.addr),
-        &format!(
-            "{{ name = \"brokers\", addr = \"localhost:{}\" }}",
-            node.addr.port()
-        ),
-    );
-    assert!(text.contains("localhost:"), "{text}");
+    let mut raw = proxy_config(&certs, &[]);
+    let pool = raw.pool_mut("brokers");
+    pool.resolve_interval = Some("1s".into());
+    pool.servers.push(RawServer {
+        name: Some("brokers".into()),
+        addr: format!("localhost:{}", node.addr.port()),
+        weight: None,
+    });
+    let text = raw.to_toml();
     let proxy = ProxyUnderTest::start(&text, certs.dir.path()).await;
     wait_until("localhost resolved into a node", DEADLINE, || async {
         proxy

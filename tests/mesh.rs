@@ -148,20 +148,16 @@ async fn certificate_cn_becomes_the_broker_user_name() {
         c.cn_as_username = true;
     })
     .await;
-    let text = config(
-        &certs,
-        &[("node1", node.addr)],
-        "",
-        "proxy_protocol = \"v2\"\nhealth = { check = \"mqtt\", interval = \"200ms\", timeout = \"500ms\" }",
-    )
-    .replace(
-        "[listener.mqtt]",
-        &format!(
-            "client_auth = \"required\"\nclient_ca = \"{}\"\n[listener.mqtt]",
-            certs.p("ca.pem")
-        ),
-    );
-    let proxy = ProxyUnderTest::start(&text, certs.dir.path()).await;
+    let mut raw = proxy_config(&certs, &[("node1", node.addr)]);
+    tls_of(&mut raw).client_auth = Some("required".into());
+    tls_of(&mut raw).client_ca = Some(certs.p("ca.pem"));
+    let pool = raw.pool_mut("brokers");
+    pool.proxy_protocol = Some("v2".into());
+    let health = pool.health_mut();
+    health.check = Some("mqtt".into());
+    health.interval = Some("200ms".into());
+    health.timeout = Some("500ms".into());
+    let proxy = ProxyUnderTest::start(&raw.to_toml(), certs.dir.path()).await;
     let mut opts = MqttOptions::new("cn-client", "localhost", proxy.addr.port());
     opts.set_credentials("claimed-name", "pw");
     opts.set_transport(Transport::Tls(TlsConfiguration::Simple {

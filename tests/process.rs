@@ -195,9 +195,10 @@ async fn sigterm_stops_accepting_and_lets_a_live_connection_finish() {
     let certs = Certs::new();
     let broker = Mosquitto::start().await;
     let port = free_port();
-    let cfg = config(&certs, &[("node1", broker.addr())], "", "")
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
-        .replace("drain_timeout = \"5s\"", "drain_timeout = \"60s\"");
+    let mut raw = proxy_config(&certs, &[("node1", broker.addr())]);
+    raw.listener[0].listen = Some(format!("127.0.0.1:{port}"));
+    raw.limits.drain_timeout = Some("60s".into());
+    let cfg = raw.to_toml();
     let path = certs.path("mqttlb.toml");
     std::fs::write(&path, cfg).expect("write config");
     let mut child = Command::new(BIN)
@@ -325,8 +326,11 @@ async fn sighup_reloads_the_configuration_file() {
     let certs = Certs::new();
     let node = BrokerUnderTest::start(|_| {}).await;
     let admin_port = free_port();
-    let base = config(&certs, &[("node1", node.addr)], "", "")
-        + &format!("\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n");
+    let mut raw = proxy_config(&certs, &[("node1", node.addr)]);
+    raw.admin = Some(RawAdmin {
+        listen: Some(format!("127.0.0.1:{admin_port}")),
+    });
+    let base = raw.to_toml();
     let path = certs.path("mqttlb.toml");
     std::fs::write(&path, &base).expect("write config");
     let mut child = Command::new(BIN)
@@ -354,14 +358,12 @@ async fn sighup_reloads_the_configuration_file() {
     );
 
     let second = BrokerUnderTest::start(|_| {}).await;
-    let grown = base.replace(
-        &format!("{{ name = \"node1\", addr = \"{}\" }}", node.addr),
-        &format!(
-            "{{ name = \"node1\", addr = \"{}\" }}, {{ name = \"node2\", addr = \"{}\" }}",
-            node.addr, second.addr
-        ),
-    );
-    assert_ne!(grown, base);
+    raw.pool_mut("brokers").servers.push(RawServer {
+        name: Some("node2".into()),
+        addr: second.addr.to_string(),
+        weight: None,
+    });
+    let grown = raw.to_toml();
     std::fs::write(&path, grown).expect("rewrite config");
     send_signal(&child, "HUP").await;
     wait_until("node2 appears after SIGHUP", DEADLINE, || async {
@@ -394,8 +396,9 @@ async fn json_logs_carry_the_connection_span() {
     let certs = Certs::new();
     let node = BrokerUnderTest::start(|_| {}).await;
     let port = free_port();
-    let cfg = config(&certs, &[("node1", node.addr)], "", "")
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let mut raw = proxy_config(&certs, &[("node1", node.addr)]);
+    raw.listener[0].listen = Some(format!("127.0.0.1:{port}"));
+    let cfg = raw.to_toml();
     let path = certs.path("mqttlb.toml");
     std::fs::write(&path, cfg).expect("write config");
     let mut child = Command::new(BIN)

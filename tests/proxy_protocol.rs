@@ -100,17 +100,16 @@ async fn recording_backend() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
 async fn v2_header_carries_client_address_sni_and_certificate_cn() {
     let certs = Certs::new();
     let (backend, seen) = recording_backend().await;
-    let text = config(
-        &certs,
-        &[("fake", backend)],
-        "",
-        "proxy_protocol = \"v2\"\nhealth = { check = \"tcp\", interval = \"100ms\", timeout = \"500ms\" }",
-    )
-    .replace(
-        "[listener.mqtt]",
-        &format!("client_auth = \"optional\"\nclient_ca = \"{}\"\n[listener.mqtt]", certs.p("ca.pem")),
-    );
-    let proxy = ProxyUnderTest::start(&text, certs.dir.path()).await;
+    let mut raw = proxy_config(&certs, &[("fake", backend)]);
+    tls_of(&mut raw).client_auth = Some("optional".into());
+    tls_of(&mut raw).client_ca = Some(certs.p("ca.pem"));
+    let pool = raw.pool_mut("brokers");
+    pool.proxy_protocol = Some("v2".into());
+    let health = pool.health_mut();
+    health.check = Some("tcp".into());
+    health.interval = Some("100ms".into());
+    health.timeout = Some("500ms".into());
+    let proxy = ProxyUnderTest::start(&raw.to_toml(), certs.dir.path()).await;
 
     let mut s = tls_connect(proxy.addr, &certs, true)
         .await

@@ -55,16 +55,12 @@ async fn all_nodes_down_answers_connack_server_unavailable() {
 async fn hostile_clients_are_closed_counted_and_isolated() {
     let certs = Certs::new();
     let broker = Mosquitto::start().await;
-    let text = config(&certs, &[("node1", broker.addr())], "", "")
-        .replace(
-            "connect_timeout = \"2s\"",
-            "connect_timeout = \"1s\"\nmax_connect_size = \"1KiB\"",
-        )
-        .replace(
-            "tls_handshake_timeout = \"2s\"",
-            "tls_handshake_timeout = \"1s\"",
-        );
-    let proxy = ProxyUnderTest::start(&text, certs.dir.path()).await;
+    let mut raw = proxy_config(&certs, &[("node1", broker.addr())]);
+    let mqtt = raw.listener[0].mqtt.get_or_insert_default();
+    mqtt.connect_timeout = Some("1s".into());
+    mqtt.max_connect_size = Some("1KiB".into());
+    raw.limits.tls_handshake_timeout = Some("1s".into());
+    let proxy = ProxyUnderTest::start(&raw.to_toml(), certs.dir.path()).await;
 
     // A live client beside the hostile ones.
     let mut live = tls_connect(proxy.addr, &certs, false).await.expect("TLS");
@@ -155,9 +151,9 @@ async fn hostile_clients_are_closed_counted_and_isolated() {
 async fn connection_limit_refuses_cleanly() {
     let certs = Certs::new();
     let broker = Mosquitto::start().await;
-    let text = config(&certs, &[("node1", broker.addr())], "", "")
-        .replace("[limits]", "[limits]\nmax_connections = 2");
-    let proxy = ProxyUnderTest::start(&text, certs.dir.path()).await;
+    let mut raw = proxy_config(&certs, &[("node1", broker.addr())]);
+    raw.limits.max_connections = Some(2);
+    let proxy = ProxyUnderTest::start(&raw.to_toml(), certs.dir.path()).await;
     let mut a = tls_connect(proxy.addr, &certs, false).await.expect("TLS");
     assert_eq!(mqtt_connect(&mut a, 4, "a").await, Some(0));
     let mut b = tls_connect(proxy.addr, &certs, false).await.expect("TLS");

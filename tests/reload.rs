@@ -204,15 +204,16 @@ async fn reload_certificates_and_backends_under_traffic_loses_nothing() {
 async fn reload_adds_and_removes_listeners() {
     let certs = Certs::new();
     let node = BrokerUnderTest::start(|_| {}).await;
-    let base = config(&certs, &[("node1", node.addr)], "", "");
+    let mut raw = common::proxy_config(&certs, &[("node1", node.addr)]);
+    let base = raw.to_toml();
     let proxy = ProxyUnderTest::start(&base, certs.dir.path()).await;
     let load = |text: &str| {
         let raw = mqttlb::config::parse_toml("reload.toml", text).expect("parses");
         Config::from_raw("reload.toml", certs.dir.path(), raw).expect("converts")
     };
-    let plain = "\n[[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\npool = \"brokers\"\n[listener.mqtt]\n";
-    let with_plain = base.replace("\n[pool.brokers]", &format!("{plain}\n[pool.brokers]"));
-    assert_ne!(with_plain, base);
+    raw.listener
+        .push(RawListener::mqtt("plain", "127.0.0.1:0", "brokers"));
+    let with_plain = raw.to_toml();
     let summary = proxy
         .handle
         .reload(load(&with_plain))

@@ -258,15 +258,12 @@ async fn sni_selects_the_listed_certificate_and_defaults_otherwise() {
     );
     let default_cert = first_cert(&certs, "server.pem");
     let backend = BrokerUnderTest::start(|_| {}).await;
-    let text = config(&certs, &[("node1", backend.addr)], "", "").replace(
-        "[listener.mqtt]",
-        &format!(
-            "[[listener.tls.sni]]\ncert = \"{}\"\nkey = \"{}\"\n[listener.mqtt]",
-            certs.p("other.pem"),
-            certs.p("other.key")
-        ),
-    );
-    let proxy = ProxyUnderTest::start(&text, certs.dir.path()).await;
+    let mut raw = proxy_config(&certs, &[("node1", backend.addr)]);
+    tls_of(&mut raw).sni.push(RawCertPair {
+        cert: certs.p("other.pem"),
+        key: certs.p("other.key"),
+    });
+    let proxy = ProxyUnderTest::start(&raw.to_toml(), certs.dir.path()).await;
 
     // The listed name: the SNI certificate, which verifies for that name
     // against the dev CA, and the connection is served.
@@ -354,15 +351,12 @@ async fn revoked_client_certificate_is_refused_and_counted() {
     std::fs::write(certs.path("ca.crl"), crl.pem().expect("CRL PEM")).expect("write CRL");
 
     let backend = BrokerUnderTest::start(|_| {}).await;
-    let text = config(&certs, &[("node1", backend.addr)], "", "").replace(
-        "[listener.mqtt]",
-        &format!(
-            "client_auth = \"required\"\nclient_ca = \"{}\"\ncrl = \"{}\"\n[listener.mqtt]",
-            certs.p("ca.pem"),
-            certs.p("ca.crl")
-        ),
-    );
-    let proxy = ProxyUnderTest::start(&text, certs.dir.path()).await;
+    let mut raw = proxy_config(&certs, &[("node1", backend.addr)]);
+    let tls = tls_of(&mut raw);
+    tls.client_auth = Some("required".into());
+    tls.client_ca = Some(certs.p("ca.pem"));
+    tls.crl = Some(certs.p("ca.crl"));
+    let proxy = ProxyUnderTest::start(&raw.to_toml(), certs.dir.path()).await;
     let failed = "mqttlb_tls_handshakes_total{listener=\"mqtts\",result=\"failed\"}";
 
     let refused = connack(

@@ -159,15 +159,10 @@ async fn rumqttc_round_trip_over_tls() {
 async fn mutual_tls_required_refuses_clients_without_a_certificate() {
     let certs = Certs::new();
     let broker = Mosquitto::start().await;
-    let mut text = config(&certs, &[("node1", broker.addr())], "", "");
-    text = text.replace(
-        "[listener.mqtt]",
-        &format!(
-            "client_auth = \"required\"\nclient_ca = \"{}\"\n[listener.mqtt]",
-            certs.p("ca.pem")
-        ),
-    );
-    let proxy = ProxyUnderTest::start(&text, certs.dir.path()).await;
+    let mut raw = proxy_config(&certs, &[("node1", broker.addr())]);
+    tls_of(&mut raw).client_auth = Some("required".into());
+    tls_of(&mut raw).client_ca = Some(certs.p("ca.pem"));
+    let proxy = ProxyUnderTest::start(&raw.to_toml(), certs.dir.path()).await;
 
     let (ok, _) = run(&mut pub_cmd(
         &proxy, &certs, "no-cert", "m/t", "x", "mqttv311",

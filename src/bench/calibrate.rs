@@ -30,6 +30,7 @@ use clap::Parser;
 use tokio::time::Instant;
 
 use super::{BenchArgs, Summary};
+use crate::config::raw::{RawListener, RawPool};
 use crate::estimate::{BrokerCosts, Calibration, Measured, ProxyCosts};
 
 #[derive(Parser)]
@@ -198,28 +199,20 @@ impl Lab {
     async fn start(dir: &Path, duration: Duration, threads: usize) -> Result<Lab, String> {
         let (broker_port, tls_port, plain_port) = (free_port()?, free_port()?, free_port()?);
         let p = |f: &str| dir.join(f).display().to_string();
-        let config = format!(
-            r#"[[listener]]
-name = "tls"
-listen = "127.0.0.1:{tls_port}"
-pool = "b"
-[listener.tls]
-cert = "{cert}"
-key = "{key}"
-[listener.mqtt]
-
-[[listener]]
-name = "plain"
-listen = "127.0.0.1:{plain_port}"
-pool = "b"
-[listener.mqtt]
-
-[pool.b]
-servers = [ {{ name = "broker", addr = "127.0.0.1:{broker_port}" }} ]
-"#,
-            cert = p("server.pem"),
-            key = p("server.key"),
+        let broker = format!("127.0.0.1:{broker_port}");
+        let mut raw = crate::config::raw::RawConfig::default();
+        raw.listener.push(
+            RawListener::mqtt("tls", &format!("127.0.0.1:{tls_port}"), "b")
+                .with_tls(&p("server.pem"), &p("server.key")),
         );
+        raw.listener.push(RawListener::mqtt(
+            "plain",
+            &format!("127.0.0.1:{plain_port}"),
+            "b",
+        ));
+        raw.pool
+            .insert("b".into(), RawPool::of(&[("broker", &broker)]));
+        let config = raw.to_toml();
         std::fs::write(dir.join("proxy.toml"), config).map_err(|e| format!("proxy.toml: {e}"))?;
         let broker_listen = format!("127.0.0.1:{broker_port}");
         let broker = Proc::spawn(

@@ -8,6 +8,7 @@
 
 pub mod broker;
 pub mod raw;
+pub mod template;
 
 use std::collections::BTreeMap;
 use std::fmt;

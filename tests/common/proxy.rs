@@ -6,6 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mqttlb::balance::Pool;
+#[allow(unused_imports)] // each test binary uses some of them
+pub use mqttlb::config::raw::{
+    RawAdmin, RawCertPair, RawConfig, RawListener, RawPool, RawServer, RawTls,
+};
+use mqttlb::config::template::tls_proxy;
 use mqttlb::config::{Config, parse_toml};
 use mqttlb::proxy::Proxy;
 use prometheus_client::registry::Registry;
@@ -78,43 +83,71 @@ impl ProxyUnderTest {
     }
 }
 
-/// A TOML config for tests: one TLS MQTT-aware listener "mqtts" on port 0
-/// in front of `servers`, with `extra_pool` and `extra_listener` lines added.
+/// The standard test proxy, typed (the file schema of `mqttlb::config::raw`):
+/// a TLS, MQTT-aware listener `mqtts` on 127.0.0.1:0 (CONNECT within 2 s)
+/// forwarding to pool `brokers` of `servers`; handshakes within 2 s, drain
+/// 5 s. Tests change fields, then render with `to_toml()`.
+pub fn proxy_config(certs: &Certs, servers: &[(&str, SocketAddr)]) -> RawConfig {
+    let addrs: Vec<(String, String)> = servers
+        .iter()
+        .map(|(name, addr)| (name.to_string(), addr.to_string()))
+        .collect();
+    let servers: Vec<(&str, &str)> = addrs
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.as_str()))
+        .collect();
+    let mut raw = tls_proxy(
+        "127.0.0.1:0",
+        &certs.p("server.pem"),
+        &certs.p("server.key"),
+        "brokers",
+        &servers,
+    );
+    if let Some(mqtt) = raw.listener[0].mqtt.as_mut() {
+        mqtt.connect_timeout = Some("2s".into());
+    }
+    raw.limits.tls_handshake_timeout = Some("2s".into());
+    raw.limits.drain_timeout = Some("5s".into());
+    raw
+}
+
+/// The first listener's TLS settings of a [`proxy_config`].
+pub fn tls_of(raw: &mut RawConfig) -> &mut RawTls {
+    raw.listener[0].tls.get_or_insert_with(RawTls::default)
+}
+
+/// [`proxy_config`] as TOML, with extra keys for the listener and the pool
+/// given as TOML snippets (e.g. `strategy = "client-id"`), merged as
+/// tables: a key that does not exist in the schema fails the load.
 pub fn config(
     certs: &Certs,
     servers: &[(&str, SocketAddr)],
     extra_listener: &str,
     extra_pool: &str,
 ) -> String {
-    let servers: Vec<String> = servers
-        .iter()
-        .map(|(name, addr)| format!("{{ name = \"{name}\", addr = \"{addr}\" }}"))
-        .collect();
-    format!(
-        r#"
-[[listener]]
-name = "mqtts"
-listen = "127.0.0.1:0"
-pool = "brokers"
-{extra_listener}
-[listener.tls]
-cert = "{cert}"
-key = "{key}"
-[listener.mqtt]
-connect_timeout = "2s"
-
-[pool.brokers]
-servers = [ {servers} ]
-{extra_pool}
-
-[limits]
-tls_handshake_timeout = "2s"
-drain_timeout = "5s"
-"#,
-        cert = certs.p("server.pem"),
-        key = certs.p("server.key"),
-        servers = servers.join(", "),
-    )
+    let mut table: toml::Table = proxy_config(certs, servers)
+        .to_toml()
+        .parse()
+        .expect("rendered config parses");
+    let merge = |target: Option<&mut toml::Value>, snippet: &str| {
+        let extra: toml::Table = snippet.parse().expect("snippet is TOML");
+        let target = target
+            .and_then(toml::Value::as_table_mut)
+            .expect("table to merge into");
+        target.extend(extra);
+    };
+    merge(
+        table
+            .get_mut("listener")
+            .and_then(|l| l.as_array_mut())
+            .and_then(|l| l.first_mut()),
+        extra_listener,
+    );
+    merge(
+        table.get_mut("pool").and_then(|p| p.get_mut("brokers")),
+        extra_pool,
+    );
+    table.to_string()
 }
 
 /// A plain HTTP/1.0 request to an admin server: (status, body).
