@@ -1,0 +1,37 @@
+//! Defaults and bounds, in one place so the reference config
+//! (`config/mqttlb.toml`) and the code agree.
+
+use std::time::Duration;
+pub const LISTEN_TLS: &str = "0.0.0.0:8883";
+pub const ADMIN_LISTEN: &str = "127.0.0.1:9100";
+pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const DRAIN_WINDOW: Duration = Duration::from_secs(30);
+pub const BACKLOG: u32 = 1024;
+/// Upper bound of every duration in configuration and the admin API.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Upper bound of `listener.accept_sockets`.
+pub const MAX_ACCEPT_SOCKETS: u32 = 256;
+/// Upper bound of `limits.worker_threads`.
+pub const MAX_WORKER_THREADS: u64 = 1024;
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const MAX_CONNECT_SIZE: usize = 64 * 1024;
+pub const KEEPALIVE_FACTOR: f64 = 1.5;
+/// 1.5 × the largest keep-alive MQTT can express (65 535 s): by default
+/// no live client is ever cut.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(98_303);
+pub const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const CONNECT_ATTEMPTS: u32 = 3;
+/// Brokers answer a CONNECT in milliseconds; a node that takes seconds
+/// is stalled, and clients commonly give up after 5 to 30 s.
+/// One ticket per full handshake: a device resumes one connection at a
+/// time (rustls sends 2, for clients that open connections in parallel).
+pub const SESSION_TICKETS: u8 = 1;
+pub const CONNACK_TIMEOUT: Duration = Duration::from_secs(3);
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+pub const RISE: u32 = 2;
+pub const FALL: u32 = 3;
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);

@@ -1,0 +1,546 @@
+//! Turning raw values into typed ones: the conversion context collects
+//! every error (file, key, reason) instead of stopping at the first.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::{RawListener, RawPool, RawTls};
+use super::*;
+
+/// Parse a duration from configuration or the admin API: humantime syntax
+/// ("250ms", "5s", "2m"), at most [`defaults::MAX_DURATION`], so that no
+/// deadline computed from it can overflow a clock.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("expected a duration such as \"5s\" or \"250ms\", got {s:?} ({e})"))?;
+    if d > defaults::MAX_DURATION {
+        return Err(format!(
+            "{s:?} is longer than the longest duration accepted ({})",
+            humantime::format_duration(defaults::MAX_DURATION)
+        ));
+    }
+    Ok(d)
+}
+
+/// `host:port` where host is a DNS name (letters, digits, `-`, `.`).
+pub(super) fn parse_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.trim().rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+        })
+        && host.chars().any(|c| c.is_ascii_alphabetic());
+    valid.then_some((host, port))
+}
+
+/// Conversion context: collects errors instead of stopping at the first.
+pub(crate) struct Cx {
+    pub(super) file: String,
+    pub(super) base: PathBuf,
+    pub(super) errors: Vec<ConfigError>,
+}
+
+impl Cx {
+    pub(super) fn err(&mut self, key: &str, reason: &str) {
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            key: key.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+
+    pub(super) fn duration_or_zero(
+        &mut self,
+        key: &str,
+        v: Option<&str>,
+        default: Duration,
+    ) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match parse_duration(s) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.err(key, &e);
+                    default
+                }
+            },
+        }
+    }
+
+    pub(super) fn duration(&mut self, key: &str, v: Option<&str>, default: Duration) -> Duration {
+        let d = self.duration_or_zero(key, v, default);
+        if d.is_zero() {
+            self.err(key, "must be greater than zero");
+            return default;
+        }
+        d
+    }
+
+    pub(super) fn size(&mut self, key: &str, v: Option<&str>, default: usize) -> usize {
+        let Some(s) = v else { return default };
+        match s.trim().parse::<bytesize::ByteSize>() {
+            Ok(b) if b.as_u64() > 0 => usize::try_from(b.as_u64()).unwrap_or(usize::MAX),
+            Ok(_) => {
+                self.err(key, "must be greater than zero");
+                default
+            }
+            Err(e) => {
+                self.err(
+                    key,
+                    &format!("expected a size such as \"64KiB\", got {s:?} ({e})"),
+                );
+                default
+            }
+        }
+    }
+
+    pub(super) fn choice<T: Copy>(
+        &mut self,
+        key: &str,
+        v: Option<&str>,
+        default: T,
+        options: &[(&str, T)],
+    ) -> T {
+        let Some(s) = v else { return default };
+        if let Some((_, t)) = options.iter().find(|(name, _)| *name == s) {
+            return *t;
+        }
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        self.err(
+            key,
+            &format!("expected one of {}, got {s:?}", names.join(" | ")),
+        );
+        default
+    }
+
+    pub(super) fn nonzero(&mut self, key: &str, v: Option<u32>, default: u32) -> NonZeroU32 {
+        let fallback = NonZeroU32::new(default).unwrap_or(NonZeroU32::MIN);
+        match v {
+            None => fallback,
+            Some(n) => NonZeroU32::new(n).unwrap_or_else(|| {
+                self.err(key, "must be at least 1");
+                fallback
+            }),
+        }
+    }
+
+    pub(super) fn addr(&mut self, key: &str, v: &str) -> Option<SocketAddr> {
+        match v.trim().parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    key,
+                    &format!(
+                        "expected an address such as \"10.0.0.1:1883\" or \"[::1]:1883\", got {v:?}"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn path(&mut self, key: &str, v: &str) -> PathBuf {
+        let p = Path::new(v);
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        };
+        if !p.is_file() {
+            self.err(
+                key,
+                &format!(
+                    "file {} does not exist or is not a regular file",
+                    p.display()
+                ),
+            );
+        }
+        p
+    }
+
+    pub(super) fn pool(&mut self, name: &str, raw: RawPool) -> PoolConfig {
+        let k = format!("pool.{name}");
+        let strategy = self.choice(
+            &format!("{k}.strategy"),
+            raw.strategy.as_deref(),
+            Strategy::RoundRobin,
+            &[
+                ("round-robin", Strategy::RoundRobin),
+                ("least-connections", Strategy::LeastConnections),
+                ("client-id", Strategy::ClientId),
+            ],
+        );
+        let hash_key = self.choice(
+            &format!("{k}.hash_key"),
+            raw.hash_key.as_deref(),
+            HashKey::ClientId,
+            &[
+                ("client-id", HashKey::ClientId),
+                ("username", HashKey::Username),
+                ("cert-cn", HashKey::CertCn),
+            ],
+        );
+        let proxy_protocol = self.choice(
+            &format!("{k}.proxy_protocol"),
+            raw.proxy_protocol.as_deref(),
+            ProxyProtocol::Off,
+            &[
+                ("off", ProxyProtocol::Off),
+                ("v1", ProxyProtocol::V1),
+                ("v2", ProxyProtocol::V2),
+            ],
+        );
+        let connect_timeout = self.duration(
+            &format!("{k}.connect_timeout"),
+            raw.connect_timeout.as_deref(),
+            defaults::BACKEND_CONNECT_TIMEOUT,
+        );
+        let connect_attempts = self.nonzero(
+            &format!("{k}.connect_attempts"),
+            raw.connect_attempts,
+            defaults::CONNECT_ATTEMPTS,
+        );
+        let h = raw.health.unwrap_or_default();
+        let hk = format!("{k}.health");
+        let health = HealthConfig {
+            check: self.choice(
+                &format!("{hk}.check"),
+                h.check.as_deref(),
+                HealthCheckKind::Tcp,
+                &[
+                    ("tcp", HealthCheckKind::Tcp),
+                    ("mqtt", HealthCheckKind::Mqtt),
+                ],
+            ),
+            interval: self.duration(
+                &format!("{hk}.interval"),
+                h.interval.as_deref(),
+                defaults::HEALTH_INTERVAL,
+            ),
+            timeout: self.duration(
+                &format!("{hk}.timeout"),
+                h.timeout.as_deref(),
+                defaults::HEALTH_TIMEOUT,
+            ),
+            rise: self.nonzero(&format!("{hk}.rise"), h.rise, defaults::RISE),
+            fall: self.nonzero(&format!("{hk}.fall"), h.fall, defaults::FALL),
+            mqtt_version: self.choice(
+                &format!("{hk}.mqtt_version"),
+                h.mqtt_version.as_deref(),
+                ProtocolVersion::V311,
+                &[
+                    ("3.1.1", ProtocolVersion::V311),
+                    ("5.0", ProtocolVersion::V5),
+                ],
+            ),
+            proxy_command: self.choice(
+                &format!("{hk}.proxy_command"),
+                h.proxy_command.as_deref(),
+                ProxyCommand::Proxy,
+                &[
+                    ("proxy", ProxyCommand::Proxy),
+                    ("local", ProxyCommand::Local),
+                ],
+            ),
+            username: h.username,
+            password: h.password.map(Secret),
+        };
+        if health.password.is_some()
+            && health.username.is_none()
+            && health.mqtt_version != ProtocolVersion::V5
+        {
+            self.err(
+                &format!("{hk}.password"),
+                "MQTT 3.1.1 sends a password only with a username: set health.username too",
+            );
+        }
+        if health.check == HealthCheckKind::Tcp
+            && (health.username.is_some() || health.password.is_some())
+        {
+            self.err(
+                &format!("{hk}.username"),
+                "credentials are sent by check = \"mqtt\" only; this pool's check is \"tcp\"",
+            );
+        }
+        let connack_timeout = self.duration(
+            &format!("{k}.connack_timeout"),
+            raw.connack_timeout.as_deref(),
+            defaults::CONNACK_TIMEOUT,
+        );
+        if raw.servers.is_empty() {
+            self.err(&format!("{k}.servers"), "a pool needs at least one server");
+        }
+        let mut servers: Vec<ServerConfig> = Vec::new();
+        let mut dns: Vec<DnsServerConfig> = Vec::new();
+        for (i, s) in raw.servers.into_iter().enumerate() {
+            let sk = format!("{k}.servers[{i}]");
+            let addr = match s.addr.trim().parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => match parse_host_port(&s.addr) {
+                    Some((host, port)) => {
+                        let name = s.name.unwrap_or_else(|| host.to_string());
+                        if servers.iter().any(|o| o.name == name)
+                            || dns.iter().any(|o| o.name == name)
+                        {
+                            self.err(
+                                &format!("{sk}.name"),
+                                &format!("duplicate server name {name:?} in this pool"),
+                            );
+                        }
+                        let weight = self.nonzero(&format!("{sk}.weight"), s.weight, 1);
+                        dns.push(DnsServerConfig {
+                            name,
+                            host: host.to_string(),
+                            port,
+                            weight,
+                        });
+                        continue;
+                    }
+                    None => {
+                        self.err(
+                            &format!("{sk}.addr"),
+                            &format!(
+                                "expected an address such as \"10.0.0.1:1883\", \"[::1]:1883\" or \"brokers.example.svc:1883\", got {:?}",
+                                s.addr
+                            ),
+                        );
+                        continue;
+                    }
+                },
+            };
+            let name = s.name.unwrap_or_else(|| addr.to_string());
+            if name.is_empty()
+                || name.len() > 64
+                || name.chars().any(|c| c.is_control() || c == '"')
+            {
+                self.err(
+                    &format!("{sk}.name"),
+                    "must be 1 to 64 printable characters without quotes",
+                );
+            }
+            if servers.iter().any(|o| o.name == name) {
+                self.err(
+                    &format!("{sk}.name"),
+                    &format!("duplicate server name {name:?} in this pool"),
+                );
+            }
+            let weight = self.nonzero(&format!("{sk}.weight"), s.weight, 1);
+            servers.push(ServerConfig { name, addr, weight });
+        }
+        PoolConfig {
+            name: name.to_string(),
+            strategy,
+            hash_key,
+            proxy_protocol,
+            connect_timeout,
+            connect_attempts,
+            connack_timeout,
+            health,
+            servers,
+            dns,
+            resolve_interval: self.duration(
+                &format!("{k}.resolve_interval"),
+                raw.resolve_interval.as_deref(),
+                defaults::RESOLVE_INTERVAL,
+            ),
+            drain_disconnect: raw.drain_disconnect.unwrap_or(false),
+            drain_window: self.duration_or_zero(
+                &format!("{k}.drain_window"),
+                raw.drain_window.as_deref(),
+                defaults::DRAIN_WINDOW,
+            ),
+        }
+    }
+
+    pub(super) fn listener(
+        &mut self,
+        i: usize,
+        raw: RawListener,
+        pools: &BTreeMap<String, PoolConfig>,
+    ) -> ListenerConfig {
+        let k = format!("listener[{i}]");
+        let name = raw.name.unwrap_or_else(|| format!("listener{i}"));
+        let listen = raw.listen.as_deref().unwrap_or(defaults::LISTEN_TLS);
+        let listen = self
+            .addr(&format!("{k}.listen"), listen)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let pool = match raw.pool {
+            Some(p) if pools.contains_key(&p) => p,
+            Some(p) => {
+                self.err(&format!("{k}.pool"), &format!("no [pool.{p}] is defined"));
+                p
+            }
+            None => {
+                self.err(
+                    &format!("{k}.pool"),
+                    "missing: name the [pool.NAME] this listener forwards to",
+                );
+                String::new()
+            }
+        };
+        let backlog = match raw.backlog {
+            Some(0) => {
+                self.err(&format!("{k}.backlog"), "must be at least 1");
+                defaults::BACKLOG
+            }
+            Some(n) => n,
+            None => defaults::BACKLOG,
+        };
+        let accept_sockets = match raw.accept_sockets {
+            Some(n) if n > defaults::MAX_ACCEPT_SOCKETS => {
+                self.err(
+                    &format!("{k}.accept_sockets"),
+                    &format!(
+                        "must be at most {} (0 = one per worker thread)",
+                        defaults::MAX_ACCEPT_SOCKETS
+                    ),
+                );
+                0
+            }
+            Some(n) => n,
+            None => 0,
+        };
+        let tls = raw.tls.map(|t| self.tls(&format!("{k}.tls"), t));
+        let mqtt = raw.mqtt.map(|m| {
+            let mk = format!("{k}.mqtt");
+            let factor = m.keepalive_factor.unwrap_or(defaults::KEEPALIVE_FACTOR);
+            if !(1.0..=10.0).contains(&factor) {
+                self.err(
+                    &format!("{mk}.keepalive_factor"),
+                    "must be between 1.0 and 10.0",
+                );
+            }
+            MqttListenerConfig {
+                connect_timeout: self.duration(
+                    &format!("{mk}.connect_timeout"),
+                    m.connect_timeout.as_deref(),
+                    defaults::CONNECT_TIMEOUT,
+                ),
+                max_connect_size: self.size(
+                    &format!("{mk}.max_connect_size"),
+                    m.max_connect_size.as_deref(),
+                    defaults::MAX_CONNECT_SIZE,
+                ),
+                keepalive_factor: factor.clamp(1.0, 10.0),
+                max_idle_timeout: self.duration(
+                    &format!("{mk}.max_idle_timeout"),
+                    m.max_idle_timeout.as_deref(),
+                    defaults::MAX_IDLE_TIMEOUT,
+                ),
+            }
+        });
+        ListenerConfig {
+            name,
+            listen,
+            pool,
+            backlog,
+            accept_sockets,
+            tls,
+            mqtt,
+            key: k,
+        }
+    }
+
+    pub(super) fn tls(&mut self, k: &str, raw: RawTls) -> TlsConfig {
+        let pair = |this: &mut Self, key: &str, cert: Option<&str>, keyf: Option<&str>| {
+            let cert = match cert {
+                Some(c) => this.path(&format!("{key}.cert"), c),
+                None => {
+                    this.err(
+                        &format!("{key}.cert"),
+                        "missing: PEM certificate chain (or --cert)",
+                    );
+                    PathBuf::new()
+                }
+            };
+            let keyp = match keyf {
+                Some(c) => this.path(&format!("{key}.key"), c),
+                None => {
+                    this.err(&format!("{key}.key"), "missing: PEM private key (or --key)");
+                    PathBuf::new()
+                }
+            };
+            CertKeyPaths { cert, key: keyp }
+        };
+        let default_cert = pair(self, k, raw.cert.as_deref(), raw.key.as_deref());
+        let sni = raw
+            .sni
+            .iter()
+            .enumerate()
+            .map(|(i, p)| pair(self, &format!("{k}.sni[{i}]"), Some(&p.cert), Some(&p.key)))
+            .collect();
+        let client_auth = self.choice(
+            &format!("{k}.client_auth"),
+            raw.client_auth.as_deref(),
+            ClientAuth::None,
+            &[
+                ("none", ClientAuth::None),
+                ("optional", ClientAuth::Optional),
+                ("required", ClientAuth::Required),
+            ],
+        );
+        let client_ca = raw
+            .client_ca
+            .as_deref()
+            .map(|p| self.path(&format!("{k}.client_ca"), p));
+        if client_auth != ClientAuth::None && client_ca.is_none() {
+            self.err(
+                &format!("{k}.client_ca"),
+                "required when client_auth is optional or required",
+            );
+        }
+        let crl = raw
+            .crl
+            .as_deref()
+            .map(|p| self.path(&format!("{k}.crl"), p));
+        if crl.is_some() && client_auth == ClientAuth::None {
+            self.err(
+                &format!("{k}.crl"),
+                "only meaningful with client_auth optional or required",
+            );
+        }
+        let min_version = self.choice(
+            &format!("{k}.min_version"),
+            raw.min_version.as_deref(),
+            TlsVersion::V12,
+            &[("1.2", TlsVersion::V12), ("1.3", TlsVersion::V13)],
+        );
+        for (list, name) in [
+            (&raw.cipher_suites, "cipher_suites"),
+            (&raw.kx_groups, "kx_groups"),
+        ] {
+            if list.as_ref().is_some_and(Vec::is_empty) {
+                self.err(
+                    &format!("{k}.{name}"),
+                    "must name at least one, or be left out for the default",
+                );
+            }
+        }
+        TlsConfig {
+            default_cert,
+            sni,
+            client_auth,
+            client_ca,
+            crl,
+            min_version,
+            cipher_suites: raw.cipher_suites,
+            kx_groups: raw.kx_groups,
+            prefer_server_order: raw.prefer_server_order.unwrap_or(true),
+            session_tickets: match raw.session_tickets {
+                Some(n) if n > 8 => {
+                    self.err(&format!("{k}.session_tickets"), "at most 8");
+                    8
+                }
+                Some(n) => n,
+                None => defaults::SESSION_TICKETS,
+            },
+        }
+    }
+}
