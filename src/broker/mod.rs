@@ -1,8 +1,11 @@
 //! `mqttlb broker`: a minimal MQTT 3.1/3.1.1/5.0 broker and its peer mesh.
 //!
-//! * [`topic`] — topic names and filters (pure).
 //! * [`router`] — subscriptions, shared groups and retained messages (pure).
-//! * [`session`] — per-client-id state: queue, in-flight QoS 1/2, expiry.
+//! * [`session`] — per-client-id state: queue, in-flight QoS 1/2, expiry;
+//!   attaching to and removing from the session table.
+//! * [`metrics`] — `mqttlb_broker_*` and the reasons they count by.
+//!
+//! Topic names and filters are validated and matched by `mqtt::topic`.
 //! * [`conn`] — one client connection: CONNECT, packets, keep-alive, will.
 //! * [`peer`] — mesh links to other nodes.
 //!
