@@ -446,7 +446,7 @@ impl Conn {
                     let p = self.publish_packet(&d, pkid, true);
                     self.send(&p);
                 }
-                Inflight::Released => self.send(&ack(AckKind::Pubrel, pkid, 0)),
+                Inflight::Released => self.send(&Packet::ack(AckKind::Pubrel, pkid, 0)),
             }
         }
     }
@@ -579,7 +579,7 @@ impl Conn {
                         }
                     };
                     let code = if known { 0 } else { 0x92 };
-                    self.send(&ack(
+                    self.send(&Packet::ack(
                         AckKind::Pubrel,
                         pkid,
                         if self.v5() { code } else { 0 },
@@ -588,7 +588,7 @@ impl Conn {
                 AckKind::Pubrel => {
                     let known = self.session.lock().incoming_qos2.remove(&pkid);
                     let code = if known || !self.v5() { 0 } else { 0x92 };
-                    self.send(&ack(AckKind::Pubcomp, pkid, code));
+                    self.send(&Packet::ack(AckKind::Pubcomp, pkid, code));
                 }
             },
             Packet::Subscribe {
@@ -663,7 +663,7 @@ impl Conn {
             1 => {
                 let pkid = p.pkid;
                 self.route(p);
-                self.send(&ack(AckKind::Puback, pkid, 0));
+                self.send(&Packet::ack(AckKind::Puback, pkid, 0));
             }
             _ => {
                 let pkid = p.pkid;
@@ -687,7 +687,7 @@ impl Conn {
                     Some(false) => {}
                     Some(true) => self.route(p),
                 }
-                self.send(&ack(AckKind::Pubrec, pkid, 0));
+                self.send(&Packet::ack(AckKind::Pubrec, pkid, 0));
             }
         }
         Ok(())
@@ -852,14 +852,5 @@ fn will_message(w: Will, client_id: &str) -> Message {
     Message {
         origin: Some(client_id.to_string()),
         ..Message::new(w.topic, w.payload, w.qos, w.retain).with_props(props)
-    }
-}
-
-fn ack(kind: AckKind, pkid: u16, code: u8) -> Packet {
-    Packet::Ack {
-        kind,
-        pkid,
-        code,
-        props: Properties::default(),
     }
 }

@@ -157,7 +157,7 @@ async fn link(broker: &Broker, peer: SocketAddr) -> Result<(), LinkError> {
                     kind: AckKind::Pubrel,
                     pkid,
                     ..
-                } => codec::encode(&ack(AckKind::Pubcomp, pkid), V5, &mut out),
+                } => codec::encode(&Packet::ack(AckKind::Pubcomp, pkid, 0), V5, &mut out),
                 Packet::Disconnect { code, .. } => {
                     return Err(LinkError::Protocol(format!("DISCONNECT {code:#04x}")));
                 }
@@ -193,18 +193,9 @@ fn on_publish(broker: &Broker, p: PublishPacket, out: &mut BytesMut) {
     // dropped link is a new link session, so no id can repeat within one.
     broker.publish(Message::from_publish(p, None, true));
     match qos {
-        1 => codec::encode(&ack(AckKind::Puback, pkid), V5, out),
-        2 => codec::encode(&ack(AckKind::Pubrec, pkid), V5, out),
+        1 => codec::encode(&Packet::ack(AckKind::Puback, pkid, 0), V5, out),
+        2 => codec::encode(&Packet::ack(AckKind::Pubrec, pkid, 0), V5, out),
         _ => {}
-    }
-}
-
-fn ack(kind: AckKind, pkid: u16) -> Packet {
-    Packet::Ack {
-        kind,
-        pkid,
-        code: 0,
-        props: Properties::default(),
     }
 }
 

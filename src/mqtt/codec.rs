@@ -207,6 +207,19 @@ pub enum Packet {
     },
 }
 
+impl Packet {
+    /// A PUBACK, PUBREC, PUBREL or PUBCOMP with `code` (0 = success) and no
+    /// properties.
+    pub fn ack(kind: AckKind, pkid: u16, code: u8) -> Packet {
+        Packet::Ack {
+            kind,
+            pkid,
+            code,
+            props: Properties::default(),
+        }
+    }
+}
+
 /// Length of the packet at the start of `buf` once it has fully arrived:
 /// `Ok(None)` while bytes are missing. Refuses a packet larger than `max`
 /// as soon as its fixed header is complete.
@@ -364,12 +377,8 @@ fn decode_connect(body: Bytes) -> Result<Packet, DecodeError> {
     };
     let name = r.binary()?;
     let level = r.u8()?;
-    let protocol = match (&name[..], level & 0x7f) {
-        (b"MQIsdp", 3) => ProtocolVersion::V31,
-        (b"MQTT", 4) => ProtocolVersion::V311,
-        (b"MQTT", 5) => ProtocolVersion::V5,
-        _ => return Err(DecodeError::UnsupportedProtocol),
-    };
+    let protocol = ProtocolVersion::from_name_and_level(&name, level & 0x7f)
+        .ok_or(DecodeError::UnsupportedProtocol)?;
     r.v5 = protocol == ProtocolVersion::V5;
     let flags = r.u8()?;
     let will_qos = (flags >> 3) & 0x03;
@@ -728,12 +737,8 @@ pub fn encoded_len(p: &Packet, protocol: ProtocolVersion) -> usize {
 
 fn encode_connect(c: &ConnectPacket, body: &mut Body) {
     let v5 = c.protocol == ProtocolVersion::V5;
-    let (name, level): (&str, u8) = match c.protocol {
-        ProtocolVersion::V31 => ("MQIsdp", 3),
-        ProtocolVersion::V311 => ("MQTT", 4),
-        ProtocolVersion::V5 => ("MQTT", 5),
-    };
-    body.string(name);
+    let (name, level) = c.protocol.name_and_level();
+    body.binary(name);
     body.u8(level);
     let mut flags = u8::from(c.clean) << 1;
     if let Some(w) = &c.will {

@@ -39,6 +39,27 @@ impl ProtocolVersion {
             ProtocolVersion::V5 => "5.0",
         }
     }
+
+    /// Protocol name and level of a CONNECT (MQTT 3.1.1 §3.1.2.1-2).
+    pub fn name_and_level(self) -> (&'static [u8], u8) {
+        match self {
+            ProtocolVersion::V31 => (b"MQIsdp", 3),
+            ProtocolVersion::V311 => (b"MQTT", 4),
+            ProtocolVersion::V5 => (b"MQTT", 5),
+        }
+    }
+
+    /// The version a CONNECT's protocol name and level (bridge bit
+    /// cleared) name, if any.
+    pub fn from_name_and_level(name: &[u8], level: u8) -> Option<ProtocolVersion> {
+        [
+            ProtocolVersion::V31,
+            ProtocolVersion::V311,
+            ProtocolVersion::V5,
+        ]
+        .into_iter()
+        .find(|v| v.name_and_level() == (name, level))
+    }
 }
 
 /// What the proxy needs to know about a client's CONNECT, borrowed from the
@@ -259,11 +280,11 @@ fn parse_body(body: &[u8]) -> Result<Connect<'_>, ConnectError> {
     let raw_level = c.u8()?;
     let bridge = raw_level & 0x80 != 0;
     let level = raw_level & 0x7f;
-    let protocol = match (name, level) {
-        (b"MQIsdp", 3) => ProtocolVersion::V31,
-        (b"MQTT", 4) => ProtocolVersion::V311,
-        (b"MQTT", 5) if !bridge => ProtocolVersion::V5,
-        _ => return Err(ConnectError::UnsupportedProtocol),
+    // Bridges (the level's top bit) speak MQTT 3.x only.
+    let protocol = match ProtocolVersion::from_name_and_level(name, level) {
+        Some(ProtocolVersion::V5) if bridge => return Err(ConnectError::UnsupportedProtocol),
+        Some(v) => v,
+        None => return Err(ConnectError::UnsupportedProtocol),
     };
     let flags = c.u8()?;
     let has_username = flags & 0x80 != 0;
