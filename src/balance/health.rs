@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::HealthCheckKind;
 use super::{Backend, Pool};
 use crate::mqtt::packets::{self, ConnackHead};
+use crate::mqtt::rc;
 use crate::proxy_protocol as header;
 use crate::proxy_protocol::ProxyProtocol;
 
@@ -46,15 +47,18 @@ pub enum CheckError {
 /// What to do about a refused check, for the codes an operator can fix.
 fn refusal_hint(code: u8) -> &'static str {
     match code {
-        // 3.1.1: 4 bad user name or password, 5 not authorized;
-        // 5.0: 0x86 bad user name or password, 0x87 not authorized.
-        4 | 5 | 0x86 | 0x87 => {
+        rc::v3::BAD_USER_NAME_OR_PASSWORD
+        | rc::v3::NOT_AUTHORIZED
+        | rc::BAD_USER_NAME_OR_PASSWORD
+        | rc::NOT_AUTHORIZED => {
             " (the broker wants credentials: set health.username/password, or allow the check's client id)"
         }
-        // 3.1.1: 2 identifier rejected; 5.0: 0x85 client identifier not valid.
-        2 | 0x85 => " (the broker rejects the check's client id \"mqttlb-hc-…\")",
-        // 3.1.1: 1 unacceptable protocol version; 5.0: 0x84 unsupported.
-        1 | 0x84 => " (the broker does not speak this health.mqtt_version)",
+        rc::v3::IDENTIFIER_REJECTED | rc::CLIENT_IDENTIFIER_NOT_VALID => {
+            " (the broker rejects the check's client id \"mqttlb-hc-…\")"
+        }
+        rc::v3::UNACCEPTABLE_PROTOCOL_VERSION | rc::UNSUPPORTED_PROTOCOL_VERSION => {
+            " (the broker does not speak this health.mqtt_version)"
+        }
         _ => "",
     }
 }

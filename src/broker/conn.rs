@@ -36,7 +36,7 @@ use crate::mqtt::ProtocolVersion;
 use crate::mqtt::codec::{
     self, AckKind, ConnectPacket, DecodeError, Packet, Properties, PublishPacket, Will,
 };
-use crate::mqtt::topic;
+use crate::mqtt::{rc, topic};
 
 /// Stop pulling from the session queue while this much is unwritten.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
@@ -45,23 +45,6 @@ const READ_CHUNK: usize = 4 * 1024;
 /// SUBACK…) pile up unwritten: it is not reading, so it gets backpressure
 /// instead of an unbounded write buffer.
 const READ_PAUSE: usize = 256 * 1024;
-
-/// Reason codes used below (MQTT 5; 3.1.1 clients just see the close).
-mod rc {
-    pub const NORMAL: u8 = 0x00;
-    pub const DISCONNECT_WITH_WILL: u8 = 0x04;
-    pub const NO_SUBSCRIPTION: u8 = 0x11;
-    pub const UNSPECIFIED: u8 = 0x80;
-    pub const MALFORMED: u8 = 0x81;
-    pub const PROTOCOL_ERROR: u8 = 0x82;
-    pub const NOT_AUTHORIZED: u8 = 0x87;
-    pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8d;
-    pub const TOPIC_FILTER_INVALID: u8 = 0x8f;
-    pub const TOPIC_NAME_INVALID: u8 = 0x90;
-    pub const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
-    pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
-    pub const PACKET_TOO_LARGE: u8 = 0x95;
-}
 
 /// How the client left.
 enum End {
@@ -116,7 +99,7 @@ pub async fn handle(
             let code = if connect.protocol == ProtocolVersion::V5 {
                 rc::NOT_AUTHORIZED
             } else {
-                0x05
+                rc::v3::NOT_AUTHORIZED
             };
             let mut out = BytesMut::new();
             codec::encode(
@@ -277,7 +260,7 @@ async fn run(
         if !v5 && !connect.clean {
             broker.metrics.rejected(Refusal::IdentifierRejected);
             codec::encode(
-                &connack(false, 0x02, Properties::default()),
+                &connack(false, rc::v3::IDENTIFIER_REJECTED, Properties::default()),
                 protocol,
                 &mut wbuf,
             );
@@ -294,7 +277,13 @@ async fn run(
     if let Some(w) = &connect.will {
         if topic::validate_name(&w.topic).is_err() {
             broker.metrics.rejected(Refusal::BadWillTopic);
-            let code = if v5 { rc::TOPIC_NAME_INVALID } else { 0x02 };
+            // 3.1.1 has no code for a bad will topic; this refusal is the
+            // one its clients treat as "do not retry as is".
+            let code = if v5 {
+                rc::TOPIC_NAME_INVALID
+            } else {
+                rc::v3::IDENTIFIER_REJECTED
+            };
             codec::encode(
                 &connack(false, code, Properties::default()),
                 protocol,
@@ -534,7 +523,7 @@ impl Conn {
                     return Err(End::Abnormal(Ended::PacketTooLarge));
                 }
                 Err(_) => {
-                    self.disconnect_packet(rc::MALFORMED);
+                    self.disconnect_packet(rc::MALFORMED_PACKET);
                     return Err(End::Abnormal(Ended::Malformed));
                 }
             };
@@ -543,7 +532,7 @@ impl Conn {
                 Ok(p) => p,
                 Err(e) => {
                     debug!(error = %e, "malformed packet");
-                    self.disconnect_packet(rc::MALFORMED);
+                    self.disconnect_packet(rc::MALFORMED_PACKET);
                     return Err(End::Abnormal(Ended::Malformed));
                 }
             };
@@ -605,9 +594,9 @@ impl Conn {
                         let existed = st.subscriptions.remove(f).is_some();
                         r.unsubscribe(&self.client_id, f);
                         codes.push(if existed {
-                            rc::NORMAL
+                            rc::SUCCESS
                         } else {
-                            rc::NO_SUBSCRIPTION
+                            rc::NO_SUBSCRIPTION_EXISTED
                         });
                     }
                 }
@@ -717,7 +706,7 @@ impl Conn {
                 codes.push(if self.v5() {
                     rc::TOPIC_FILTER_INVALID
                 } else {
-                    rc::UNSPECIFIED
+                    rc::UNSPECIFIED_ERROR
                 });
                 continue;
             };
@@ -732,7 +721,7 @@ impl Conn {
                 codes.push(if self.v5() {
                     rc::NOT_AUTHORIZED
                 } else {
-                    rc::UNSPECIFIED
+                    rc::UNSPECIFIED_ERROR
                 });
                 continue;
             }

@@ -49,9 +49,7 @@ pub enum Inflight {
 /// Why the broker closes a connection from outside its task; the value is
 /// the MQTT 5 DISCONNECT reason code sent first.
 pub mod kick {
-    pub const SERVER_SHUTTING_DOWN: u8 = 0x8b;
-    pub const SESSION_TAKEN_OVER: u8 = 0x8e;
-    pub const QUOTA_EXCEEDED: u8 = 0x97;
+    pub use crate::mqtt::rc::{QUOTA_EXCEEDED, SERVER_SHUTTING_DOWN, SESSION_TAKEN_OVER};
 }
 
 /// The connection currently attached to a session.

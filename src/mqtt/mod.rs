@@ -9,6 +9,7 @@ pub mod codec;
 pub mod connect;
 pub mod framing;
 pub mod packets;
+pub mod rc;
 pub mod topic;
 
 pub use connect::{Connect, ConnectError, Peek, ProtocolVersion, peek_connect};

@@ -6,19 +6,22 @@ use bytes::{Bytes, BytesMut};
 
 use super::ProtocolVersion;
 use super::codec::{self, ConnectPacket, Packet, Properties};
+use super::rc;
 
 /// CONNACK "server unavailable": MQTT 3.1/3.1.1 return code 3, MQTT 5.0
 /// reason code 0x88 (with an empty property block).
 pub fn connack_server_unavailable(protocol: ProtocolVersion) -> &'static [u8] {
     match protocol {
-        ProtocolVersion::V31 | ProtocolVersion::V311 => &[0x20, 0x02, 0x00, 0x03],
-        ProtocolVersion::V5 => &[0x20, 0x03, 0x00, 0x88, 0x00],
+        ProtocolVersion::V31 | ProtocolVersion::V311 => {
+            &[0x20, 0x02, 0x00, rc::v3::SERVER_UNAVAILABLE]
+        }
+        ProtocolVersion::V5 => &[0x20, 0x03, 0x00, rc::SERVER_UNAVAILABLE, 0x00],
     }
 }
 
 /// MQTT 5 DISCONNECT 0x9C "use another server" (empty properties): the
 /// proxy's word to a client whose backend is draining.
-pub const DISCONNECT_USE_ANOTHER_SERVER: &[u8] = &[0xe0, 0x02, 0x9c, 0x00];
+pub const DISCONNECT_USE_ANOTHER_SERVER: &[u8] = &[0xe0, 0x02, rc::USE_ANOTHER_SERVER, 0x00];
 
 /// DISCONNECT (normal disconnection) for the given version.
 pub fn disconnect(protocol: ProtocolVersion) -> &'static [u8] {
@@ -123,9 +126,13 @@ pub enum ConnackVerdict {
 /// `protocol`.
 pub fn connack_verdict(protocol: ProtocolVersion, code: u8) -> ConnackVerdict {
     match (protocol, code) {
-        (_, 0) => ConnackVerdict::Accepted,
-        (ProtocolVersion::V31 | ProtocolVersion::V311, 3) => ConnackVerdict::Unavailable,
-        (ProtocolVersion::V5, 0x88 | 0x89) => ConnackVerdict::Unavailable,
+        (_, rc::SUCCESS) => ConnackVerdict::Accepted,
+        (ProtocolVersion::V31 | ProtocolVersion::V311, rc::v3::SERVER_UNAVAILABLE) => {
+            ConnackVerdict::Unavailable
+        }
+        (ProtocolVersion::V5, rc::SERVER_UNAVAILABLE | rc::SERVER_BUSY) => {
+            ConnackVerdict::Unavailable
+        }
         _ => ConnackVerdict::Refused,
     }
 }
