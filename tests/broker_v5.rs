@@ -457,3 +457,21 @@ async fn mesh_links_need_the_secret_and_never_come_through_a_proxy() {
         2.0
     );
 }
+
+/// A client must not send a Subscription Identifier in PUBLISH
+/// [MQTT-3.3.4-6]: DISCONNECT 0x82 "protocol error", counted by reason.
+#[tokio::test]
+async fn a_client_publish_with_a_subscription_identifier_is_a_protocol_error() {
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let (mut raw, _) = RawMqtt::connect(node.addr, raw_connect(V5, "sub-id", true)).await;
+    let props = Properties {
+        subscription_ids: vec![1],
+        ..Properties::default()
+    };
+    raw.send(&publish("t", 0, 0, b"x", props)).await;
+    assert_eq!(disconnect_reason(&mut raw).await, Some(0x82));
+    wait_until("counted", DEADLINE, || async {
+        node.metric("mqttlb_broker_disconnects_total{reason=\"misplaced_property\"}") == 1.0
+    })
+    .await;
+}

@@ -530,6 +530,10 @@ impl Conn {
             let frame = rbuf.split_to(n).freeze();
             let packet = match codec::decode(frame, self.protocol) {
                 Ok(p) => p,
+                Err(DecodeError::MisplacedProperty(id)) => {
+                    debug!(property = id, "property not allowed in this packet");
+                    return Err(self.protocol_error(Ended::MisplacedProperty));
+                }
                 Err(e) => {
                     debug!(error = %e, "malformed packet");
                     self.disconnect_packet(rc::MALFORMED_PACKET);
@@ -629,6 +633,11 @@ impl Conn {
 
     fn publish(&mut self, mut p: PublishPacket) -> Result<(), End> {
         self.broker.metrics.messages_received.inc();
+        // A Subscription Identifier goes from server to client only
+        // [MQTT-3.3.4-6].
+        if !p.props.subscription_ids.is_empty() {
+            return Err(self.protocol_error(Ended::MisplacedProperty));
+        }
         if let Some(alias) = p.props.topic_alias.take() {
             if alias == 0 || alias > self.broker.config.topic_alias_maximum {
                 self.disconnect_packet(rc::TOPIC_ALIAS_INVALID);

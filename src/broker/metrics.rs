@@ -75,6 +75,9 @@ label_enum! {
         SessionExpiryRaised => "session_expiry_raised",
         UnexpectedPacket => "unexpected_packet",
         UnknownTopicAlias => "unknown_topic_alias",
+        /// An MQTT 5 property in a packet that may not carry it (e.g. a
+        /// Subscription Identifier in a client's PUBLISH).
+        MisplacedProperty => "misplaced_property",
     }
 }
 

@@ -36,6 +36,8 @@ pub enum DecodeError {
     BadUtf8,
     #[error("malformed properties")]
     BadProperties,
+    #[error("property {0:#04x} is not allowed in this packet")]
+    MisplacedProperty(u32),
     #[error("unsupported protocol name or level")]
     UnsupportedProtocol,
     #[error("invalid QoS")]
@@ -44,6 +46,59 @@ pub enum DecodeError {
     ZeroPacketId,
     #[error("SUBSCRIBE or UNSUBSCRIBE without topic filters")]
     EmptySubscription,
+}
+
+/// Where a property block sits: each MQTT 5 property is allowed in some
+/// packets only (§2.2.2.2, table 2-4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum In {
+    Connect,
+    Will,
+    Connack,
+    Publish,
+    /// PUBACK, PUBREC, PUBREL, PUBCOMP.
+    Ack,
+    Subscribe,
+    SubackOrUnsuback,
+    Unsubscribe,
+    Disconnect,
+    Auth,
+}
+
+/// Whether property `id` may appear in `place`.
+pub fn allowed(id: u32, place: In) -> bool {
+    use In::*;
+    match id {
+        // payload format, message expiry, content type, response topic,
+        // correlation data
+        0x01 | 0x02 | 0x03 | 0x08 | 0x09 => matches!(place, Publish | Will),
+        // subscription identifier (a client must not send it in PUBLISH:
+        // the broker checks that, MQTT-3.3.4-6)
+        0x0B => matches!(place, Publish | Subscribe),
+        // session expiry interval
+        0x11 => matches!(place, Connect | Connack | Disconnect),
+        // assigned client id, server keep alive, response information,
+        // maximum QoS, retain / wildcard / subscription id / shared
+        // subscription available
+        0x12 | 0x13 | 0x1A | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => place == Connack,
+        // authentication method and data
+        0x15 | 0x16 => matches!(place, Connect | Connack | Auth),
+        // request problem / response information
+        0x17 | 0x19 => place == Connect,
+        // will delay interval
+        0x18 => place == Will,
+        // server reference
+        0x1C => matches!(place, Connack | Disconnect),
+        // reason string
+        0x1F => matches!(place, Connack | Ack | SubackOrUnsuback | Disconnect | Auth),
+        // receive maximum, topic alias maximum, maximum packet size
+        0x21 | 0x22 | 0x27 => matches!(place, Connect | Connack),
+        // topic alias
+        0x23 => place == Publish,
+        // user property
+        0x26 => true,
+        _ => false,
+    }
 }
 
 impl From<super::ConnectError> for DecodeError {
@@ -265,7 +320,7 @@ pub fn decode(frame: Bytes, protocol: ProtocolVersion) -> Result<Packet, DecodeE
         2 if flags == 0 => {
             let session_present = r.u8()? & 0x01 != 0;
             let code = r.u8()?;
-            let props = r.props()?;
+            let props = r.props(In::Connack)?;
             Packet::Connack {
                 session_present,
                 code,
@@ -279,7 +334,7 @@ pub fn decode(frame: Bytes, protocol: ProtocolVersion) -> Result<Packet, DecodeE
         7 if flags == 0 => r.ack(AckKind::Pubcomp)?,
         8 if flags == 2 => {
             let pkid = r.pkid()?;
-            let props = r.props()?;
+            let props = r.props(In::Subscribe)?;
             let mut filters = Vec::new();
             while !r.buf.is_empty() {
                 let filter = r.string()?;
@@ -307,7 +362,7 @@ pub fn decode(frame: Bytes, protocol: ProtocolVersion) -> Result<Packet, DecodeE
         }
         kind @ (9 | 11) if flags == 0 => {
             let pkid = r.pkid()?;
-            let props = r.props()?;
+            let props = r.props(In::SubackOrUnsuback)?;
             let codes = std::mem::take(&mut r.buf).to_vec();
             if kind == 9 {
                 Packet::Suback { pkid, codes, props }
@@ -317,7 +372,7 @@ pub fn decode(frame: Bytes, protocol: ProtocolVersion) -> Result<Packet, DecodeE
         }
         10 if flags == 2 => {
             let pkid = r.pkid()?;
-            let props = r.props()?;
+            let props = r.props(In::Unsubscribe)?;
             let mut filters = Vec::new();
             while !r.buf.is_empty() {
                 filters.push(r.string()?);
@@ -334,11 +389,11 @@ pub fn decode(frame: Bytes, protocol: ProtocolVersion) -> Result<Packet, DecodeE
         12 if flags == 0 => Packet::Pingreq,
         13 if flags == 0 => Packet::Pingresp,
         14 if flags == 0 => {
-            let (code, props) = r.code_and_props()?;
+            let (code, props) = r.code_and_props(In::Disconnect)?;
             Packet::Disconnect { code, props }
         }
         15 if flags == 0 && r.v5 => {
-            let (code, props) = r.code_and_props()?;
+            let (code, props) = r.code_and_props(In::Auth)?;
             Packet::Auth { code, props }
         }
         1..=15 => return Err(DecodeError::BadFlags),
@@ -357,7 +412,7 @@ fn decode_publish(r: &mut Reader, flags: u8) -> Result<Packet, DecodeError> {
     }
     let topic = r.string()?;
     let pkid = if qos > 0 { r.pkid()? } else { 0 };
-    let props = r.props()?;
+    let props = r.props(In::Publish)?;
     let payload = std::mem::take(&mut r.buf);
     Ok(Packet::Publish(PublishPacket {
         dup: flags & 0x08 != 0,
@@ -388,10 +443,10 @@ fn decode_connect(body: Bytes) -> Result<Packet, DecodeError> {
         return Err(DecodeError::BadFlags);
     }
     let keep_alive = r.u16()?;
-    let props = r.props()?;
+    let props = r.props(In::Connect)?;
     let client_id = r.string()?;
     let will = if has_will {
-        let props = r.props()?;
+        let props = r.props(In::Will)?;
         let topic = r.string()?;
         let payload = r.binary()?;
         Some(Will {
@@ -493,7 +548,7 @@ impl Reader {
     /// properties, each omitted when default.
     fn ack(&mut self, kind: AckKind) -> Result<Packet, DecodeError> {
         let pkid = self.pkid()?;
-        let (code, props) = self.code_and_props()?;
+        let (code, props) = self.code_and_props(In::Ack)?;
         Ok(Packet::Ack {
             kind,
             pkid,
@@ -502,7 +557,7 @@ impl Reader {
         })
     }
 
-    fn code_and_props(&mut self) -> Result<(u8, Properties), DecodeError> {
+    fn code_and_props(&mut self, place: In) -> Result<(u8, Properties), DecodeError> {
         if !self.v5 || self.buf.is_empty() {
             return Ok((0, Properties::default()));
         }
@@ -510,10 +565,10 @@ impl Reader {
         if self.buf.is_empty() {
             return Ok((code, Properties::default()));
         }
-        Ok((code, self.props()?))
+        Ok((code, self.props(place)?))
     }
 
-    fn props(&mut self) -> Result<Properties, DecodeError> {
+    fn props(&mut self, place: In) -> Result<Properties, DecodeError> {
         let mut p = Properties::default();
         if !self.v5 {
             return Ok(p);
@@ -525,6 +580,11 @@ impl Reader {
         };
         while !r.buf.is_empty() {
             let id = r.varint()?;
+            // Each property belongs to certain packets (MQTT 5 §2.2.2.2);
+            // elsewhere it is a protocol error.
+            if !allowed(id, place) {
+                return Err(DecodeError::MisplacedProperty(id));
+            }
             // A property other than user properties and subscription
             // identifiers may appear only once [MQTT-2.2.2-…].
             let dup = |set: bool| {
@@ -887,6 +947,67 @@ impl Body {
 mod tests {
     use super::*;
     use ProtocolVersion::{V5, V311};
+
+    #[test]
+    fn properties_outside_their_packets_are_refused() {
+        let mut out = BytesMut::new();
+        let publish = |props: Properties| {
+            Packet::Publish(PublishPacket {
+                dup: false,
+                qos: 0,
+                retain: false,
+                topic: "t".into(),
+                pkid: 0,
+                payload: Bytes::from_static(b"x"),
+                props,
+            })
+        };
+        // Session expiry belongs to CONNECT, CONNACK and DISCONNECT.
+        encode(
+            &publish(Properties {
+                session_expiry: Some(5),
+                ..Properties::default()
+            }),
+            V5,
+            &mut out,
+        );
+        assert_eq!(
+            decode(out.split().freeze(), V5),
+            Err(DecodeError::MisplacedProperty(0x11))
+        );
+        // Message expiry is fine in PUBLISH.
+        encode(
+            &publish(Properties {
+                message_expiry: Some(5),
+                ..Properties::default()
+            }),
+            V5,
+            &mut out,
+        );
+        assert!(decode(out.split().freeze(), V5).is_ok());
+        // A Subscription Identifier in a CONNECT.
+        let connect = Packet::Connect(Box::new(ConnectPacket {
+            protocol: V5,
+            clean: true,
+            keep_alive: 30,
+            client_id: "c".into(),
+            will: None,
+            username: None,
+            password: None,
+            props: Properties {
+                subscription_ids: vec![7],
+                ..Properties::default()
+            },
+        }));
+        encode(&connect, V5, &mut out);
+        assert_eq!(
+            decode(out.split().freeze(), V5),
+            Err(DecodeError::MisplacedProperty(0x0B))
+        );
+        // The table agrees with itself on a few spot checks.
+        assert!(allowed(0x26, In::Auth) && allowed(0x18, In::Will));
+        assert!(!allowed(0x18, In::Connect) && !allowed(0x23, In::Will));
+    }
 
     fn round_trip(p: &Packet, v: ProtocolVersion) -> Packet {
         let mut out = BytesMut::new();
