@@ -18,6 +18,7 @@
 //!   ([`proxy::splice`]), reloads and DNS discovery ([`proxy::dns`]).
 //! * [`proxy_protocol`] — PROXY protocol v1/v2 headers sent to brokers.
 //! * [`secret`] — secrets from configuration, never printed.
+//! * [`ratelog`] — rate limits for log lines a peer can trigger.
 //! * [`broker`] — `mqttlb broker`: a minimal MQTT 3.1.1/5.0 broker,
 //!   sessions, retained messages, and the peer mesh.
 //! * [`demo`] — `mqttlb demo`: meshed nodes and the proxy in one process.
@@ -66,6 +67,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod ratelog;
 pub mod secret;
 pub mod signals;
 pub mod sys;

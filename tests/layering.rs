@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("sys", 0),
     ("secret", 0),
     ("signals", 0),
+    ("ratelog", 0),
     ("mqtt", 0),
     // metric families, TLS setup, development certificates
     ("metrics", 1),

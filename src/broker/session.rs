@@ -16,6 +16,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::ratelog::LogLimiter;
+
 use super::metrics::DropReason;
 use super::{Broker, Message};
 use crate::mqtt::ProtocolVersion;
@@ -198,7 +200,15 @@ pub(super) fn attach(
     let existing = sessions.get(client_id).cloned();
     if let Some(old) = &existing {
         if let Some(a) = old.lock().attached.take() {
-            info!(client_id, "session taken over by a new connection");
+            // Three sockets sharing one client id take over from each
+            // other in a loop: a storm a client can start at will.
+            static TAKEOVERS: LogLimiter = crate::ratelog::per_kind();
+            if let Some(suppressed) = TAKEOVERS.allow() {
+                info!(
+                    client_id,
+                    suppressed, "session taken over by a new connection"
+                );
+            }
             a.kick(kick::SESSION_TAKEN_OVER);
         }
     }

@@ -82,7 +82,11 @@ async fn accept_loop(listener: TcpListener, slot: Arc<ListenerSlot>, state: Arc<
     };
     let on_error = |e: &std::io::Error, pause: Duration| {
         state.metrics.accept_errors.inc();
-        warn!(listener = %slot.ctx.load().name, error = %e, ?pause, "accept failed");
+        // EMFILE repeats for as long as descriptors are short.
+        static FAILED: crate::ratelog::LogLimiter = crate::ratelog::per_kind();
+        if let Some(suppressed) = FAILED.allow() {
+            warn!(listener = %slot.ctx.load().name, error = %e, ?pause, suppressed, "accept failed");
+        }
     };
     crate::sys::accept_loop(&listener, &slot.stop, on_accept, on_error).await;
 }

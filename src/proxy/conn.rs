@@ -30,6 +30,7 @@ use crate::mqtt::packets::{
 };
 use crate::mqtt::{Peek, ProtocolVersion, peek_connect};
 use crate::proxy_protocol as header;
+use crate::ratelog::LogLimiter;
 use crate::tls::TlsInfo;
 
 /// First read size while waiting for a CONNECT: most CONNECTs are far
@@ -170,7 +171,10 @@ async fn serve_client<S>(
 
     let Some(placed) = place(ctx, &first, hello.protocol, hello.key.as_deref()).await else {
         ctx.metrics.rejected(Rejection::NoBackend);
-        warn!(pool = %ctx.pool.name, "no backend available");
+        static NONE_UP: LogLimiter = crate::ratelog::per_kind();
+        if let Some(suppressed) = NONE_UP.allow() {
+            warn!(pool = %ctx.pool.name, suppressed, "no backend available");
+        }
         if let Some(protocol) = hello.protocol {
             let _ = timeout(Duration::from_secs(1), async {
                 client
@@ -284,7 +288,10 @@ where
                     }
                 }
                 Err(e) => {
-                    info!(error = %e, "first packet refused");
+                    static REFUSED: LogLimiter = crate::ratelog::per_kind();
+                    if let Some(suppressed) = REFUSED.allow() {
+                        info!(error = %e, suppressed, "first packet refused");
+                    }
                     return Err(Rejection::from(&e));
                 }
             }
@@ -307,7 +314,10 @@ where
     let (protocol, key, idle) = match timeout(mqtt.connect_timeout, read).await {
         Ok(read) => read?,
         Err(_) => {
-            info!(timeout = ?mqtt.connect_timeout, received = filled, "no complete CONNECT before the deadline");
+            static LATE: LogLimiter = crate::ratelog::per_kind();
+            if let Some(suppressed) = LATE.allow() {
+                info!(timeout = ?mqtt.connect_timeout, received = filled, suppressed, "no complete CONNECT before the deadline");
+            }
             return Err(Rejection::ConnectTimeout);
         }
     };
@@ -420,7 +430,10 @@ async fn place(
                 });
             }
             Err(miss) => {
-                warn!(backend = %backend.name, addr = %backend.addr, error = %miss, "backend did not take the client; trying the next");
+                static MISSES: LogLimiter = crate::ratelog::per_kind();
+                if let Some(suppressed) = MISSES.allow() {
+                    warn!(backend = %backend.name, addr = %backend.addr, error = %miss, suppressed, "backend did not take the client; trying the next");
+                }
                 backend.metrics.connect_errors.inc();
                 backend.observe_passive(false);
             }
