@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -39,6 +40,41 @@ pub enum Role {
 pub struct Admin {
     pub registry: Arc<Registry>,
     pub role: Role,
+    pub limits: AdminLimits,
+}
+
+/// Bounds on admin connections: the admin port shares the process's file
+/// descriptors with client traffic, so a client that connects and sends
+/// nothing (or half a request) must not hold one for long.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminLimits {
+    /// Open admin connections; more are closed at accept.
+    pub max_connections: usize,
+    /// From connect (or the end of the previous response) to a complete
+    /// request head.
+    pub header_timeout: Duration,
+    /// Longest life of one keep-alive connection (a scraper reconnects).
+    pub max_connection_age: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> AdminLimits {
+        AdminLimits {
+            max_connections: 64,
+            header_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Admin {
+    pub fn new(registry: Arc<Registry>, role: Role) -> Admin {
+        Admin {
+            registry,
+            role,
+            limits: AdminLimits::default(),
+        }
+    }
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -50,23 +86,43 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
     let tasks = TaskTracker::new();
     info!(addr = ?listener.local_addr().ok(), "admin server listening");
+    let limits = admin.limits;
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let on_accept = |tcp: tokio::net::TcpStream, peer: std::net::SocketAddr| {
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            debug!(client.addr = %peer, "admin connection limit reached; closing");
+            return;
+        };
         let admin = admin.clone();
         let stop = shutdown.clone();
         tasks.spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(route(&admin, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(tcp), service);
             tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r {
-                    debug!(client.addr = %peer, error = %e, "admin connection error");
-                },
-                _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            let age = tokio::time::sleep(limits.max_connection_age);
+            tokio::pin!(age);
+            let drained = tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        debug!(client.addr = %peer, error = %e, "admin connection error");
+                    }
+                    true
+                }
+                _ = stop.cancelled() => false,
+                _ = &mut age => false,
+            };
+            if !drained {
+                // Finish the request in flight, then close; bounded too.
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(limits.header_timeout, conn).await;
             }
         });
     };

@@ -364,10 +364,7 @@ fn start_admin(
     let Some(addr) = addr else {
         return Ok(None);
     };
-    let admin = Arc::new(Admin {
-        registry: Arc::new(registry),
-        role,
-    });
+    let admin = Arc::new(Admin::new(Arc::new(registry), role));
     match mqttlb::admin::spawn_thread(addr, admin, shutdown.clone()) {
         Ok((local, thread)) => {
             info!(addr = %local, "admin API on http://{local}/");

@@ -249,3 +249,78 @@ async fn drain_asks_mqtt5_clients_to_use_another_server_paced() {
     .await;
     assert!(node.broker.is_online("three-one-one"));
 }
+
+/// The admin port shares descriptors with client traffic: a connection
+/// that sends nothing, or half a request, is closed after the header
+/// timeout, and beyond the connection cap new ones are closed at accept;
+/// the API keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_are_bounded_in_time_and_number() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs = Certs::new();
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let proxy = ProxyUnderTest::start(
+        &config(&certs, &[("node1", node.addr)], "", ""),
+        certs.dir.path(),
+    )
+    .await;
+    let closed = |mut s: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(DEADLINE, s.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    };
+
+    // Header timeout (1 s here): silent, and half a request.
+    let admin = start_admin(&proxy).await;
+    let silent = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect");
+    let mut half = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect");
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    assert!(closed(silent).await, "a silent admin connection is closed");
+    assert!(closed(half).await, "a half request is closed");
+    assert_eq!(http(admin, "GET", "/healthz").await.0, 200);
+
+    // Connection cap (2 here, and a header timeout far beyond the test).
+    let capped = start_admin_with(
+        &proxy,
+        mqttlb::admin::AdminLimits {
+            max_connections: 2,
+            header_timeout: std::time::Duration::from_secs(600),
+            ..Default::default()
+        },
+    )
+    .await;
+    let held: Vec<_> = [
+        tokio::net::TcpStream::connect(capped).await.expect("1"),
+        tokio::net::TcpStream::connect(capped).await.expect("2"),
+    ]
+    .into();
+    // The two are accepted (their permits taken) before the third arrives:
+    // a request on a fresh connection is refused only once both are held.
+    wait_until("third connection refused", DEADLINE, || async {
+        let third = tokio::net::TcpStream::connect(capped).await.expect("3");
+        closed(third).await
+    })
+    .await;
+    drop(held);
+    wait_until("served again once they close", DEADLINE, || async {
+        let s = tokio::net::TcpStream::connect(capped)
+            .await
+            .expect("connect");
+        drop(s);
+        tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            http(capped, "GET", "/healthz"),
+        )
+        .await
+        .is_ok_and(|(code, _)| code == 200)
+    })
+    .await;
+}

@@ -169,19 +169,37 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Serve the admin API of `proxy` on an ephemeral loopback port.
+/// Serve the admin API of `proxy` on an ephemeral loopback port (header
+/// timeout 1 s, 8 connections).
 pub async fn start_admin(proxy: &ProxyUnderTest) -> SocketAddr {
+    start_admin_with(
+        proxy,
+        mqttlb::admin::AdminLimits {
+            max_connections: 8,
+            header_timeout: std::time::Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// [`start_admin`] with the given limits.
+pub async fn start_admin_with(
+    proxy: &ProxyUnderTest,
+    limits: mqttlb::admin::AdminLimits,
+) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind admin");
     let addr = listener.local_addr().expect("admin addr");
-    let admin = Arc::new(mqttlb::admin::Admin {
-        registry: proxy.registry.clone(),
-        role: mqttlb::admin::Role::Proxy(proxy.handle.clone()),
-    });
+    let mut admin = mqttlb::admin::Admin::new(
+        proxy.registry.clone(),
+        mqttlb::admin::Role::Proxy(proxy.handle.clone()),
+    );
+    admin.limits = limits;
     tokio::spawn(mqttlb::admin::serve(
         listener,
-        admin,
+        Arc::new(admin),
         proxy.shutdown.clone(),
     ));
     addr
