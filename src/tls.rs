@@ -317,6 +317,19 @@ fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
     Ok(certs)
 }
 
+/// Whether a private key file grants read access to "other" users.
+#[cfg(unix)]
+pub fn key_readable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
+}
+
+/// Windows has ACLs, not mode bits: nothing to check here.
+#[cfg(not(unix))]
+pub fn key_readable_by_others(_path: &Path) -> bool {
+    false
+}
+
 fn load_pair(
     key: &str,
     pair: &CertKeyPaths,
@@ -325,6 +338,13 @@ fn load_pair(
     let cert_key = format!("{key}.cert");
     let key_key = format!("{key}.key");
     let certs = read_certs(&cert_key, &pair.cert)?;
+    if key_readable_by_others(&pair.key) {
+        tracing::warn!(
+            key = %key_key,
+            file = %pair.key.display(),
+            "private key file is readable by other users: chmod 600 (or 640 with a dedicated group)"
+        );
+    }
     // PKCS#8, PKCS#1 (RSA) and SEC1 (EC) keys are all recognised here.
     let private = PrivateKeyDer::from_pem_file(&pair.key)
         .map_err(|e| TlsSetupError::new(&key_key, format!("{}: {e}", pair.key.display())))?;
@@ -448,6 +468,19 @@ mod tests {
             prefer_server_order: true,
             session_tickets: 1,
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn world_readable_keys_are_noticed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        std::fs::write(&key, "x").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(key_readable_by_others(&key));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(!key_readable_by_others(&key));
     }
 
     #[test]
