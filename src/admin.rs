@@ -41,6 +41,9 @@ pub struct Admin {
     pub registry: Arc<Registry>,
     pub role: Role,
     pub limits: AdminLimits,
+    /// When set, `/api/v1/…` requires `Authorization: Bearer <token>`;
+    /// `/metrics`, `/healthz` and `/readyz` stay open (scrapers, probes).
+    pub token: Option<crate::secret::Secret>,
 }
 
 /// Bounds on admin connections: the admin port shares the process's file
@@ -73,6 +76,7 @@ impl Admin {
             registry,
             role,
             limits: AdminLimits::default(),
+            token: None,
         }
     }
 }
@@ -210,6 +214,21 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let method = req.method();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let (Some(token), ["api", ..]) = (&admin.token, segments.as_slice()) {
+        let presented = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !presented.is_some_and(|p| token.matches(p.as_bytes())) {
+            let mut r = reply(StatusCode::UNAUTHORIZED, TEXT, "bearer token required\n");
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+    }
     match (method, segments.as_slice()) {
         (&Method::GET, ["metrics"]) => {
             // OpenMetrics for scrapers that ask for it (Prometheus does),

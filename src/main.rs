@@ -261,7 +261,7 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
         broker: broker.clone(),
         shutdown: shutdown.clone(),
     };
-    let _admin = match start_admin(admin_addr, registry, role, &shutdown) {
+    let _admin = match start_admin(admin_addr, None, registry, role, &shutdown) {
         Ok(a) => a,
         Err(code) => return code,
     };
@@ -322,6 +322,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
     };
     log_nofile();
     let admin_addr = config.admin;
+    let admin_token = config.admin_token.clone();
     let worker_threads = config.limits.worker_threads;
     let mut registry = Registry::default();
     let mut proxy = match Proxy::build(config, &mut registry) {
@@ -333,7 +334,13 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
     }
     let handle = proxy.handle();
     let shutdown = CancellationToken::new();
-    let _admin = match start_admin(admin_addr, registry, Role::Proxy(handle.clone()), &shutdown) {
+    let _admin = match start_admin(
+        admin_addr,
+        admin_token,
+        registry,
+        Role::Proxy(handle.clone()),
+        &shutdown,
+    ) {
         Ok(a) => a,
         Err(code) => return code,
     };
@@ -357,6 +364,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
 /// Start the admin server thread when an address is configured.
 fn start_admin(
     addr: Option<std::net::SocketAddr>,
+    token: Option<mqttlb::secret::Secret>,
     registry: Registry,
     role: Role,
     shutdown: &CancellationToken,
@@ -364,7 +372,15 @@ fn start_admin(
     let Some(addr) = addr else {
         return Ok(None);
     };
-    let admin = Arc::new(Admin::new(Arc::new(registry), role));
+    if !addr.ip().is_loopback() && token.is_none() {
+        warn!(
+            addr = %addr,
+            "the admin API (drain, reload) is reachable beyond this host without a token (proxy: set admin.token_file)"
+        );
+    }
+    let mut admin = Admin::new(Arc::new(registry), role);
+    admin.token = token;
+    let admin = Arc::new(admin);
     match mqttlb::admin::spawn_thread(addr, admin, shutdown.clone()) {
         Ok((local, thread)) => {
             info!(addr = %local, "admin API on http://{local}/");

@@ -324,3 +324,55 @@ async fn admin_connections_are_bounded_in_time_and_number() {
     })
     .await;
 }
+
+/// With a token, the API answers 401 (with `WWW-Authenticate: Bearer`)
+/// unless the request carries it; metrics and health stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_token_is_required_when_configured() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs = Certs::new();
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let proxy = ProxyUnderTest::start(
+        &config(&certs, &[("node1", node.addr)], "", ""),
+        certs.dir.path(),
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut admin = mqttlb::admin::Admin::new(
+        proxy.registry.clone(),
+        mqttlb::admin::Role::Proxy(proxy.handle.clone()),
+    );
+    admin.token = Some(mqttlb::secret::Secret("s3cret-token-0123456789".into()));
+    tokio::spawn(mqttlb::admin::serve(
+        listener,
+        std::sync::Arc::new(admin),
+        proxy.shutdown.clone(),
+    ));
+    let get = |auth: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET /api/v1/backends HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    };
+    let denied = get("").await;
+    assert!(denied.starts_with("HTTP/1.0 401"), "{denied}");
+    assert!(
+        denied
+            .to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{denied}"
+    );
+    let wrong = get("Authorization: Bearer s3cret-token-000000000\r\n").await;
+    assert!(wrong.starts_with("HTTP/1.0 401"), "{wrong}");
+    let ok = get("Authorization: Bearer s3cret-token-0123456789\r\n").await;
+    assert!(ok.starts_with("HTTP/1.0 200"), "{ok}");
+    assert!(ok.contains("node1"), "{ok}");
+    assert_eq!(http(addr, "GET", "/metrics").await.0, 200);
+    assert_eq!(http(addr, "GET", "/healthz").await.0, 200);
+}

@@ -99,6 +99,9 @@ pub struct Config {
     pub limits: Limits,
     /// Admin HTTP listener (metrics, health, API); off when `None`.
     pub admin: Option<SocketAddr>,
+    /// Bearer token the admin API (`/api/v1/…`) requires, from
+    /// `admin.token_file`.
+    pub admin_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +227,11 @@ impl Config {
             listeners.push(l);
         }
 
+        let admin_token = raw
+            .admin
+            .as_ref()
+            .and_then(|a| a.token_file.as_deref())
+            .and_then(|f| cx.secret_file("admin.token_file", f));
         let admin = raw.admin.and_then(|a| {
             cx.addr(
                 "admin.listen",
@@ -237,6 +245,7 @@ impl Config {
                 pools,
                 limits,
                 admin,
+                admin_token,
             })
         } else {
             Err(ConfigErrors(cx.errors))
@@ -342,6 +351,29 @@ mod tests {
         assert!(errors[0].reason.contains("longer than"), "{errors:?}");
         assert_eq!(parse_duration("365d"), Ok(defaults::MAX_DURATION));
         assert!(parse_duration("366d").is_err());
+    }
+
+    #[test]
+    fn admin_token_comes_from_a_file_and_is_long_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |token: &str| {
+            std::fs::write(dir.path().join("token"), token).unwrap();
+            let text = format!("{MINIMAL}\n[admin]\ntoken_file = \"token\"\n");
+            let raw = parse_toml("t.toml", &text).unwrap();
+            Config::from_raw("t.toml", dir.path(), raw)
+        };
+        let c = load("0123456789abcdef-token\n").expect("valid");
+        assert!(
+            c.admin_token
+                .as_ref()
+                .is_some_and(|t| t.matches(b"0123456789abcdef-token"))
+        );
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef"),
+            "never in Debug"
+        );
+        let e = load("short").expect_err("too short").0;
+        assert_eq!(e[0].key, "admin.token_file");
     }
 
     #[test]

@@ -146,6 +146,27 @@ impl Cx {
         }
     }
 
+    /// A secret read from a file (first line, trimmed); at least 16 bytes.
+    pub(super) fn secret_file(&mut self, key: &str, v: &str) -> Option<Secret> {
+        let p = self.path(key, v);
+        let text = match std::fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) => {
+                self.err(key, &format!("cannot read {}: {e}", p.display()));
+                return None;
+            }
+        };
+        let secret = text.lines().next().unwrap_or("").trim();
+        if secret.len() < 16 {
+            self.err(
+                key,
+                &format!("{}: the token must be at least 16 characters", p.display()),
+            );
+            return None;
+        }
+        Some(Secret(secret.to_string()))
+    }
+
     pub(super) fn path(&mut self, key: &str, v: &str) -> PathBuf {
         let p = Path::new(v);
         let p = if p.is_absolute() {
