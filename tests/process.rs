@@ -329,6 +329,7 @@ async fn sighup_reloads_the_configuration_file() {
     let mut raw = proxy_config(&certs, &[("node1", node.addr)]);
     raw.admin = Some(RawAdmin {
         listen: Some(format!("127.0.0.1:{admin_port}")),
+        ..RawAdmin::default()
     });
     let base = raw.to_toml();
     let path = certs.path("mqttlb.toml");
