@@ -200,7 +200,7 @@ impl BrokerConfig {
             .collect();
         let config = BrokerConfig {
             source: source.to_string(),
-            node_name: raw.node_name.unwrap_or_else(|| listen.to_string()),
+            node_name: raw.node_name.unwrap_or_else(|| default_node_name(listen)),
             listen,
             peers,
             proxy_protocol,
@@ -247,6 +247,26 @@ impl BrokerConfig {
     }
 }
 
+/// A node's default name: its listen address, or, when that is a wildcard
+/// (`0.0.0.0:1883` in every container of a cluster), the host name with
+/// the port, so that meshed nodes never share a name (their peer links
+/// would take each other's sessions over).
+fn default_node_name(listen: SocketAddr) -> String {
+    if !listen.ip().is_unspecified() {
+        return listen.to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty());
+    match host {
+        Some(h) => format!("{h}:{}", listen.port()),
+        None => listen.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +277,19 @@ mod tests {
         let c = BrokerConfig::load(Some(Path::new(path)), &BrokerOverrides::default()).unwrap();
         assert_eq!(c.listen, "0.0.0.0:1883".parse().unwrap());
         assert_eq!(c.proxy_protocol, ProxyIn::Optional);
+    }
+
+    #[test]
+    fn wildcard_listeners_are_named_after_the_host() {
+        let named = default_node_name("0.0.0.0:1883".parse().unwrap());
+        assert!(
+            named.ends_with(":1883") && !named.starts_with("0.0.0.0"),
+            "{named}"
+        );
+        assert_eq!(
+            default_node_name("10.0.0.5:1883".parse().unwrap()),
+            "10.0.0.5:1883"
+        );
     }
 
     #[test]

@@ -132,6 +132,9 @@ wait_for "live client connected" 20 bash -c "curl -fsS http://127.0.0.1:$admin/m
 docker stop -t 30 "$proxy" >/dev/null
 code=$(docker inspect -f '{{.State.ExitCode}}' "$proxy")
 [ "$code" = 0 ] || fail "proxy exited $code after docker stop"
-docker logs "$proxy" 2>&1 | grep -q "draining\|stopped" || fail "no drain in the proxy log"
+# Into a file first: with pipefail, `grep -q` exiting at its first match
+# would fail the pipeline by SIGPIPE-ing a `docker logs` still writing.
+docker logs "$proxy" > "$work/proxy.log" 2>&1
+grep -q "draining\|stopped" "$work/proxy.log" || fail "no drain in the proxy log"
 echo "container: docker stop drained and exited 0"
 echo "container test passed"
