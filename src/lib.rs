@@ -19,6 +19,7 @@
 //! * [`proxy_protocol`] — PROXY protocol v1/v2 headers sent to brokers.
 //! * [`secret`] — secrets from configuration, never printed.
 //! * [`ratelog`] — rate limits for log lines a peer can trigger.
+//! * [`ratelimit`] — per-key admission rates (source address, client id).
 //! * [`broker`] — `mqttlb broker`: a minimal MQTT 3.1.1/5.0 broker,
 //!   sessions, retained messages, and the peer mesh.
 //! * [`demo`] — `mqttlb demo`: meshed nodes and the proxy in one process.
@@ -67,6 +68,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod ratelimit;
 pub mod ratelog;
 pub mod secret;
 pub mod signals;

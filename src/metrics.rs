@@ -92,6 +92,10 @@ label_enum! {
         MalformedConnect => "malformed_connect",
         /// No node in rotation took the client.
         NoBackend => "no_backend",
+        /// `limits.source_connect_rate`: closed right after accept.
+        SourceRateLimit => "source_rate_limit",
+        /// `limits.client_connect_rate`: answered with a CONNACK refusal.
+        ClientRateLimit => "client_rate_limit",
     }
 }
 

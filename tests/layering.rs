@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("secret", 0),
     ("signals", 0),
     ("ratelog", 0),
+    ("ratelimit", 0),
     ("mqtt", 0),
     // metric families, TLS setup, development certificates
     ("metrics", 1),

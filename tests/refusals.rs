@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -171,4 +172,86 @@ async fn connection_limit_refuses_cleanly() {
         .await
         .expect("TLS after a slot freed");
     assert_eq!(mqtt_connect(&mut c, 4, "c").await, Some(0));
+}
+
+/// A reconnect storm from one address is cut right after accept, before
+/// any TLS work (`limits.source_connect_rate`); other addresses are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_rate_limit_closes_before_tls_and_spares_other_addresses() {
+    let certs = Certs::new();
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let mut raw = proxy_config(&certs, &[("node1", node.addr)]);
+    raw.limits.source_connect_rate = Some(1); // bursts of 2
+    let proxy = ProxyUnderTest::start(&raw.to_toml(), certs.dir.path()).await;
+    let storm = SocketAddr::new("127.0.0.3".parse().expect("ip"), 0);
+    // Ten bare TCP connects in a row (microseconds each on loopback): at
+    // one per second with bursts of two, most are refused.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let s = tokio::net::TcpSocket::new_v4().expect("socket");
+        s.bind(storm).expect("bind 127.0.0.3");
+        held.push(s.connect(proxy.addr).await.expect("connect"));
+    }
+    let refused = || {
+        proxy.metric(
+            "mqttlb_connections_rejected_total{listener=\"mqtts\",reason=\"source_rate_limit\"}",
+        )
+    };
+    wait_until("storm refused", DEADLINE, || async { refused() >= 5.0 }).await;
+    assert_eq!(
+        proxy.metric("mqttlb_tls_handshakes_total{listener=\"mqtts\",result=\"ok\"}"),
+        0.0,
+        "no handshake was started for them"
+    );
+    // Another address is served at once.
+    let mut s = tls_connect_from(
+        proxy.addr,
+        Some("127.0.0.4".parse().expect("ip")),
+        &certs,
+        false,
+    )
+    .await
+    .expect("TLS from another address");
+    assert_eq!(mqtt_connect(&mut s, 4, "bystander").await, Some(0));
+}
+
+/// A client id that reconnects too often gets a CONNACK refusal (3.1.1:
+/// server unavailable; 5.0: 0x9F connection rate exceeded) before any
+/// broker is touched; other client ids are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_id_reconnect_limit_answers_connack_without_touching_a_broker() {
+    let certs = Certs::new();
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let mut raw = proxy_config(&certs, &[("node1", node.addr)]);
+    raw.limits.client_connect_rate = Some(2); // per minute, bursts of 2
+    let proxy = ProxyUnderTest::start(&raw.to_toml(), certs.dir.path()).await;
+    for _ in 0..2 {
+        let mut s = tls_connect(proxy.addr, &certs, false).await.expect("TLS");
+        assert_eq!(mqtt_connect(&mut s, 4, "flappy").await, Some(0));
+    }
+    // CONNECTs the proxy offered to a broker (health checks not included).
+    let offered =
+        || proxy.metric("mqttlb_backend_connacks_total{backend=\"node1\",result=\"accepted\"}");
+    assert_eq!(offered(), 2.0);
+    let mut s = tls_connect(proxy.addr, &certs, false).await.expect("TLS");
+    assert_eq!(
+        mqtt_connect(&mut s, 4, "flappy").await,
+        Some(3),
+        "3.1.1: server unavailable"
+    );
+    let mut s = tls_connect(proxy.addr, &certs, false).await.expect("TLS");
+    assert_eq!(
+        mqtt_connect(&mut s, 5, "flappy").await,
+        Some(0x9f),
+        "5.0: rate exceeded"
+    );
+    assert_eq!(offered(), 2.0, "no broker saw the refused ones");
+    let mut s = tls_connect(proxy.addr, &certs, false).await.expect("TLS");
+    assert_eq!(mqtt_connect(&mut s, 4, "steady").await, Some(0));
+    assert_eq!(
+        proxy.metric(
+            "mqttlb_connections_rejected_total{listener=\"mqtts\",reason=\"client_rate_limit\"}"
+        ),
+        2.0
+    );
 }

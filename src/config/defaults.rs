@@ -11,6 +11,10 @@ pub const BACKLOG: u32 = 1024;
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Upper bound of `listener.accept_sockets`.
 pub const MAX_ACCEPT_SOCKETS: u32 = 256;
+/// Upper bound of the connection-rate limits (per second / per minute).
+pub const MAX_RATE: u32 = 1_000_000;
+/// Keys (source addresses, client ids) a rate limit tracks at most.
+pub const RATE_LIMIT_KEYS: usize = 100_000;
 /// Upper bound of `limits.worker_threads`.
 pub const MAX_WORKER_THREADS: u64 = 1024;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -140,6 +140,12 @@ pub struct Limits {
     /// Runtime worker threads; 0 = one per CPU the process may use
     /// (affinity and cgroup quota aware). Read at start only.
     pub worker_threads: usize,
+    /// New connections per second per source address (bursts of twice
+    /// that), checked right after accept, before TLS; 0 = no limit.
+    pub source_connect_rate: u32,
+    /// CONNECTs per minute per client id (bursts of that many), answered
+    /// with a CONNACK refusal before any broker is touched; 0 = no limit.
+    pub client_connect_rate: u32,
 }
 
 impl Config {
@@ -204,6 +210,10 @@ impl Config {
                 Some(n) => usize::try_from(n).unwrap_or(0),
                 None => 0,
             },
+            source_connect_rate: cx
+                .rate("limits.source_connect_rate", raw.limits.source_connect_rate),
+            client_connect_rate: cx
+                .rate("limits.client_connect_rate", raw.limits.client_connect_rate),
         };
 
         let mut pools = BTreeMap::new();

@@ -117,4 +117,6 @@ pub struct RawLimits {
     pub drain_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub worker_threads: Option<u64>,
+    pub source_connect_rate: Option<u32>,
+    pub client_connect_rate: Option<u32>,
 }

@@ -146,6 +146,21 @@ impl Cx {
         }
     }
 
+    /// A rate limit: 0 (off, the default) up to [`defaults::MAX_RATE`].
+    pub(super) fn rate(&mut self, key: &str, v: Option<u32>) -> u32 {
+        match v {
+            Some(n) if n > defaults::MAX_RATE => {
+                self.err(
+                    key,
+                    &format!("must be at most {} (0 = no limit)", defaults::MAX_RATE),
+                );
+                0
+            }
+            Some(n) => n,
+            None => 0,
+        }
+    }
+
     /// A secret read from a file (first line, trimmed); at least 16 bytes.
     pub(super) fn secret_file(&mut self, key: &str, v: &str) -> Option<Secret> {
         let p = self.path(key, v);

@@ -19,6 +19,18 @@ pub fn connack_server_unavailable(protocol: ProtocolVersion) -> &'static [u8] {
     }
 }
 
+/// CONNACK refusing a client that reconnects too often: MQTT 5.0 0x9F
+/// "connection rate exceeded"; 3.1/3.1.1 have no such code and get
+/// "server unavailable" (3), which clients retry later.
+pub fn connack_rate_exceeded(protocol: ProtocolVersion) -> &'static [u8] {
+    match protocol {
+        ProtocolVersion::V31 | ProtocolVersion::V311 => {
+            &[0x20, 0x02, 0x00, rc::v3::SERVER_UNAVAILABLE]
+        }
+        ProtocolVersion::V5 => &[0x20, 0x03, 0x00, rc::CONNECTION_RATE_EXCEEDED, 0x00],
+    }
+}
+
 /// MQTT 5 DISCONNECT 0x9C "use another server" (empty properties): the
 /// proxy's word to a client whose backend is draining.
 pub const DISCONNECT_USE_ANOTHER_SERVER: &[u8] = &[0xe0, 0x02, rc::USE_ANOTHER_SERVER, 0x00];

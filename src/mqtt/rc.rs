@@ -33,3 +33,4 @@ pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
 pub const PACKET_TOO_LARGE: u8 = 0x95;
 pub const QUOTA_EXCEEDED: u8 = 0x97;
 pub const USE_ANOTHER_SERVER: u8 = 0x9c;
+pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9f;

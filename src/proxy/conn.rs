@@ -26,7 +26,8 @@ use crate::config::{HashKey, MqttListenerConfig, ProxyProtocol};
 use crate::metrics::{Disconnect, HandshakeResult, Rejection};
 use crate::mqtt::framing::FrameTracker;
 use crate::mqtt::packets::{
-    ConnackHead, ConnackVerdict, connack_head, connack_server_unavailable, connack_verdict,
+    ConnackHead, ConnackVerdict, connack_head, connack_rate_exceeded, connack_server_unavailable,
+    connack_verdict,
 };
 use crate::mqtt::{Peek, ProtocolVersion, peek_connect};
 use crate::proxy_protocol as header;
@@ -49,6 +50,8 @@ struct ClientHello {
     protocol: Option<ProtocolVersion>,
     key: Option<Vec<u8>>,
     idle: Duration,
+    /// Hash of the client id (for `limits.client_connect_rate`).
+    client: Option<u64>,
 }
 
 /// Handle one accepted TCP connection. Runs inside its own task.
@@ -151,8 +154,27 @@ async fn serve_client<S>(
             protocol: None,
             key: None,
             idle: ctx.limits.idle_timeout,
+            client: None,
         },
     };
+    if let (Some(limit), Some(id), Some(protocol)) =
+        (&ctx.client_limit, hello.client, hello.protocol)
+    {
+        if !limit.admit(&id) {
+            // Refused before any broker is touched.
+            ctx.metrics.rejected(Rejection::ClientRateLimit);
+            static STORMS: LogLimiter = crate::ratelog::per_kind();
+            if let Some(suppressed) = STORMS.allow() {
+                info!(suppressed, "client id reconnects too often; refused");
+            }
+            let _ = timeout(Duration::from_secs(1), async {
+                client.write_all(connack_rate_exceeded(protocol)).await?;
+                client.shutdown().await
+            })
+            .await;
+            return;
+        }
+    }
 
     // One write per attempt: PROXY header followed by the bytes already
     // read. Built once; every candidate gets the same bytes.
@@ -311,7 +333,7 @@ where
             }
         }
     };
-    let (protocol, key, idle) = match timeout(mqtt.connect_timeout, read).await {
+    let (protocol, key, idle, client) = match timeout(mqtt.connect_timeout, read).await {
         Ok(read) => read?,
         Err(_) => {
             static LATE: LogLimiter = crate::ratelog::per_kind();
@@ -327,6 +349,7 @@ where
         protocol: Some(protocol),
         key,
         idle,
+        client,
     })
 }
 
@@ -336,7 +359,7 @@ fn connect_hello(
     mqtt: &MqttListenerConfig,
     connect: crate::mqtt::Connect<'_>,
     tls: Option<&TlsInfo>,
-) -> (ProtocolVersion, Option<Vec<u8>>, Duration) {
+) -> (ProtocolVersion, Option<Vec<u8>>, Duration, Option<u64>) {
     ctx.metrics.mqtt_connect(connect.protocol);
     Span::current().record("client_id", connect.client_id);
     debug!(
@@ -357,6 +380,9 @@ fn connect_hello(
         connect.protocol,
         key,
         idle_timeout(mqtt, connect.keep_alive, ctx.limits.idle_timeout),
+        // An empty client id (the broker assigns one) names nobody.
+        (!connect.client_id.is_empty())
+            .then(|| xxhash_rust::xxh3::xxh3_64(connect.client_id.as_bytes())),
     )
 }
 

@@ -52,6 +52,7 @@ use tracing::{info, warn};
 use crate::balance::{LastCheck, Pool, health};
 use crate::config::{Config, ConfigErrors, Limits, ListenerConfig, MqttListenerConfig, Overrides};
 use crate::metrics::{ListenerMetrics, Metrics};
+use crate::ratelimit::KeyedLimiter;
 use crate::sys::ListenerSockets;
 use crate::tls::TlsAcceptor;
 use accept::bind_listener;
@@ -68,6 +69,11 @@ pub struct ListenerCtx {
     pub metrics: ListenerMetrics,
     /// Random per process; first half of PROXY v2 unique ids.
     pub instance_nonce: u64,
+    /// `limits.source_connect_rate`, keyed by client address (state is
+    /// per listener and starts afresh with each reload).
+    pub source_limit: Option<KeyedLimiter<IpAddr>>,
+    /// `limits.client_connect_rate`, keyed by a hash of the client id.
+    pub client_limit: Option<KeyedLimiter<u64>>,
 }
 
 /// A configured, not yet running proxy.
@@ -251,6 +257,23 @@ impl Proxy {
     }
 }
 
+/// A limiter of `rate` per `period_secs`, bursts of `burst_factor` × rate;
+/// none for rate 0.
+fn limiter<K: Eq + std::hash::Hash + Clone>(
+    rate: u32,
+    period_secs: u64,
+    burst_factor: u32,
+) -> Option<KeyedLimiter<K>> {
+    (rate > 0).then(|| {
+        KeyedLimiter::new(
+            rate,
+            std::time::Duration::from_secs(period_secs),
+            rate.saturating_mul(burst_factor),
+            crate::config::defaults::RATE_LIMIT_KEYS,
+        )
+    })
+}
+
 // A poisoned lock only means a panic elsewhere while holding it; the data
 // (a map of handles) is still consistent.
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -276,6 +299,8 @@ impl ProxyState {
             limits: generation.config.limits.clone(),
             metrics: self.metrics.listener(&cfg.name),
             instance_nonce: self.instance_nonce,
+            source_limit: limiter(generation.config.limits.source_connect_rate, 1, 2),
+            client_limit: limiter(generation.config.limits.client_connect_rate, 60, 1),
         })
     }
 
