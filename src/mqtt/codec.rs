@@ -363,6 +363,10 @@ pub fn decode(frame: Bytes, protocol: ProtocolVersion) -> Result<Packet, DecodeE
         kind @ (9 | 11) if flags == 0 => {
             let pkid = r.pkid()?;
             let props = r.props(In::SubackOrUnsuback)?;
+            // A 3.x UNSUBACK is the packet id alone [MQTT-3.11.1].
+            if kind == 11 && !r.v5 && !r.buf.is_empty() {
+                return Err(DecodeError::BadLength);
+            }
             let codes = std::mem::take(&mut r.buf).to_vec();
             if kind == 9 {
                 Packet::Suback { pkid, codes, props }
