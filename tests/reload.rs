@@ -1,6 +1,8 @@
 //! Hot reload under traffic: 500 clients exchange QoS 1 messages through
 //! the proxy while its certificate and backends change and a broken
-//! configuration is refused. Zero connections lost, zero messages lost.
+//! configuration is refused (a missing certificate, a certificate file of
+//! garbage, a file that is not TOML). Zero connections lost, zero messages
+//! lost.
 
 mod common;
 
@@ -139,6 +141,21 @@ async fn reload_certificates_and_backends_under_traffic_loses_nothing() {
                 let err = handle.reload_from_source().await.expect_err("refused");
                 assert!(err.to_string().contains("missing.pem"), "{err}");
             }
+            4 => {
+                // The certificate file is there but holds garbage: refused.
+                let junk = Certs::new();
+                std::fs::write(junk.path("server.pem"), "not a certificate\n").expect("write");
+                write(&path, &proxy_config(&junk, &[("c", c, 1)], true));
+                let err = handle.reload_from_source().await.expect_err("refused");
+                assert!(err.to_string().contains("server.pem"), "{err}");
+            }
+            5 => {
+                // Not even TOML: refused with the line, the running
+                // configuration stays.
+                write(&path, "[[listener]\nname = ");
+                let err = handle.reload_from_source().await.expect_err("refused");
+                assert!(err.to_string().contains("line"), "{err}");
+            }
             _ => {}
         }
         for (i, c) in clients.iter_mut().enumerate() {
@@ -165,7 +182,7 @@ async fn reload_certificates_and_backends_under_traffic_loses_nothing() {
     );
     assert_eq!(
         metric_sample(&registry, "mqttlb_config_reloads_total{result=\"error\"}"),
-        1.0
+        3.0
     );
 
     // New handshakes get the new certificate; the reweighted, reduced pool
