@@ -119,6 +119,22 @@ mod tests {
         s
     }
 
+    /// A flapping node (every other check fails) never changes state with
+    /// rise = fall = 2: no oscillation, whichever state it starts in.
+    #[test]
+    fn a_flapping_node_does_not_oscillate() {
+        for start_up in [true, false] {
+            let mut s = HealthState::new();
+            if !start_up {
+                assert_eq!(s.observe_check(false, 2, 2), None);
+                assert_eq!(s.observe_check(false, 2, 2), Some(false));
+            }
+            for i in 0..1000 {
+                assert_eq!(s.observe_check(i % 2 == 0, 2, 2), None, "flap {i}");
+            }
+        }
+    }
+
     #[test]
     fn rise_and_fall() {
         let s = run(&[
