@@ -255,3 +255,50 @@ async fn client_id_reconnect_limit_answers_connack_without_touching_a_broker() {
         2.0
     );
 }
+
+/// A client that vanishes without a FIN (or just goes silent) after its
+/// CONNECT is cut after 1.5 × its keep-alive, counted as an idle timeout
+/// (not a rejection); the broker sees its connection end too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_client_is_cut_after_one_and_a_half_keep_alives() {
+    let certs = Certs::new();
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let proxy = ProxyUnderTest::start(
+        &config(&certs, &[("node1", node.addr)], "", ""),
+        certs.dir.path(),
+    )
+    .await;
+    let mut s = tls_connect(proxy.addr, &certs, false).await.expect("TLS");
+    // MQTT 3.1.1 CONNECT, clean session, keep-alive 1 s, client id "gone".
+    let connect = [
+        0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 1, 0, 4, b'g', b'o', b'n', b'e',
+    ];
+    s.write_all(&connect).await.expect("CONNECT");
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).await.expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    wait_until("the broker sees the client", DEADLINE, || async {
+        node.broker.is_online("gone")
+    })
+    .await;
+    // Silence from here on: no PINGREQ, no FIN.
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+        .await
+        .expect("closed within the deadline")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the proxy closed the connection");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "not before 1.5 s"
+    );
+    assert_eq!(
+        proxy.metric("mqttlb_connections_closed_total{listener=\"mqtts\",reason=\"idle_timeout\"}"),
+        1.0
+    );
+    wait_until("the broker sees it gone", DEADLINE, || async {
+        !node.broker.is_online("gone")
+    })
+    .await;
+}
