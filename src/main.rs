@@ -255,13 +255,14 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
     log_nofile();
     let mut registry = Registry::default();
     let admin_addr = config.admin;
+    let admin_token = config.admin_token.clone();
     let broker = Broker::new(config, &mut registry);
     let shutdown = CancellationToken::new();
     let role = Role::Broker {
         broker: broker.clone(),
         shutdown: shutdown.clone(),
     };
-    let _admin = match start_admin(admin_addr, None, registry, role, &shutdown) {
+    let _admin = match start_admin(admin_addr, admin_token, registry, role, &shutdown) {
         Ok(a) => a,
         Err(code) => return code,
     };
@@ -375,7 +376,7 @@ fn start_admin(
     if !addr.ip().is_loopback() && token.is_none() {
         warn!(
             addr = %addr,
-            "the admin API (drain, reload) is reachable beyond this host without a token (proxy: set admin.token_file)"
+            "the admin API is reachable beyond this host without a token: set admin.token_file (proxy) or broker.admin_token_file"
         );
     }
     let mut admin = Admin::new(Arc::new(registry), role);

@@ -37,6 +37,7 @@ pub struct RawBroker {
     pub peer_reconnect_max: Option<String>,
     pub mesh_secret: Option<String>,
     pub admin: Option<String>,
+    pub admin_token_file: Option<String>,
     #[serde(default)]
     pub deny_subscribe: Vec<String>,
 }
@@ -80,6 +81,8 @@ pub struct BrokerConfig {
     pub mesh_secret: Option<Secret>,
     /// Admin HTTP listener (metrics, health); off when `None`.
     pub admin: Option<SocketAddr>,
+    /// Bearer token its API requires, from `broker.admin_token_file`.
+    pub admin_token: Option<Secret>,
     /// Topic filters refused with SUBACK 0x80 (matched as filters against
     /// the requested filter, so `secret/#` denies `secret/a` and `secret/#`).
     pub deny_subscribe: Vec<String>,
@@ -112,13 +115,26 @@ impl BrokerConfig {
         if o.admin.is_some() {
             raw.admin = o.admin.clone();
         }
-        BrokerConfig::from_raw(&source, raw)
+        // Relative paths (the admin token file) resolve against the file.
+        let base = path
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        BrokerConfig::from_raw_in(&source, &base, raw)
     }
 
     pub fn from_raw(source: &str, raw: RawBroker) -> Result<BrokerConfig, ConfigErrors> {
+        BrokerConfig::from_raw_in(source, Path::new(""), raw)
+    }
+
+    fn from_raw_in(
+        source: &str,
+        base: &Path,
+        raw: RawBroker,
+    ) -> Result<BrokerConfig, ConfigErrors> {
         let mut cx = Cx {
             file: source.to_string(),
-            base: Default::default(),
+            base: base.to_path_buf(),
             errors: Vec::new(),
         };
         let k = |s: &str| format!("broker.{s}");
@@ -229,6 +245,10 @@ impl BrokerConfig {
             deny_subscribe,
             mesh_secret: raw.mesh_secret.map(Secret),
             admin: raw.admin.as_deref().and_then(|a| cx.addr(&k("admin"), a)),
+            admin_token: raw
+                .admin_token_file
+                .as_deref()
+                .and_then(|f| cx.secret_file(&k("admin_token_file"), f)),
         };
         if cx.errors.is_empty() {
             Ok(config)
@@ -290,6 +310,22 @@ mod tests {
             default_node_name("10.0.0.5:1883".parse().unwrap()),
             "10.0.0.5:1883"
         );
+    }
+
+    #[test]
+    fn admin_token_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        std::fs::write(dir.path().join("token"), "0123456789abcdef-broker\n").unwrap();
+        std::fs::write(&path, "[broker]\nadmin_token_file = \"token\"\n").unwrap();
+        let c = BrokerConfig::load(Some(&path), &BrokerOverrides::default()).unwrap();
+        assert!(
+            c.admin_token
+                .is_some_and(|t| t.matches(b"0123456789abcdef-broker"))
+        );
+        std::fs::write(dir.path().join("token"), "short").unwrap();
+        let e = BrokerConfig::load(Some(&path), &BrokerOverrides::default()).unwrap_err();
+        assert_eq!(e.0[0].key, "broker.admin_token_file");
     }
 
     #[test]

@@ -164,6 +164,9 @@ impl Cx {
     /// A secret read from a file (first line, trimmed); at least 16 bytes.
     pub(super) fn secret_file(&mut self, key: &str, v: &str) -> Option<Secret> {
         let p = self.path(key, v);
+        if !p.is_file() {
+            return None; // `path` said why
+        }
         let text = match std::fs::read_to_string(&p) {
             Ok(t) => t,
             Err(e) => {
