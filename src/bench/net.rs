@@ -167,9 +167,10 @@ fn pem_error(path: &Path, e: &dyn std::fmt::Display) -> String {
 }
 
 /// `--insecure`: accept any server certificate (signatures are still
-/// checked, so the handshake costs what a real one does).
+/// checked, so the handshake costs what a real one does). Also what tests
+/// use to look at a certificate a name does not match.
 #[derive(Debug)]
-struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+pub struct NoVerification(pub Arc<rustls::crypto::CryptoProvider>);
 
 impl rustls::client::danger::ServerCertVerifier for NoVerification {
     fn verify_server_cert(
