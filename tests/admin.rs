@@ -145,11 +145,7 @@ async fn drain_asks_mqtt5_clients_to_use_another_server_paced() {
     use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet as P5};
     let certs = Certs::new();
     let node = BrokerUnderTest::start(|_| {}).await;
-    let proxy = ProxyUnderTest::start(
-        &config(&certs, &[("node1", node.addr)], "", ""),
-        certs.dir.path(),
-    )
-    .await;
+    let proxy = ProxyUnderTest::in_front_of(&certs, &[("node1", node.addr)]).await;
     let admin = start_admin(&proxy).await;
 
     let tls5 = |id: &str| {
@@ -259,11 +255,7 @@ async fn admin_connections_are_bounded_in_time_and_number() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let certs = Certs::new();
     let node = BrokerUnderTest::start(|_| {}).await;
-    let proxy = ProxyUnderTest::start(
-        &config(&certs, &[("node1", node.addr)], "", ""),
-        certs.dir.path(),
-    )
-    .await;
+    let proxy = ProxyUnderTest::in_front_of(&certs, &[("node1", node.addr)]).await;
     let closed = |mut s: tokio::net::TcpStream| async move {
         let mut buf = [0u8; 64];
         matches!(
@@ -288,14 +280,10 @@ async fn admin_connections_are_bounded_in_time_and_number() {
     assert_eq!(http(admin, "GET", "/healthz").await.0, 200);
 
     // Connection cap (2 here, and a header timeout far beyond the test).
-    let capped = start_admin_with(
-        &proxy,
-        mqttlb::admin::AdminLimits {
-            max_connections: 2,
-            header_timeout: std::time::Duration::from_secs(600),
-            ..Default::default()
-        },
-    )
+    let capped = start_admin_with(&proxy, |a| {
+        a.limits.max_connections = 2;
+        a.limits.header_timeout = std::time::Duration::from_secs(600);
+    })
     .await;
     let held: Vec<_> = [
         tokio::net::TcpStream::connect(capped).await.expect("1"),
@@ -332,25 +320,11 @@ async fn api_token_is_required_when_configured() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let certs = Certs::new();
     let node = BrokerUnderTest::start(|_| {}).await;
-    let proxy = ProxyUnderTest::start(
-        &config(&certs, &[("node1", node.addr)], "", ""),
-        certs.dir.path(),
-    )
+    let proxy = ProxyUnderTest::in_front_of(&certs, &[("node1", node.addr)]).await;
+    let addr = start_admin_with(&proxy, |a| {
+        a.token = Some(mqttlb::secret::Secret("s3cret-token-0123456789".into()));
+    })
     .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let mut admin = mqttlb::admin::Admin::new(
-        proxy.registry.clone(),
-        mqttlb::admin::Role::Proxy(proxy.handle.clone()),
-    );
-    admin.token = Some(mqttlb::secret::Secret("s3cret-token-0123456789".into()));
-    tokio::spawn(mqttlb::admin::serve(
-        listener,
-        std::sync::Arc::new(admin),
-        proxy.shutdown.clone(),
-    ));
     let get = |auth: &'static str| async move {
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
         s.write_all(format!("GET /api/v1/backends HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes())

@@ -101,11 +101,7 @@ async fn pubsub_against_mqttlb_broker_counts_every_message() {
 async fn pubsub_through_the_tls_proxy_to_mosquitto() {
     let certs = Certs::new();
     let m = Mosquitto::start().await;
-    let proxy = ProxyUnderTest::start(
-        &config(&certs, &[("m", m.addr())], "", ""),
-        certs.dir.path(),
-    )
-    .await;
+    let proxy = ProxyUnderTest::in_front_of(&certs, &[("m", m.addr())]).await;
     let target = proxy.addr.to_string();
     let ca = certs.p("ca.pem");
     // Each subscriber i follows publisher i only (%i in the filter).
@@ -153,11 +149,7 @@ async fn pubsub_through_the_tls_proxy_to_mosquitto() {
 async fn conn_and_handshake_scenarios() {
     let certs = Certs::new();
     let broker = BrokerUnderTest::start(|_| {}).await;
-    let proxy = ProxyUnderTest::start(
-        &config(&certs, &[("b", broker.addr)], "", ""),
-        certs.dir.path(),
-    )
-    .await;
+    let proxy = ProxyUnderTest::in_front_of(&certs, &[("b", broker.addr)]).await;
     let target = proxy.addr.to_string();
     let ca = certs.p("ca.pem");
     let (code, v) = bench(&[

@@ -263,11 +263,7 @@ async fn client_id_reconnect_limit_answers_connack_without_touching_a_broker() {
 async fn a_vanished_client_is_cut_after_one_and_a_half_keep_alives() {
     let certs = Certs::new();
     let node = BrokerUnderTest::start(|_| {}).await;
-    let proxy = ProxyUnderTest::start(
-        &config(&certs, &[("node1", node.addr)], "", ""),
-        certs.dir.path(),
-    )
-    .await;
+    let proxy = ProxyUnderTest::in_front_of(&certs, &[("node1", node.addr)]).await;
     let mut s = tls_connect(proxy.addr, &certs, false).await.expect("TLS");
     // MQTT 3.1.1 CONNECT, clean session, keep-alive 1 s, client id "gone".
     let connect = [

@@ -11,11 +11,7 @@ use common::*;
 async fn sslscan_reports_a_modern_posture() {
     let certs = Certs::new();
     let node = BrokerUnderTest::start(|_| {}).await;
-    let proxy = ProxyUnderTest::start(
-        &config(&certs, &[("node1", node.addr)], "", ""),
-        certs.dir.path(),
-    )
-    .await;
+    let proxy = ProxyUnderTest::in_front_of(&certs, &[("node1", node.addr)]).await;
     let (ok, out) = run(tokio::process::Command::new("sslscan")
         .arg("--no-colour")
         .arg(proxy.addr.to_string()))

@@ -60,11 +60,7 @@ fn pub_cmd(
 async fn mosquitto_clients_pub_sub_over_tls_on_311_and_5() {
     let certs = Certs::new();
     let broker = Mosquitto::start().await;
-    let proxy = ProxyUnderTest::start(
-        &config(&certs, &[("node1", broker.addr())], "", ""),
-        certs.dir.path(),
-    )
-    .await;
+    let proxy = ProxyUnderTest::in_front_of(&certs, &[("node1", broker.addr())]).await;
 
     let mut cases = 0;
     for version in ["mqttv311", "mqttv5"] {
@@ -116,11 +112,7 @@ async fn mosquitto_clients_pub_sub_over_tls_on_311_and_5() {
 async fn rumqttc_round_trip_over_tls() {
     let certs = Certs::new();
     let broker = Mosquitto::start().await;
-    let proxy = ProxyUnderTest::start(
-        &config(&certs, &[("node1", broker.addr())], "", ""),
-        certs.dir.path(),
-    )
-    .await;
+    let proxy = ProxyUnderTest::in_front_of(&certs, &[("node1", broker.addr())]).await;
 
     let mut opts = MqttOptions::new("rumqttc-1", "localhost", proxy.addr.port());
     opts.set_keep_alive(Duration::from_secs(5));

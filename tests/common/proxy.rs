@@ -62,6 +62,12 @@ impl ProxyUnderTest {
         }
     }
 
+    /// The standard test proxy ([`config`], nothing extra) in front of
+    /// `servers`.
+    pub async fn in_front_of(certs: &Certs, servers: &[(&str, SocketAddr)]) -> ProxyUnderTest {
+        ProxyUnderTest::start(&config(certs, servers, "", ""), certs.dir.path()).await
+    }
+
     pub fn pool(&self) -> &Arc<Pool> {
         &self.proxy_pools[0]
     }
@@ -172,21 +178,14 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
 /// Serve the admin API of `proxy` on an ephemeral loopback port (header
 /// timeout 1 s, 8 connections).
 pub async fn start_admin(proxy: &ProxyUnderTest) -> SocketAddr {
-    start_admin_with(
-        proxy,
-        mqttlb::admin::AdminLimits {
-            max_connections: 8,
-            header_timeout: std::time::Duration::from_secs(1),
-            ..Default::default()
-        },
-    )
-    .await
+    start_admin_with(proxy, |_| {}).await
 }
 
-/// [`start_admin`] with the given limits.
+/// [`start_admin`], with `edit` changing the server's settings (limits,
+/// token) before it starts.
 pub async fn start_admin_with(
     proxy: &ProxyUnderTest,
-    limits: mqttlb::admin::AdminLimits,
+    edit: impl FnOnce(&mut mqttlb::admin::Admin),
 ) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -196,7 +195,10 @@ pub async fn start_admin_with(
         proxy.registry.clone(),
         mqttlb::admin::Role::Proxy(proxy.handle.clone()),
     );
-    admin.limits = limits;
+    // Short enough for a test to watch a silent connection being closed.
+    admin.limits.header_timeout = std::time::Duration::from_secs(1);
+    admin.limits.max_connections = 8;
+    edit(&mut admin);
     tokio::spawn(mqttlb::admin::serve(
         listener,
         Arc::new(admin),
