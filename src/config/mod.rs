@@ -196,20 +196,13 @@ impl Config {
                 raw.limits.idle_timeout.as_deref(),
                 defaults::IDLE_TIMEOUT,
             ),
-            worker_threads: match raw.limits.worker_threads {
-                Some(n) if n > defaults::MAX_WORKER_THREADS => {
-                    cx.err(
-                        "limits.worker_threads",
-                        &format!(
-                            "must be at most {} (0 = one per CPU)",
-                            defaults::MAX_WORKER_THREADS
-                        ),
-                    );
-                    0
-                }
-                Some(n) => usize::try_from(n).unwrap_or(0),
-                None => 0,
-            },
+            worker_threads: usize::try_from(cx.zero_or_at_most(
+                "limits.worker_threads",
+                raw.limits.worker_threads,
+                defaults::MAX_WORKER_THREADS,
+                "one per CPU",
+            ))
+            .unwrap_or(0),
             source_connect_rate: cx
                 .rate("limits.source_connect_rate", raw.limits.source_connect_rate),
             client_connect_rate: cx

@@ -148,16 +148,28 @@ impl Cx {
 
     /// A rate limit: 0 (off, the default) up to [`defaults::MAX_RATE`].
     pub(super) fn rate(&mut self, key: &str, v: Option<u32>) -> u32 {
+        self.zero_or_at_most(key, v, defaults::MAX_RATE, "no limit")
+    }
+
+    /// A count whose default 0 means `zero_means`, at most `max`; over it
+    /// is an error naming the bound.
+    pub(super) fn zero_or_at_most<T>(
+        &mut self,
+        key: &str,
+        v: Option<T>,
+        max: T,
+        zero_means: &str,
+    ) -> T
+    where
+        T: Copy + Default + PartialOrd + std::fmt::Display,
+    {
         match v {
-            Some(n) if n > defaults::MAX_RATE => {
-                self.err(
-                    key,
-                    &format!("must be at most {} (0 = no limit)", defaults::MAX_RATE),
-                );
-                0
+            Some(n) if n > max => {
+                self.err(key, &format!("must be at most {max} (0 = {zero_means})"));
+                T::default()
             }
             Some(n) => n,
-            None => 0,
+            None => T::default(),
         }
     }
 
@@ -432,20 +444,12 @@ impl Cx {
             Some(n) => n,
             None => defaults::BACKLOG,
         };
-        let accept_sockets = match raw.accept_sockets {
-            Some(n) if n > defaults::MAX_ACCEPT_SOCKETS => {
-                self.err(
-                    &format!("{k}.accept_sockets"),
-                    &format!(
-                        "must be at most {} (0 = one per worker thread)",
-                        defaults::MAX_ACCEPT_SOCKETS
-                    ),
-                );
-                0
-            }
-            Some(n) => n,
-            None => 0,
-        };
+        let accept_sockets = self.zero_or_at_most(
+            &format!("{k}.accept_sockets"),
+            raw.accept_sockets,
+            defaults::MAX_ACCEPT_SOCKETS,
+            "one per worker thread",
+        );
         let tls = raw.tls.map(|t| self.tls(&format!("{k}.tls"), t));
         let mqtt = raw.mqtt.map(|m| {
             let mk = format!("{k}.mqtt");
