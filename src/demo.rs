@@ -154,7 +154,7 @@ fn proxy_config(listen: SocketAddr, nodes: &[SocketAddr]) -> String {
     health.rise = Some(2);
     health.fall = Some(2);
     health.mqtt_version = Some("5.0".into());
-    raw.limits_mut().drain_timeout = Some("2s".into());
+    raw.limits.drain_timeout = Some("2s".into());
     format!(
         "# Written by `mqttlb demo` (node ports are ephemeral: rewritten each start).\n{}",
         raw.to_toml()

@@ -4,9 +4,7 @@
 //! nothing restates the format as text or patches it with string
 //! replacement that silently does nothing when the text changes.
 
-use super::raw::{
-    RawConfig, RawHealth, RawLimits, RawListener, RawMqtt, RawPool, RawServer, RawTls,
-};
+use super::raw::{RawConfig, RawHealth, RawListener, RawMqtt, RawPool, RawServer, RawTls};
 
 impl RawConfig {
     /// Render as TOML (what `Config::load` reads back).
@@ -19,18 +17,6 @@ impl RawConfig {
     /// Add a pool; returns it for further settings.
     pub fn pool_mut(&mut self, name: &str) -> &mut RawPool {
         self.pool.entry(name.to_string()).or_default()
-    }
-
-    /// The listener named `name`, if any.
-    pub fn listener_mut(&mut self, name: &str) -> Option<&mut RawListener> {
-        self.listener
-            .iter_mut()
-            .find(|l| l.name.as_deref() == Some(name))
-    }
-
-    /// Limits, for further settings.
-    pub fn limits_mut(&mut self) -> &mut RawLimits {
-        &mut self.limits
     }
 }
 
@@ -111,7 +97,7 @@ mod tests {
         );
         raw.pool_mut("nodes").strategy = Some("client-id".into());
         raw.pool_mut("nodes").health_mut().interval = Some("1s".into());
-        raw.limits_mut().drain_timeout = Some("2s".into());
+        raw.limits.drain_timeout = Some("2s".into());
         let text = raw.to_toml();
         // The loader checks that certificate files exist.
         let dir = tempfile::tempdir().unwrap();
