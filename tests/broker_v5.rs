@@ -475,3 +475,25 @@ async fn a_client_publish_with_a_subscription_identifier_is_a_protocol_error() {
     })
     .await;
 }
+
+/// Will-delay and session-expiry timers belong to the broker: a session
+/// left to expire in 10 minutes holds a timer, and stopping the broker
+/// cancels it instead of leaving it behind.
+#[tokio::test]
+async fn broker_timers_end_with_the_broker() {
+    let mut node = BrokerUnderTest::start(|_| {}).await;
+    let mut c = raw_connect(V5, "expiring", false);
+    c.props.session_expiry = Some(600);
+    let (raw, _) = RawMqtt::connect(node.addr, c).await;
+    drop(raw);
+    wait_until("an expiry timer is pending", DEADLINE, || async {
+        node.broker.pending_timers() == 1
+    })
+    .await;
+    node.stop().await;
+    assert!(
+        node.task.is_finished(),
+        "the broker stopped within the deadline"
+    );
+    assert_eq!(node.broker.pending_timers(), 0);
+}
