@@ -41,7 +41,13 @@ pub enum TlsVersion {
 pub struct CertKeyPaths {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// A DER OCSP response for the leaf, stapled to every handshake that
+    /// asks for it (re-read on reload; refreshing it is the operator's job).
+    pub ocsp: Option<PathBuf>,
 }
+
+/// The largest OCSP response file accepted (real ones are 1-4 KiB).
+pub const MAX_OCSP_RESPONSE: u64 = 64 * 1024;
 
 /// A listener's TLS settings, validated by `config` and turned into a
 /// rustls configuration by [`TlsAcceptor::from_config`].
@@ -348,7 +354,7 @@ fn load_pair(
     // PKCS#8, PKCS#1 (RSA) and SEC1 (EC) keys are all recognised here.
     let private = PrivateKeyDer::from_pem_file(&pair.key)
         .map_err(|e| TlsSetupError::new(&key_key, format!("{}: {e}", pair.key.display())))?;
-    let ck = CertifiedKey::from_der(certs, private, provider).map_err(|e| {
+    let mut ck = CertifiedKey::from_der(certs, private, provider).map_err(|e| {
         TlsSetupError::new(
             &key_key,
             format!(
@@ -358,7 +364,57 @@ fn load_pair(
             ),
         )
     })?;
+    if let Some(path) = &pair.ocsp {
+        ck.ocsp = Some(read_ocsp(&format!("{key}.ocsp"), path)?);
+    }
     Ok(Arc::new(ck))
+}
+
+/// Read a DER OCSP response and check that it is one a client can use: at
+/// most [`MAX_OCSP_RESPONSE`] bytes, an `OCSPResponse` whose status is
+/// `successful` (RFC 6960 §4.2.1). Its signature, freshness and whether it
+/// names the served certificate are the client's to verify, as with
+/// HAProxy's `.ocsp` files; a stale staple is refused by strict clients, so
+/// refresh the file (e.g. `openssl ocsp ... -respout`) and reload before
+/// `nextUpdate`.
+fn read_ocsp(key: &str, path: &Path) -> Result<Vec<u8>, TlsSetupError> {
+    use std::io::Read;
+    let err = |reason: String| TlsSetupError::new(key, format!("{}: {reason}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut der = Vec::new();
+    file.take(MAX_OCSP_RESPONSE + 1)
+        .read_to_end(&mut der)
+        .map_err(|e| err(e.to_string()))?;
+    if der.len() as u64 > MAX_OCSP_RESPONSE {
+        return Err(err(format!(
+            "larger than {MAX_OCSP_RESPONSE} bytes: not an OCSP response"
+        )));
+    }
+    match ocsp_status(&der) {
+        Some(0) => Ok(der),
+        Some(status) => Err(err(format!(
+            "OCSP response status is {status}, not successful (0): nothing to staple"
+        ))),
+        None => Err(err(
+            "not a DER OCSP response (convert PEM with `openssl ocsp -respin r.pem -respout r.der`)"
+                .to_string(),
+        )),
+    }
+}
+
+/// `responseStatus` of a DER `OCSPResponse ::= SEQUENCE { responseStatus
+/// ENUMERATED, responseBytes [0] EXPLICIT ... OPTIONAL }`.
+fn ocsp_status(der: &[u8]) -> Option<u32> {
+    use x509_parser::der_parser::ber::BerObjectContent;
+    let (rest, outer) = x509_parser::der_parser::der::parse_der(der).ok()?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let items = outer.as_sequence().ok()?;
+    match &items.first()?.content {
+        BerObjectContent::Enum(v) => u32::try_from(*v).ok(),
+        _ => None,
+    }
 }
 
 /// DNS names a certificate answers for: SAN DNS entries, or the CN when the
@@ -457,6 +513,7 @@ mod tests {
             default_cert: CertKeyPaths {
                 cert: "c.pem".into(),
                 key: "k.pem".into(),
+                ocsp: None,
             },
             sni: Vec::new(),
             client_auth: ClientAuth::None,
@@ -468,6 +525,42 @@ mod tests {
             prefer_server_order: true,
             session_tickets: 1,
         }
+    }
+
+    #[test]
+    fn ocsp_files_must_hold_a_successful_response() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        // OCSPResponse { responseStatus successful } (no responseBytes: the
+        // smallest well-formed response; the status is what is checked).
+        let ok = file("ok.der", &[0x30, 0x03, 0x0a, 0x01, 0x00]);
+        assert!(read_ocsp("l.ocsp", &ok).is_ok());
+        // tryLater (3): a responder's refusal is nothing to staple.
+        let later = file("later.der", &[0x30, 0x03, 0x0a, 0x01, 0x03]);
+        let e = read_ocsp("l.ocsp", &later).unwrap_err();
+        assert!(e.to_string().contains("status is 3"), "{e}");
+        for (name, bytes) in [
+            ("pem.der", &b"-----BEGIN OCSP RESPONSE-----"[..]),
+            ("trailing.der", &[0x30, 0x03, 0x0a, 0x01, 0x00, 0x00][..]),
+            ("empty.der", &[][..]),
+            ("int.der", &[0x30, 0x03, 0x02, 0x01, 0x00][..]),
+        ] {
+            let e = read_ocsp("l.ocsp", &file(name, bytes)).unwrap_err();
+            assert!(e.to_string().starts_with("l.ocsp: "), "{e}");
+            assert!(
+                e.to_string().contains("not a DER OCSP response"),
+                "{name}: {e}"
+            );
+        }
+        let big = vec![0u8; usize::try_from(MAX_OCSP_RESPONSE).unwrap() + 1];
+        let e = read_ocsp("l.ocsp", &file("big.der", &big)).unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+        let e = read_ocsp("l.ocsp", &dir.path().join("missing")).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
     }
 
     #[cfg(unix)]

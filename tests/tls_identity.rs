@@ -210,6 +210,7 @@ async fn sni_selects_the_listed_certificate_and_defaults_otherwise() {
     tls_of(&mut raw).sni.push(RawCertPair {
         cert: certs.p("other.pem"),
         key: certs.p("other.key"),
+        ocsp: None,
     });
     let proxy = ProxyUnderTest::start(&raw.to_toml(), certs.dir.path()).await;
 

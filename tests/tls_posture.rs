@@ -60,3 +60,40 @@ async fn sslscan_reports_a_modern_posture() {
     );
     assert!(out.contains("renegotiation not supported"), "{out}");
 }
+
+/// An OCSP response made by `openssl ocsp` for the served certificate is
+/// stapled: `openssl s_client -status` reads it back, status good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocsp_response_is_stapled() {
+    let certs = Certs::new();
+    let script = r#"set -e
+serial=$(openssl x509 -in server.pem -noout -serial | cut -d= -f2)
+subject=$(openssl x509 -in server.pem -noout -subject -nameopt compat | sed 's/^subject=//')
+printf 'V\t300101000000Z\t\t%s\tunknown\t%s\n' "$serial" "$subject" >index.txt
+openssl ocsp -issuer ca.pem -cert server.pem -no_nonce -reqout req.der
+openssl ocsp -index index.txt -rsigner ca.pem -rkey ca.key -CA ca.pem -reqin req.der \
+  -respout server.ocsp -ndays 7"#;
+    let (ok, out) = run(tokio::process::Command::new("bash")
+        .args(["-c", script])
+        .current_dir(certs.dir.path()))
+    .await;
+    assert!(ok, "openssl ocsp:\n{out}");
+
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let mut raw = proxy_config(&certs, &[("node1", node.addr)]);
+    tls_of(&mut raw).ocsp = Some(certs.p("server.ocsp"));
+    let proxy = ProxyUnderTest::start(&raw.to_toml(), certs.dir.path()).await;
+
+    let (_, out) = run(tokio::process::Command::new("openssl")
+        .args(["s_client", "-status", "-CAfile"])
+        .arg(certs.path("ca.pem"))
+        .arg("-connect")
+        .arg(proxy.addr.to_string())
+        .stdin(std::process::Stdio::null()))
+    .await;
+    assert!(
+        out.contains("OCSP Response Status: successful"),
+        "no staple:\n{out}"
+    );
+    assert!(out.contains("Cert Status: good"), "{out}");
+}

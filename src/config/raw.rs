@@ -42,6 +42,7 @@ pub struct RawListener {
 pub struct RawTls {
     pub cert: Option<String>,
     pub key: Option<String>,
+    pub ocsp: Option<String>,
     #[serde(default)]
     pub sni: Vec<RawCertPair>,
     pub client_auth: Option<String>,
@@ -59,6 +60,7 @@ pub struct RawTls {
 pub struct RawCertPair {
     pub cert: String,
     pub key: String,
+    pub ocsp: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

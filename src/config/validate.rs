@@ -492,7 +492,11 @@ impl Cx {
     }
 
     pub(super) fn tls(&mut self, k: &str, raw: RawTls) -> TlsConfig {
-        let pair = |this: &mut Self, key: &str, cert: Option<&str>, keyf: Option<&str>| {
+        let pair = |this: &mut Self,
+                    key: &str,
+                    cert: Option<&str>,
+                    keyf: Option<&str>,
+                    ocsp: Option<&str>| {
             let cert = match cert {
                 Some(c) => this.path(&format!("{key}.cert"), c),
                 None => {
@@ -510,14 +514,28 @@ impl Cx {
                     PathBuf::new()
                 }
             };
-            CertKeyPaths { cert, key: keyp }
+            let ocsp = ocsp.map(|o| this.path(&format!("{key}.ocsp"), o));
+            CertKeyPaths {
+                cert,
+                key: keyp,
+                ocsp,
+            }
         };
-        let default_cert = pair(self, k, raw.cert.as_deref(), raw.key.as_deref());
+        let default_cert = pair(
+            self,
+            k,
+            raw.cert.as_deref(),
+            raw.key.as_deref(),
+            raw.ocsp.as_deref(),
+        );
         let sni = raw
             .sni
             .iter()
             .enumerate()
-            .map(|(i, p)| pair(self, &format!("{k}.sni[{i}]"), Some(&p.cert), Some(&p.key)))
+            .map(|(i, p)| {
+                let key = format!("{k}.sni[{i}]");
+                pair(self, &key, Some(&p.cert), Some(&p.key), p.ocsp.as_deref())
+            })
             .collect();
         let client_auth = self.choice(
             &format!("{k}.client_auth"),
