@@ -96,6 +96,11 @@ label_enum! {
         SourceRateLimit => "source_rate_limit",
         /// `limits.client_connect_rate`: answered with a CONNACK refusal.
         ClientRateLimit => "client_rate_limit",
+        /// A WebSocket listener's upgrade request was refused (path,
+        /// subprotocol, headers, size); the client read an HTTP error.
+        WebSocketRefused => "websocket_refused",
+        /// No complete upgrade request within `websocket.upgrade_timeout`.
+        WebSocketTimeout => "websocket_timeout",
     }
 }
 

@@ -19,6 +19,16 @@ pub const RATE_LIMIT_KEYS: usize = 100_000;
 pub const MAX_WORKER_THREADS: u64 = 1024;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_CONNECT_SIZE: usize = 64 * 1024;
+pub const WS_PATH: &str = "/mqtt";
+/// MQTT 3.1.1 and 5.0 name `mqtt`; MQTT 3.1 clients (and some old SDKs)
+/// offer `mqttv3.1`.
+pub const WS_SUBPROTOCOLS: &[&str] = &["mqtt", "mqttv3.1"];
+pub const WS_UPGRADE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const WS_MAX_REQUEST_SIZE: usize = 8 * 1024;
+pub const WS_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
+/// Upper bound of the WebSocket sizes: one hostile client can make the
+/// proxy hold this much.
+pub const WS_SIZE_CAP: usize = 16 * 1024 * 1024;
 pub const KEEPALIVE_FACTOR: f64 = 1.5;
 /// 1.5 × the largest keep-alive MQTT can express (65 535 s): by default
 /// no live client is ever cut.

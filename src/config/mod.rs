@@ -117,8 +117,41 @@ pub struct ListenerConfig {
     /// `Some` = MQTT-aware (read the CONNECT before routing); `None` = plain
     /// pass-through.
     pub mqtt: Option<MqttListenerConfig>,
+    /// `Some` = clients speak MQTT over WebSockets (after TLS, if any).
+    pub websocket: Option<WebSocketConfig>,
     /// Key path of this listener in the file, for later error messages.
     pub key: String,
+}
+
+/// What a WebSocket listener sends to the brokers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsForward {
+    /// Unwrap: brokers get plain MQTT on their TCP listener; the CONNECT is
+    /// read as on a TCP listener (routing, CONNACK checks, drain).
+    Tcp,
+    /// Forward the WebSocket (upgrade request included) to the brokers'
+    /// WebSocket listeners, as HAProxy and NGINX do.
+    Ws,
+}
+
+/// MQTT over WebSockets on a listener (`[listener.websocket]`).
+#[derive(Debug, Clone)]
+pub struct WebSocketConfig {
+    /// Request path that may upgrade (the query string is ignored).
+    pub path: String,
+    /// Subprotocols accepted, in the server's order of preference.
+    pub subprotocols: Vec<String>,
+    /// Refuse clients that offer no subprotocol.
+    pub require_subprotocol: bool,
+    pub to: WsForward,
+    /// From the end of the TLS handshake (or accept) to a complete upgrade
+    /// request.
+    pub upgrade_timeout: Duration,
+    /// Upgrade request head, request line and headers.
+    pub max_request_size: usize,
+    /// One WebSocket message (`to = "tcp"`: held whole before forwarding).
+    pub max_message_size: usize,
+    pub max_frame_size: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -35,6 +35,20 @@ pub struct RawListener {
     pub accept_sockets: Option<u32>,
     pub tls: Option<RawTls>,
     pub mqtt: Option<RawMqtt>,
+    pub websocket: Option<RawWebSocket>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebSocket {
+    pub path: Option<String>,
+    pub subprotocols: Option<Vec<String>>,
+    pub require_subprotocol: Option<bool>,
+    pub to: Option<String>,
+    pub upgrade_timeout: Option<String>,
+    pub max_request_size: Option<String>,
+    pub max_message_size: Option<String>,
+    pub max_frame_size: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

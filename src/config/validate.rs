@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawListener, RawPool, RawTls};
+use super::raw::{RawListener, RawPool, RawTls, RawWebSocket};
 use super::*;
 
 /// Parse a duration from configuration or the admin API: humantime syntax
@@ -479,6 +479,32 @@ impl Cx {
                 ),
             }
         });
+        let websocket = raw
+            .websocket
+            .map(|w| self.websocket(&format!("{k}.websocket"), w));
+        if let Some(ws) = &websocket {
+            if ws.to == WsForward::Ws {
+                if mqtt.is_some() {
+                    self.err(
+                        &format!("{k}.mqtt"),
+                        "cannot read the CONNECT inside a forwarded WebSocket: remove [listener.mqtt] \
+                         or set websocket.to = \"tcp\" (unwrap to plain MQTT)",
+                    );
+                }
+                if pools
+                    .get(&pool)
+                    .is_some_and(|p| p.health.check == HealthCheckKind::Mqtt)
+                {
+                    self.err(
+                        &format!("pool.{pool}.health.check"),
+                        &format!(
+                            "\"mqtt\" checks speak MQTT over TCP, but {k} forwards WebSockets \
+                             (to = \"ws\") to this pool's servers: use check = \"tcp\""
+                        ),
+                    );
+                }
+            }
+        }
         ListenerConfig {
             name,
             listen,
@@ -487,7 +513,89 @@ impl Cx {
             accept_sockets,
             tls,
             mqtt,
+            websocket,
             key: k,
+        }
+    }
+
+    fn websocket(&mut self, k: &str, raw: RawWebSocket) -> WebSocketConfig {
+        let path = raw.path.unwrap_or_else(|| defaults::WS_PATH.to_string());
+        if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+            self.err(
+                &format!("{k}.path"),
+                "must be an absolute path such as \"/mqtt\" (no query, fragment or spaces)",
+            );
+        }
+        let subprotocols = raw.subprotocols.unwrap_or_else(|| {
+            defaults::WS_SUBPROTOCOLS
+                .iter()
+                .map(|s| (*s).to_string())
+                .collect()
+        });
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        if let Some(bad) = subprotocols.iter().find(|s| !token(s)) {
+            self.err(
+                &format!("{k}.subprotocols"),
+                &format!("{bad:?} is not an HTTP token"),
+            );
+        }
+        let require_subprotocol = raw.require_subprotocol.unwrap_or(true);
+        if require_subprotocol && subprotocols.is_empty() {
+            self.err(
+                &format!("{k}.subprotocols"),
+                "empty while require_subprotocol = true: no client could connect",
+            );
+        }
+        let to = self.choice(
+            &format!("{k}.to"),
+            raw.to.as_deref(),
+            WsForward::Tcp,
+            &[("tcp", WsForward::Tcp), ("ws", WsForward::Ws)],
+        );
+        let bounded = |this: &mut Self, name: &str, v: Option<&str>, default: usize| {
+            let key = format!("{k}.{name}");
+            let n = this.size(&key, v, default);
+            if n > defaults::WS_SIZE_CAP {
+                this.err(&key, "at most 16MiB");
+                return default;
+            }
+            n
+        };
+        let max_request_size = bounded(
+            self,
+            "max_request_size",
+            raw.max_request_size.as_deref(),
+            defaults::WS_MAX_REQUEST_SIZE,
+        );
+        let max_message_size = bounded(
+            self,
+            "max_message_size",
+            raw.max_message_size.as_deref(),
+            defaults::WS_MAX_MESSAGE_SIZE,
+        );
+        let max_frame_size = bounded(
+            self,
+            "max_frame_size",
+            raw.max_frame_size.as_deref(),
+            max_message_size,
+        );
+        WebSocketConfig {
+            path,
+            subprotocols,
+            require_subprotocol,
+            to,
+            upgrade_timeout: self.duration(
+                &format!("{k}.upgrade_timeout"),
+                raw.upgrade_timeout.as_deref(),
+                defaults::WS_UPGRADE_TIMEOUT,
+            ),
+            max_request_size,
+            max_message_size,
+            max_frame_size: max_frame_size.min(max_message_size),
         }
     }
 

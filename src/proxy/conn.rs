@@ -21,8 +21,9 @@ use tracing::{Instrument, Span, debug, field, info, warn};
 
 use super::ListenerCtx;
 use super::splice::{Kick, SpliceEnd, SpliceError, splice};
+use super::websocket;
 use crate::balance::{ActiveGuard, Backend, Pool};
-use crate::config::{HashKey, MqttListenerConfig, ProxyProtocol};
+use crate::config::{HashKey, MqttListenerConfig, ProxyProtocol, WsForward};
 use crate::metrics::{Disconnect, HandshakeResult, Rejection};
 use crate::mqtt::framing::FrameTracker;
 use crate::mqtt::packets::{
@@ -74,20 +75,17 @@ pub async fn handle(ctx: Arc<ListenerCtx>, tcp: TcpStream, peer: SocketAddr, con
             tcp.local_addr().unwrap_or(ctx.local_addr)
         };
         match &ctx.tls {
-            None => {
-                let mut tcp = tcp;
-                serve_client(&ctx, &mut tcp, peer, local, None, conn_id).await
-            }
+            None => serve(&ctx, tcp, peer, local, None, conn_id).await,
             Some(acceptor) => {
                 // Boxed: the handshake's state (rustls's handshake
                 // buffers, the acceptor futures) lives on the heap only
                 // while it runs, not in every connection's task for its
                 // whole life.
-                let Some((mut stream, info)) = Box::pin(tls_handshake(&ctx, acceptor, tcp)).await
+                let Some((stream, info)) = Box::pin(tls_handshake(&ctx, acceptor, tcp)).await
                 else {
                     return;
                 };
-                serve_client(&ctx, &mut stream, peer, local, Some(&info), conn_id).await
+                serve(&ctx, stream, peer, local, Some(&info), conn_id).await
             }
         }
     }
@@ -126,6 +124,74 @@ async fn tls_handshake(
     }
 }
 
+/// After the TLS handshake (if any): straight to MQTT, or through the
+/// WebSocket upgrade first.
+async fn serve<S>(
+    ctx: &ListenerCtx,
+    mut stream: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<&TlsInfo>,
+    conn_id: u64,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(ws) = &ctx.websocket else {
+        return serve_client(ctx, &mut stream, peer, local, tls, conn_id, Vec::new()).await;
+    };
+    let upgrade = match timeout(ws.upgrade_timeout, websocket::read_upgrade(&mut stream, ws)).await
+    {
+        Ok(Ok(upgrade)) => upgrade,
+        Ok(Err(refusal)) => {
+            static REFUSED: LogLimiter = crate::ratelog::per_kind();
+            if let Some(suppressed) = REFUSED.allow() {
+                info!(reason = %refusal, suppressed, "WebSocket upgrade refused");
+            }
+            ctx.metrics.rejected(match refusal {
+                websocket::Refusal::Status(..) => Rejection::WebSocketRefused,
+                websocket::Refusal::Closed => Rejection::ClosedBeforeConnect,
+                websocket::Refusal::Io(_) => Rejection::ClientError,
+            });
+            if let Some(response) = refusal.response() {
+                let _ = timeout(Duration::from_secs(1), async {
+                    stream.write_all(response).await?;
+                    stream.shutdown().await
+                })
+                .await;
+            }
+            return;
+        }
+        Err(_) => {
+            ctx.metrics.rejected(Rejection::WebSocketTimeout);
+            debug!(timeout = ?ws.upgrade_timeout, "no complete WebSocket upgrade request before the deadline");
+            return;
+        }
+    };
+    match ws.to {
+        // The broker answers the upgrade: it gets the request as it came.
+        WsForward::Ws => {
+            serve_client(ctx, &mut stream, peer, local, tls, conn_id, upgrade.bytes).await
+        }
+        WsForward::Tcp => {
+            let answered = timeout(ws.upgrade_timeout, async {
+                stream
+                    .write_all(&websocket::accept_response(&upgrade))
+                    .await?;
+                stream.flush().await
+            })
+            .await;
+            if !matches!(answered, Ok(Ok(()))) {
+                debug!("client left before its WebSocket upgrade was answered");
+                return;
+            }
+            let mut early = upgrade.bytes;
+            early.drain(..upgrade.head_len);
+            let mut io = websocket::WsIo::new(stream, early, ws).await;
+            serve_client(ctx, &mut io, peer, local, tls, conn_id, Vec::new()).await
+        }
+    }
+}
+
 /// Everything after the handshake. Takes the client stream by reference
 /// so that it lives once, in the connection task, not again inside this
 /// future.
@@ -136,6 +202,9 @@ async fn serve_client<S>(
     local: SocketAddr,
     tls: Option<&TlsInfo>,
     conn_id: u64,
+    // Pass-through listeners: bytes already read from the client (a
+    // forwarded WebSocket upgrade request).
+    preread: Vec<u8>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -150,7 +219,7 @@ async fn serve_client<S>(
             }
         },
         None => ClientHello {
-            buffered: Vec::new(),
+            buffered: preread,
             protocol: None,
             key: None,
             idle: ctx.limits.idle_timeout,

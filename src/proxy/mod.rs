@@ -32,6 +32,7 @@ pub mod dns;
 mod drain;
 mod reload;
 pub mod splice;
+pub mod websocket;
 
 pub use reload::{ReloadError, ReloadSummary};
 
@@ -50,7 +51,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::balance::{LastCheck, Pool, health};
-use crate::config::{Config, ConfigErrors, Limits, ListenerConfig, MqttListenerConfig, Overrides};
+use crate::config::{
+    Config, ConfigErrors, Limits, ListenerConfig, MqttListenerConfig, Overrides, WebSocketConfig,
+};
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::ratelimit::KeyedLimiter;
 use crate::sys::ListenerSockets;
@@ -64,6 +67,7 @@ pub struct ListenerCtx {
     pub local_addr: SocketAddr,
     pub tls: Option<TlsAcceptor>,
     pub mqtt: Option<MqttListenerConfig>,
+    pub websocket: Option<WebSocketConfig>,
     pub pool: Arc<Pool>,
     pub limits: Limits,
     pub metrics: ListenerMetrics,
@@ -295,6 +299,7 @@ impl ProxyState {
             local_addr,
             tls,
             mqtt: cfg.mqtt.clone(),
+            websocket: cfg.websocket.clone(),
             pool,
             limits: generation.config.limits.clone(),
             metrics: self.metrics.listener(&cfg.name),

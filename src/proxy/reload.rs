@@ -369,6 +369,7 @@ mod tests {
             accept_sockets: 1,
             tls: None,
             mqtt: None,
+            websocket: None,
             key: format!("listener[{name}]"),
         }
     }
