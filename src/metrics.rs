@@ -96,6 +96,10 @@ label_enum! {
         SourceRateLimit => "source_rate_limit",
         /// `limits.client_connect_rate`: answered with a CONNACK refusal.
         ClientRateLimit => "client_rate_limit",
+        /// `listener.mqtt.client_id_match`: the client certificate does
+        /// not name the CONNECT's client id; answered CONNACK "not
+        /// authorized".
+        ClientIdMismatch => "client_id_mismatch",
         /// A WebSocket listener's upgrade request was refused (path,
         /// subprotocol, headers, size); the client read an HTTP error.
         WebSocketRefused => "websocket_refused",

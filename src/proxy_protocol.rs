@@ -4,13 +4,72 @@
 //!
 //! v2 carries, besides the addresses: ALPN, authority (the TLS SNI), an SSL
 //! TLV (client used TLS, presented and verified a certificate, TLS version,
-//! certificate CN) and a unique connection id.
+//! cipher, certificate CN), a unique connection id, and — per pool, when
+//! asked — more of the client certificate in TLVs of the custom range
+//! (`[pool.NAME.identity]`; types in [`IdentityTlvs`]).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use proxy_header::{ProxiedAddress, ProxyHeader, SslInfo, Tlv};
 
-use crate::tls::TlsInfo;
+use crate::tls::{IdentityRequest, TlsInfo};
+
+/// Custom TLV (PP2_TYPE_MIN_CUSTOM range, 0xE0-0xEF) with the client
+/// certificate's subject DN, RFC 4514 string.
+pub const TLV_SUBJECT: u8 = 0xE1;
+/// One TLV per subject alternative name: `DNS:…`, `email:…` or `URI:…`.
+pub const TLV_SAN: u8 = 0xE2;
+/// SHA-256 of the DER client certificate, 32 raw bytes.
+pub const TLV_FINGERPRINT: u8 = 0xE3;
+/// Default type of the TLV with the whole DER client certificate.
+pub const TLV_CERT: u8 = 0xE4;
+
+/// Longest TLV value that can be encoded (its length is a u16).
+const MAX_TLV_VALUE: usize = u16::MAX as usize;
+
+/// Which client-identity TLVs a pool's v2 headers carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdentityTlvs {
+    /// PP2_SUBTYPE_SSL_CN (0x22) in the SSL TLV, as HAProxy's
+    /// `send-proxy-v2-ssl-cn`.
+    pub cn: bool,
+    /// PP2_SUBTYPE_SSL_CIPHER (0x23) in the SSL TLV.
+    pub cipher: bool,
+    /// [`TLV_SUBJECT`].
+    pub subject: bool,
+    /// [`TLV_SAN`], one per name.
+    pub sans: bool,
+    /// [`TLV_FINGERPRINT`].
+    pub fingerprint: bool,
+    /// The DER certificate in a TLV of this type (0xE0-0xEF), if set.
+    pub cert: Option<u8>,
+}
+
+impl Default for IdentityTlvs {
+    fn default() -> Self {
+        IdentityTlvs {
+            cn: true,
+            cipher: true,
+            subject: false,
+            sans: false,
+            fingerprint: false,
+            cert: None,
+        }
+    }
+}
+
+impl IdentityTlvs {
+    /// What the TLS layer must read from client certificates for these.
+    pub fn request(&self) -> IdentityRequest {
+        IdentityRequest {
+            subject: self.subject,
+            sans: self.sans,
+            fingerprint: self.fingerprint,
+            der: self.cert.is_some(),
+        }
+    }
+}
 
 /// The PROXY header command a health check sends when the pool speaks the
 /// PROXY protocol.
@@ -38,6 +97,7 @@ pub fn encode(
     client: SocketAddr,
     local: SocketAddr,
     tls: Option<&TlsInfo>,
+    identity: &IdentityTlvs,
     unique_id: &[u8],
     out: &mut Vec<u8>,
 ) {
@@ -51,6 +111,7 @@ pub fn encode(
         }
         ProxyProtocol::V2 => {
             let mut tlvs: Vec<Tlv<'_>> = Vec::with_capacity(4);
+            let mut certificate: Option<Tlv<'_>> = None;
             if let Some(tls) = tls {
                 if let Some(alpn) = &tls.alpn {
                     tlvs.push(Tlv::Alpn(alpn.as_slice().into()));
@@ -62,13 +123,50 @@ pub fn encode(
                 // rustls only finishes a handshake whose certificate verified.
                 let mut ssl = SslInfo::new(true, tls.client_cert, tls.client_cert, 0);
                 ssl.append_tlv(Tlv::SslVersion(tls.version.into()));
-                if let Some(cn) = &tls.client_cn {
+                if identity.cipher {
+                    ssl.append_tlv(Tlv::SslCipher(tls.cipher.into()));
+                }
+                if let Some(cn) = tls.client_cn.as_ref().filter(|_| identity.cn) {
                     ssl.append_tlv(Tlv::SslCn(cn.as_str().into()));
                 }
                 tlvs.push(Tlv::Ssl(ssl));
+                if let Some(id) = &tls.identity {
+                    if let Some(subject) = id.subject.as_ref().filter(|_| identity.subject) {
+                        tlvs.push(Tlv::Custom(TLV_SUBJECT, subject.as_bytes().into()));
+                    }
+                    if identity.sans {
+                        for san in &id.sans {
+                            tlvs.push(Tlv::Custom(TLV_SAN, san.as_bytes().into()));
+                        }
+                    }
+                    if let Some(fp) = id.sha256.as_ref().filter(|_| identity.fingerprint) {
+                        tlvs.push(Tlv::Custom(TLV_FINGERPRINT, fp.as_slice().into()));
+                    }
+                    if let (Some(kind), Some(der)) = (identity.cert, &id.der) {
+                        // `Tlv::encode` panics past u16::MAX; rustls caps a
+                        // handshake message (the whole chain) below that,
+                        // but the bound is checked here, not assumed.
+                        if der.len() <= MAX_TLV_VALUE {
+                            certificate = Some(Tlv::Custom(kind, Cow::from(der.as_slice())));
+                        }
+                    }
+                }
             }
             if !unique_id.is_empty() {
                 tlvs.push(Tlv::UniqueId(unique_id.into()));
+            }
+            let mark = out.len();
+            if let Some(cert) = certificate {
+                let with_cert = tlvs.iter().cloned().chain(std::iter::once(cert));
+                if ProxyHeader::with_tlvs(Some(addrs.clone()), with_cert)
+                    .encode_v2(out)
+                    .is_ok()
+                {
+                    return;
+                }
+                // A v2 header holds at most 64 KiB: a certificate chain that
+                // does not fit is left out rather than the whole header.
+                out.truncate(mark);
             }
             let _ = ProxyHeader::with_tlvs(Some(addrs), tlvs).encode_v2(out);
         }
@@ -87,7 +185,15 @@ pub fn encode_check(
     out: &mut Vec<u8>,
 ) {
     match command {
-        ProxyCommand::Proxy => encode(version, local, broker, None, &[], out),
+        ProxyCommand::Proxy => encode(
+            version,
+            local,
+            broker,
+            None,
+            &IdentityTlvs::default(),
+            &[],
+            out,
+        ),
         ProxyCommand::Local => encode_local(version, out),
     }
 }
@@ -138,7 +244,139 @@ mod tests {
             version: "TLSv1.3",
             client_cert: true,
             client_cn: Some("device-42".into()),
+            cipher: "TLS13_AES_128_GCM_SHA256",
+            identity: Some(Box::new(crate::tls::CertIdentity {
+                subject: Some("CN=device-42,O=Example".into()),
+                sans: vec![
+                    "DNS:device-42.example".into(),
+                    "email:ops@example.com".into(),
+                ],
+                sha256: Some([7; 32]),
+                der: Some(vec![0x30, 0x03, 0x02, 0x01, 0x01]),
+            })),
         }
+    }
+
+    /// Every TLV of a v2 header, parsed by `ppp`, sub-TLVs of SSL included.
+    fn tlvs_of(out: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let header = ppp::v2::Header::try_from(out).expect("ppp parses our v2 header");
+        let mut all = Vec::new();
+        for tlv in header.tlvs() {
+            let tlv = tlv.expect("well-formed TLV");
+            if tlv.kind == 0x20 {
+                let mut subs = &tlv.value[5..];
+                while let [kind, hi, lo, rest @ ..] = subs {
+                    let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+                    all.push((*kind, rest[..len].to_vec()));
+                    subs = &rest[len..];
+                }
+            }
+            all.push((tlv.kind, tlv.value.to_vec()));
+        }
+        all
+    }
+
+    #[test]
+    fn identity_tlvs_are_sent_when_asked() {
+        let client: SocketAddr = "192.0.2.7:51234".parse().unwrap();
+        let local: SocketAddr = "198.51.100.1:8883".parse().unwrap();
+        let all = IdentityTlvs {
+            subject: true,
+            sans: true,
+            fingerprint: true,
+            cert: Some(0xE9),
+            ..IdentityTlvs::default()
+        };
+        let mut out = Vec::new();
+        encode(
+            ProxyProtocol::V2,
+            client,
+            local,
+            Some(&tls()),
+            &all,
+            b"",
+            &mut out,
+        );
+        let got = tlvs_of(&out);
+        let values = |kind: u8| -> Vec<Vec<u8>> {
+            got.iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        assert_eq!(values(0x22), [b"device-42".to_vec()]);
+        assert_eq!(values(0x23), [b"TLS13_AES_128_GCM_SHA256".to_vec()]);
+        assert_eq!(values(TLV_SUBJECT), [b"CN=device-42,O=Example".to_vec()]);
+        assert_eq!(
+            values(TLV_SAN),
+            [
+                b"DNS:device-42.example".to_vec(),
+                b"email:ops@example.com".to_vec()
+            ]
+        );
+        assert_eq!(values(TLV_FINGERPRINT), [vec![7u8; 32]]);
+        assert_eq!(values(0xE9), [vec![0x30, 0x03, 0x02, 0x01, 0x01]]);
+
+        // The defaults: CN and cipher only; both can be switched off.
+        let mut out = Vec::new();
+        let default = IdentityTlvs::default();
+        encode(
+            ProxyProtocol::V2,
+            client,
+            local,
+            Some(&tls()),
+            &default,
+            b"",
+            &mut out,
+        );
+        let kinds: Vec<u8> = tlvs_of(&out).iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, [0x01, 0x02, 0x21, 0x23, 0x22, 0x20]);
+        let none = IdentityTlvs {
+            cn: false,
+            cipher: false,
+            ..IdentityTlvs::default()
+        };
+        let mut out = Vec::new();
+        encode(
+            ProxyProtocol::V2,
+            client,
+            local,
+            Some(&tls()),
+            &none,
+            b"",
+            &mut out,
+        );
+        let kinds: Vec<u8> = tlvs_of(&out).iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, [0x01, 0x02, 0x21, 0x20]);
+    }
+
+    #[test]
+    fn a_certificate_too_large_for_the_header_is_left_out() {
+        let client: SocketAddr = "192.0.2.7:51234".parse().unwrap();
+        let local: SocketAddr = "198.51.100.1:8883".parse().unwrap();
+        let mut info = tls();
+        if let Some(id) = info.identity.as_mut() {
+            id.der = Some(vec![0x30; 65_000]);
+            id.sans = vec!["DNS:x".repeat(200)];
+        }
+        let tlvs = IdentityTlvs {
+            sans: true,
+            cert: Some(TLV_CERT),
+            ..IdentityTlvs::default()
+        };
+        let mut out = Vec::new();
+        encode(
+            ProxyProtocol::V2,
+            client,
+            local,
+            Some(&info),
+            &tlvs,
+            b"",
+            &mut out,
+        );
+        let kinds: Vec<u8> = tlvs_of(&out).iter().map(|(k, _)| *k).collect();
+        assert!(kinds.contains(&TLV_SAN), "{kinds:x?}");
+        assert!(!kinds.contains(&TLV_CERT), "{kinds:x?}");
     }
 
     #[test]
@@ -151,6 +389,7 @@ mod tests {
             client,
             local,
             Some(&tls()),
+            &IdentityTlvs::default(),
             b"0123456789abcdef",
             &mut out,
         );
@@ -190,7 +429,15 @@ mod tests {
         let mut out = Vec::new();
         let client: SocketAddr = "[::ffff:10.1.2.3]:4000".parse().unwrap();
         let local: SocketAddr = "[::ffff:10.0.0.1]:8883".parse().unwrap();
-        encode(ProxyProtocol::V1, client, local, None, b"", &mut out);
+        encode(
+            ProxyProtocol::V1,
+            client,
+            local,
+            None,
+            &IdentityTlvs::default(),
+            b"",
+            &mut out,
+        );
         assert_eq!(out, b"PROXY TCP4 10.1.2.3 10.0.0.1 4000 8883\r\n");
     }
 

@@ -21,7 +21,7 @@ use mqttlb::mqtt::codec::{
     self, AckKind, ConnectPacket, Packet, Properties, PublishPacket, SubOptions,
 };
 use mqttlb::mqtt::{Peek, ProtocolVersion, peek_connect};
-use mqttlb::proxy_protocol::{ProxyProtocol, encode};
+use mqttlb::proxy_protocol::{IdentityTlvs, ProxyProtocol, encode};
 use mqttlb::tls::TlsInfo;
 use proptest::prelude::*;
 
@@ -221,9 +221,9 @@ proptest! {
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::from(b)), ports.1),
             )
         };
-        let tls = TlsInfo { sni: sni.clone(), alpn: None, version: "TLSv1.3", client_cert: false, client_cn: None };
+        let tls = TlsInfo { sni: sni.clone(), version: "TLSv1.3", ..TlsInfo::default() };
         let mut out = Vec::new();
-        encode(ProxyProtocol::V2, client, local, Some(&tls), &id, &mut out);
+        encode(ProxyProtocol::V2, client, local, Some(&tls), &IdentityTlvs::default(), &id, &mut out);
         let header = ppp::v2::Header::try_from(out.as_slice()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         let (src, dst) = match header.addresses {
             ppp::v2::Addresses::IPv4(x) => (

@@ -8,7 +8,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use crate::mqtt::ProtocolVersion;
-use crate::proxy_protocol::{ProxyCommand, ProxyProtocol};
+use crate::proxy_protocol::{IdentityTlvs, ProxyCommand, ProxyProtocol};
 use crate::secret::Secret;
 
 /// How a pool chooses a node for a new client.
@@ -73,6 +73,8 @@ pub struct PoolConfig {
     pub strategy: Strategy,
     pub hash_key: HashKey,
     pub proxy_protocol: ProxyProtocol,
+    /// Client-identity TLVs of v2 headers.
+    pub identity: IdentityTlvs,
     pub connect_timeout: Duration,
     pub connect_attempts: NonZeroU32,
     /// MQTT listeners: how long a node has to answer a client's CONNECT

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{BackendMetrics, Metrics};
-use crate::proxy_protocol::ProxyProtocol;
+use crate::proxy_protocol::{IdentityTlvs, ProxyProtocol};
 pub use config::{HashKey, HealthConfig, PoolConfig, Strategy};
 use state::HealthState;
 use strategy::{NodeView, SmoothWrr};
@@ -252,6 +252,7 @@ pub struct Pool {
     pub strategy: Strategy,
     pub hash_key: HashKey,
     pub proxy_protocol: ProxyProtocol,
+    pub identity: IdentityTlvs,
     pub connect_timeout: std::time::Duration,
     pub connect_attempts: usize,
     pub connack_timeout: std::time::Duration,
@@ -295,6 +296,7 @@ impl Pool {
             strategy: cfg.strategy,
             hash_key: cfg.hash_key,
             proxy_protocol: cfg.proxy_protocol,
+            identity: cfg.identity,
             connect_timeout: cfg.connect_timeout,
             connect_attempts: cfg.connect_attempts.get() as usize,
             connack_timeout: cfg.connack_timeout,

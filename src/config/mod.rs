@@ -160,6 +160,20 @@ pub struct MqttListenerConfig {
     pub max_connect_size: usize,
     pub keepalive_factor: f64,
     pub max_idle_timeout: Duration,
+    /// Refuse a CONNECT whose client id the client certificate does not
+    /// name (CONNACK "not authorized", before any broker is touched).
+    pub client_id_match: ClientIdMatch,
+}
+
+/// `listener.mqtt.client_id_match`: which certificate names a client id
+/// must equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIdMatch {
+    Off,
+    /// The subject CN.
+    Cn,
+    /// The subject CN or a DNS, email or URI SAN.
+    CnOrSan,
 }
 
 #[derive(Debug, Clone)]

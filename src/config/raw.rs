@@ -84,6 +84,7 @@ pub struct RawMqtt {
     pub max_connect_size: Option<String>,
     pub keepalive_factor: Option<f64>,
     pub max_idle_timeout: Option<String>,
+    pub client_id_match: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -99,8 +100,21 @@ pub struct RawPool {
     pub drain_disconnect: Option<bool>,
     pub drain_window: Option<String>,
     pub health: Option<RawHealth>,
+    pub identity: Option<RawIdentity>,
     #[serde(default)]
     pub servers: Vec<RawServer>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub cn: Option<bool>,
+    pub cipher: Option<bool>,
+    pub subject: Option<bool>,
+    pub san: Option<bool>,
+    pub fingerprint: Option<bool>,
+    pub cert: Option<bool>,
+    pub cert_type: Option<u8>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

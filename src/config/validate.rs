@@ -6,8 +6,9 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawListener, RawPool, RawTls, RawWebSocket};
+use super::raw::{RawIdentity, RawListener, RawPool, RawTls, RawWebSocket};
 use super::*;
+use crate::proxy_protocol::IdentityTlvs;
 
 /// Parse a duration from configuration or the admin API: humantime syntax
 /// ("250ms", "5s", "2m"), at most [`defaults::MAX_DURATION`], so that no
@@ -258,6 +259,13 @@ impl Cx {
             raw.connect_attempts,
             defaults::CONNECT_ATTEMPTS,
         );
+        let identity = self.identity(&format!("{k}.identity"), raw.identity.unwrap_or_default());
+        if identity != IdentityTlvs::default() && proxy_protocol != ProxyProtocol::V2 {
+            self.err(
+                &format!("{k}.identity"),
+                "identity TLVs travel in PROXY v2 headers only: set proxy_protocol = \"v2\"",
+            );
+        }
         let h = raw.health.unwrap_or_default();
         let hk = format!("{k}.health");
         let health = HealthConfig {
@@ -390,6 +398,7 @@ impl Cx {
             strategy,
             hash_key,
             proxy_protocol,
+            identity,
             connect_timeout,
             connect_attempts,
             connack_timeout,
@@ -477,8 +486,31 @@ impl Cx {
                     m.max_idle_timeout.as_deref(),
                     defaults::MAX_IDLE_TIMEOUT,
                 ),
+                client_id_match: self.choice(
+                    &format!("{mk}.client_id_match"),
+                    m.client_id_match.as_deref(),
+                    ClientIdMatch::Off,
+                    &[
+                        ("off", ClientIdMatch::Off),
+                        ("cn", ClientIdMatch::Cn),
+                        ("cn-or-san", ClientIdMatch::CnOrSan),
+                    ],
+                ),
             }
         });
+        let cert_rule = mqtt
+            .as_ref()
+            .is_some_and(|m| m.client_id_match != ClientIdMatch::Off);
+        if cert_rule
+            && tls
+                .as_ref()
+                .is_none_or(|t| t.client_auth == ClientAuth::None)
+        {
+            self.err(
+                &format!("{k}.mqtt.client_id_match"),
+                "needs client certificates: [listener.tls] with client_auth = \"required\" (or \"optional\")",
+            );
+        }
         let websocket = raw
             .websocket
             .map(|w| self.websocket(&format!("{k}.websocket"), w));
@@ -515,6 +547,36 @@ impl Cx {
             mqtt,
             websocket,
             key: k,
+        }
+    }
+
+    fn identity(&mut self, k: &str, raw: RawIdentity) -> IdentityTlvs {
+        let d = IdentityTlvs::default();
+        let cert_type = raw.cert_type.unwrap_or(crate::proxy_protocol::TLV_CERT);
+        let fixed = [
+            crate::proxy_protocol::TLV_SUBJECT,
+            crate::proxy_protocol::TLV_SAN,
+            crate::proxy_protocol::TLV_FINGERPRINT,
+        ];
+        if !(0xE0..=0xEF).contains(&cert_type) || fixed.contains(&cert_type) {
+            self.err(
+                &format!("{k}.cert_type"),
+                "must be a custom TLV type, 0xE0 or 0xE4-0xEF (0xE1-0xE3 carry subject, SAN and fingerprint)",
+            );
+        }
+        if raw.cert_type.is_some() && raw.cert != Some(true) {
+            self.err(
+                &format!("{k}.cert_type"),
+                "only meaningful with cert = true",
+            );
+        }
+        IdentityTlvs {
+            cn: raw.cn.unwrap_or(d.cn),
+            cipher: raw.cipher.unwrap_or(d.cipher),
+            subject: raw.subject.unwrap_or(d.subject),
+            sans: raw.san.unwrap_or(d.sans),
+            fingerprint: raw.fingerprint.unwrap_or(d.fingerprint),
+            cert: raw.cert.unwrap_or(false).then_some(cert_type),
         }
     }
 

@@ -31,6 +31,15 @@ pub fn connack_rate_exceeded(protocol: ProtocolVersion) -> &'static [u8] {
     }
 }
 
+/// CONNACK refusing a client whose certificate does not name its client
+/// id: 3.1/3.1.1 code 5, 5.0 0x87 "not authorized".
+pub fn connack_not_authorized(protocol: ProtocolVersion) -> &'static [u8] {
+    match protocol {
+        ProtocolVersion::V31 | ProtocolVersion::V311 => &[0x20, 0x02, 0x00, rc::v3::NOT_AUTHORIZED],
+        ProtocolVersion::V5 => &[0x20, 0x03, 0x00, rc::NOT_AUTHORIZED, 0x00],
+    }
+}
+
 /// MQTT 5 DISCONNECT 0x9C "use another server" (empty properties): the
 /// proxy's word to a client whose backend is draining.
 pub const DISCONNECT_USE_ANOTHER_SERVER: &[u8] = &[0xe0, 0x02, rc::USE_ANOTHER_SERVER, 0x00];

@@ -23,12 +23,12 @@ use super::ListenerCtx;
 use super::splice::{Kick, SpliceEnd, SpliceError, splice};
 use super::websocket;
 use crate::balance::{ActiveGuard, Backend, Pool};
-use crate::config::{HashKey, MqttListenerConfig, ProxyProtocol, WsForward};
+use crate::config::{ClientIdMatch, HashKey, MqttListenerConfig, ProxyProtocol, WsForward};
 use crate::metrics::{Disconnect, HandshakeResult, Rejection};
 use crate::mqtt::framing::FrameTracker;
 use crate::mqtt::packets::{
-    ConnackHead, ConnackVerdict, connack_head, connack_rate_exceeded, connack_server_unavailable,
-    connack_verdict,
+    ConnackHead, ConnackVerdict, connack_head, connack_not_authorized, connack_rate_exceeded,
+    connack_server_unavailable, connack_verdict,
 };
 use crate::mqtt::{Peek, ProtocolVersion, peek_connect};
 use crate::proxy_protocol as header;
@@ -53,6 +53,8 @@ struct ClientHello {
     idle: Duration,
     /// Hash of the client id (for `limits.client_connect_rate`).
     client: Option<u64>,
+    /// `listener.mqtt.client_id_match` refuses this client.
+    mismatch: bool,
 }
 
 /// Handle one accepted TCP connection. Runs inside its own task.
@@ -101,7 +103,12 @@ async fn tls_handshake(
     tcp: TcpStream,
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo)> {
     let started = Instant::now();
-    match timeout(ctx.limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
+    match timeout(
+        ctx.limits.tls_handshake_timeout,
+        acceptor.accept(tcp, ctx.identity),
+    )
+    .await
+    {
         Err(_) => {
             ctx.metrics.handshake(HandshakeResult::Timeout);
             ctx.metrics.rejected(Rejection::TlsHandshakeTimeout);
@@ -224,8 +231,25 @@ async fn serve_client<S>(
             key: None,
             idle: ctx.limits.idle_timeout,
             client: None,
+            mismatch: false,
         },
     };
+    if let (true, Some(protocol)) = (hello.mismatch, hello.protocol) {
+        ctx.metrics.rejected(Rejection::ClientIdMismatch);
+        static MISMATCH: LogLimiter = crate::ratelog::per_kind();
+        if let Some(suppressed) = MISMATCH.allow() {
+            info!(
+                cert.cn = tls.and_then(|t| t.client_cn.as_deref()).unwrap_or(""),
+                suppressed, "client id not named by the client certificate; refused"
+            );
+        }
+        let _ = timeout(Duration::from_secs(1), async {
+            client.write_all(connack_not_authorized(protocol)).await?;
+            client.shutdown().await
+        })
+        .await;
+        return;
+    }
     if let (Some(limit), Some(id), Some(protocol)) =
         (&ctx.client_limit, hello.client, hello.protocol)
     {
@@ -253,6 +277,7 @@ async fn serve_client<S>(
         peer,
         local,
         tls,
+        &ctx.pool.identity,
         &unique_id(ctx.instance_nonce, conn_id),
         &mut first,
     );
@@ -402,7 +427,7 @@ where
             }
         }
     };
-    let (protocol, key, idle, client) = match timeout(mqtt.connect_timeout, read).await {
+    let (protocol, key, idle, client, mismatch) = match timeout(mqtt.connect_timeout, read).await {
         Ok(read) => read?,
         Err(_) => {
             static LATE: LogLimiter = crate::ratelog::per_kind();
@@ -419,6 +444,7 @@ where
         key,
         idle,
         client,
+        mismatch,
     })
 }
 
@@ -428,7 +454,13 @@ fn connect_hello(
     mqtt: &MqttListenerConfig,
     connect: crate::mqtt::Connect<'_>,
     tls: Option<&TlsInfo>,
-) -> (ProtocolVersion, Option<Vec<u8>>, Duration, Option<u64>) {
+) -> (
+    ProtocolVersion,
+    Option<Vec<u8>>,
+    Duration,
+    Option<u64>,
+    bool,
+) {
     ctx.metrics.mqtt_connect(connect.protocol);
     Span::current().record("client_id", connect.client_id);
     debug!(
@@ -452,7 +484,24 @@ fn connect_hello(
         // An empty client id (the broker assigns one) names nobody.
         (!connect.client_id.is_empty())
             .then(|| xxhash_rust::xxh3::xxh3_64(connect.client_id.as_bytes())),
+        !client_id_matches(mqtt.client_id_match, connect.client_id, tls),
     )
+}
+
+/// `listener.mqtt.client_id_match`: whether the certificate names the
+/// client id (an empty id, or no certificate, never matches).
+fn client_id_matches(rule: ClientIdMatch, client_id: &str, tls: Option<&TlsInfo>) -> bool {
+    let cn = || tls.and_then(|t| t.client_cn.as_deref()) == Some(client_id);
+    let san = || {
+        tls.and_then(|t| t.identity.as_deref())
+            .is_some_and(|id| id.has_san(client_id))
+    };
+    match rule {
+        ClientIdMatch::Off => true,
+        _ if client_id.is_empty() => false,
+        ClientIdMatch::Cn => cn(),
+        ClientIdMatch::CnOrSan => cn() || san(),
+    }
 }
 
 /// The idle timeout for a client: `factor` × its keep-alive, capped; the
@@ -651,10 +700,37 @@ mod tests {
             max_connect_size: 1024,
             keepalive_factor: 1.5,
             max_idle_timeout: Duration::from_secs(3600),
+            client_id_match: ClientIdMatch::Off,
         };
         let none = Duration::from_secs(300);
         assert_eq!(idle_timeout(&m, 60, none), Duration::from_secs(90));
         assert_eq!(idle_timeout(&m, 0, none), none);
         assert_eq!(idle_timeout(&m, 65535, none), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn client_ids_must_be_named_by_the_certificate() {
+        let tls = TlsInfo {
+            client_cert: true,
+            client_cn: Some("dev-1".into()),
+            identity: Some(Box::new(crate::tls::CertIdentity {
+                sans: vec!["DNS:dev-2.example".into(), "URI:urn:dev:3".into()],
+                ..Default::default()
+            })),
+            ..TlsInfo::default()
+        };
+        let t = Some(&tls);
+        use ClientIdMatch::*;
+        assert!(client_id_matches(Off, "anything", None));
+        assert!(client_id_matches(Cn, "dev-1", t));
+        assert!(!client_id_matches(Cn, "dev-2.example", t));
+        assert!(client_id_matches(CnOrSan, "dev-2.example", t));
+        assert!(client_id_matches(CnOrSan, "urn:dev:3", t));
+        assert!(!client_id_matches(CnOrSan, "dev-4", t));
+        assert!(
+            !client_id_matches(CnOrSan, "", t),
+            "an empty id names nobody"
+        );
+        assert!(!client_id_matches(Cn, "dev-1", None), "no certificate");
     }
 }

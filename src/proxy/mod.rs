@@ -68,6 +68,9 @@ pub struct ListenerCtx {
     pub tls: Option<TlsAcceptor>,
     pub mqtt: Option<MqttListenerConfig>,
     pub websocket: Option<WebSocketConfig>,
+    /// What the handshake reads from client certificates (the pool's
+    /// identity TLVs, the client-id rule).
+    pub identity: crate::tls::IdentityRequest,
     pub pool: Arc<Pool>,
     pub limits: Limits,
     pub metrics: ListenerMetrics,
@@ -300,6 +303,7 @@ impl ProxyState {
             tls,
             mqtt: cfg.mqtt.clone(),
             websocket: cfg.websocket.clone(),
+            identity: identity_request(cfg, &pool),
             pool,
             limits: generation.config.limits.clone(),
             metrics: self.metrics.listener(&cfg.name),
@@ -368,6 +372,22 @@ fn instance_nonce() -> u64 {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     xxhash_rust::xxh3::xxh3_64_with_seed(&t.to_le_bytes(), u64::from(std::process::id()))
+}
+
+/// What a listener's handshakes must read from client certificates.
+fn identity_request(cfg: &ListenerConfig, pool: &Pool) -> crate::tls::IdentityRequest {
+    let mut want = match pool.proxy_protocol {
+        crate::config::ProxyProtocol::V2 => pool.identity.request(),
+        _ => crate::tls::IdentityRequest::default(),
+    };
+    if cfg
+        .mqtt
+        .as_ref()
+        .is_some_and(|m| m.client_id_match == crate::config::ClientIdMatch::CnOrSan)
+    {
+        want.sans = true;
+    }
+    want
 }
 
 #[cfg(test)]
