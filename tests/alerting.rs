@@ -507,3 +507,26 @@ async fn kubernetes_manifests_validate_against_the_api_schemas() {
     let (ok, out) = run(&mut validate(&[bad])).await;
     assert!(!ok, "unknown field accepted: {out}");
 }
+
+/// Broker mode has its own registry: none of the proxy's families (the
+/// certificate and pool gauges included) appear there, and its scrape
+/// stays `promtool check metrics` clean.
+#[tokio::test]
+async fn broker_mode_exports_only_broker_metrics() {
+    let broker = BrokerUnderTest::start(|_| {}).await;
+    let scrape = mqttlb::metrics::encode_prometheus(&broker.registry);
+    let families: Vec<&str> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(families.len() >= 5, "{scrape}");
+    let foreign: Vec<&&str> = families
+        .iter()
+        .filter(|f| !f.starts_with("mqttlb_broker_"))
+        .collect();
+    assert!(foreign.is_empty(), "{foreign:?}");
+    promtool_check(&scrape)
+        .await
+        .expect("promtool check metrics");
+}
