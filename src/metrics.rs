@@ -9,12 +9,15 @@
 //! once when a listener or backend is created (so every series exists from
 //! the start, at 0), and no connection ever looks a label set up in a map.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -181,6 +184,18 @@ pub struct ProtocolLabel {
     pub protocol: &'static str,
 }
 
+/// A served certificate: the listener and the certificate file.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct CertLabel {
+    pub listener: String,
+    pub cert: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    pub pool: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub result: &'static str,
@@ -232,6 +247,11 @@ pub struct Metrics {
     pub bytes: Family<DirectionLabel, Counter>,
     pub accept_errors: Counter,
     pub config_reloads: Family<OutcomeLabel, Counter>,
+    pub tls_certificate_not_after: Family<CertLabel, Gauge>,
+    /// The label sets of `tls_certificate_not_after` exported now, so a
+    /// reload can remove the ones that went away. A std Mutex: held for a
+    /// set difference, never across an await.
+    certificates: Arc<std::sync::Mutex<BTreeSet<CertLabel>>>,
 }
 
 impl Metrics {
@@ -255,6 +275,8 @@ impl Metrics {
             bytes: Family::default(),
             accept_errors: Counter::default(),
             config_reloads: Family::default(),
+            tls_certificate_not_after: Family::default(),
+            certificates: Arc::default(),
         };
         let r = registry.sub_registry_with_prefix("mqttlb");
         r.register(
@@ -352,6 +374,12 @@ impl Metrics {
             "Configuration reloads (SIGHUP or POST /api/v1/reload) by result",
             m.config_reloads.clone(),
         );
+        r.register_with_unit(
+            "tls_certificate_not_after",
+            "When the served certificate expires (its notAfter, Unix time), by listener and certificate file; read when the listener's TLS is loaded (start and every reload)",
+            prometheus_client::registry::Unit::Seconds,
+            m.tls_certificate_not_after.clone(),
+        );
         // Both outcomes exist from the start, so rate() and alerts work
         // before the first reload.
         for result in ["ok", "error"] {
@@ -364,6 +392,27 @@ impl Metrics {
         self.config_reloads
             .get_or_create(&OutcomeLabel { result })
             .inc();
+    }
+
+    /// Export exactly these served certificates (listener, certificate
+    /// file, notAfter in Unix seconds): set each, and remove the series of
+    /// certificates no longer served (a listener or SNI entry removed).
+    pub fn set_certificates(&self, certs: impl IntoIterator<Item = (String, String, i64)>) {
+        // A poisoned lock only means a panic elsewhere while holding it;
+        // the set is still the one last exported.
+        let mut exported = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
+        let mut now = BTreeSet::new();
+        for (listener, cert, not_after) in certs {
+            let label = CertLabel { listener, cert };
+            self.tls_certificate_not_after
+                .get_or_create(&label)
+                .set(not_after);
+            now.insert(label);
+        }
+        for gone in exported.difference(&now) {
+            self.tls_certificate_not_after.remove(gone);
+        }
+        *exported = now;
     }
 
     /// Stop exporting the gauges of a backend removed by a reload (its
@@ -529,6 +578,46 @@ pub struct ConnackMetrics {
     pub malformed: Counter,
 }
 
+/// `mqttlb_pool_backends_in_rotation{pool}`: backends of each pool that
+/// take new clients (healthy, not draining), counted at scrape time from
+/// what `source` returns (the running generation's pools), so a reload
+/// that adds or removes a pool never leaves a stale series.
+pub fn register_pools_in_rotation(
+    registry: &mut Registry,
+    source: impl Fn() -> Vec<(String, i64)> + Send + Sync + 'static,
+) {
+    registry
+        .sub_registry_with_prefix("mqttlb")
+        .register_collector(Box::new(PoolsInRotation(Box::new(source))));
+}
+
+type PoolSource = Box<dyn Fn() -> Vec<(String, i64)> + Send + Sync>;
+
+struct PoolsInRotation(PoolSource);
+
+impl std::fmt::Debug for PoolsInRotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolsInRotation")
+    }
+}
+
+impl Collector for PoolsInRotation {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let pools = (self.0)();
+        let mut family = encoder.encode_descriptor(
+            "pool_backends_in_rotation",
+            "Backends of the pool in rotation now (healthy and not draining); 0 means the pool's clients are refused",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (pool, n) in pools {
+            let label = PoolLabel { pool };
+            ConstGauge::new(n).encode(family.encode_family(&label)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Render a registry in the OpenMetrics text format.
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::new();
@@ -580,6 +669,64 @@ fn to_prometheus_text(open_metrics: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_are_replaced_as_a_set() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let cert = |l: &str, c: &str, t| (l.to_string(), c.to_string(), t);
+        m.set_certificates([cert("a", "/x.pem", 100), cert("a", "/y.pem", 200)]);
+        let text = encode(&registry);
+        assert!(
+            text.contains(
+                "mqttlb_tls_certificate_not_after_seconds{listener=\"a\",cert=\"/x.pem\"} 100"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("cert=\"/y.pem\"} 200"), "{text}");
+        // A reload: /y.pem gone, /x.pem renewed, listener b added.
+        m.set_certificates([cert("a", "/x.pem", 300), cert("b", "/x.pem", 300)]);
+        let text = encode(&registry);
+        assert!(!text.contains("/y.pem"), "stale series removed: {text}");
+        assert!(
+            text.contains("{listener=\"a\",cert=\"/x.pem\"} 300"),
+            "{text}"
+        );
+        assert!(
+            text.contains("{listener=\"b\",cert=\"/x.pem\"} 300"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pools_in_rotation_are_read_at_scrape_time() {
+        let mut registry = Registry::default();
+        let up = Arc::new(std::sync::atomic::AtomicI64::new(2));
+        let seen = up.clone();
+        register_pools_in_rotation(&mut registry, move || {
+            vec![(
+                "p".to_string(),
+                seen.load(std::sync::atomic::Ordering::Relaxed),
+            )]
+        });
+        assert!(
+            encode(&registry).contains("mqttlb_pool_backends_in_rotation{pool=\"p\"} 2"),
+            "{}",
+            encode(&registry)
+        );
+        up.store(0, std::sync::atomic::Ordering::Relaxed);
+        let text = encode_prometheus(&registry);
+        assert!(
+            text.contains("# TYPE mqttlb_pool_backends_in_rotation gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqttlb_pool_backends_in_rotation{pool=\"p\"} 0"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn prometheus_text_names_counters_with_total() {
         let om = "# HELP a_c Things.\n# TYPE a_c counter\na_c_total 3\n# HELP a_s Secs.\n# TYPE a_s histogram\n# UNIT a_s seconds\na_s_count 1\n# EOF\n";

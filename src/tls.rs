@@ -180,6 +180,18 @@ fn pick<T: Copy>(
 pub struct TlsAcceptor {
     with_alpn: Arc<ServerConfig>,
     without_alpn: Arc<ServerConfig>,
+    /// The served certificates (default first, then SNI ones in config
+    /// order) and when each expires.
+    certificates: Arc<[CertificateExpiry]>,
+}
+
+/// When a served certificate (the leaf of a configured chain) expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateExpiry {
+    /// The certificate file as configured.
+    pub cert: PathBuf,
+    /// The leaf's `notAfter`, in Unix seconds.
+    pub not_after: i64,
 }
 
 /// Facts about a finished handshake that the PROXY header and routing use.
@@ -346,7 +358,8 @@ impl TlsAcceptor {
     /// `key`, e.g. `listener[0].tls`).
     pub fn from_config(key: &str, cfg: &TlsConfig) -> Result<TlsAcceptor, TlsSetupError> {
         let provider = listener_provider(key, cfg)?;
-        let resolver = Arc::new(SniResolver::load(key, cfg, &provider)?);
+        let (resolver, certificates) = SniResolver::load(key, cfg, &provider)?;
+        let resolver = Arc::new(resolver);
         let versions: &[&rustls::SupportedProtocolVersion] = match cfg.min_version {
             TlsVersion::V12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
             TlsVersion::V13 => &[&rustls::version::TLS13],
@@ -402,7 +415,15 @@ impl TlsAcceptor {
         Ok(TlsAcceptor {
             with_alpn: Arc::new(config),
             without_alpn,
+            certificates: certificates.into(),
         })
+    }
+
+    /// The certificates this acceptor serves and their expiry, read when
+    /// it was built (for the `mqttlb_tls_certificate_not_after_seconds`
+    /// gauge and alerts on it).
+    pub fn certificates(&self) -> &[CertificateExpiry] {
+        &self.certificates
     }
 
     /// Run the server handshake on `io`. The caller bounds it with a deadline.
@@ -487,14 +508,38 @@ pub fn key_readable_by_others(_path: &Path) -> bool {
     false
 }
 
+/// The `notAfter` of a DER certificate, in Unix seconds.
+fn not_after(der: &CertificateDer<'_>) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 fn load_pair(
     key: &str,
     pair: &CertKeyPaths,
     provider: &CryptoProvider,
-) -> Result<Arc<CertifiedKey>, TlsSetupError> {
+) -> Result<(Arc<CertifiedKey>, CertificateExpiry), TlsSetupError> {
     let cert_key = format!("{key}.cert");
     let key_key = format!("{key}.key");
     let certs = read_certs(&cert_key, &pair.cert)?;
+    // rustls checks the chain's syntax only as far as it must; the leaf's
+    // validity is what clients check first, so it must parse.
+    let expiry = certs
+        .first()
+        .and_then(not_after)
+        .map(|not_after| CertificateExpiry {
+            cert: pair.cert.clone(),
+            not_after,
+        })
+        .ok_or_else(|| {
+            TlsSetupError::new(
+                &cert_key,
+                format!(
+                    "{}: the first certificate is not valid X.509",
+                    pair.cert.display()
+                ),
+            )
+        })?;
     if key_readable_by_others(&pair.key) {
         tracing::warn!(
             key = %key_key,
@@ -518,7 +563,7 @@ fn load_pair(
     if let Some(path) = &pair.ocsp {
         ck.ocsp = Some(read_ocsp(&format!("{key}.ocsp"), path)?);
     }
-    Ok(Arc::new(ck))
+    Ok((Arc::new(ck), expiry))
 }
 
 /// Read a DER OCSP response and check that it is one a client can use: at
@@ -602,15 +647,17 @@ impl SniResolver {
         key: &str,
         cfg: &TlsConfig,
         provider: &CryptoProvider,
-    ) -> Result<SniResolver, TlsSetupError> {
-        let default = load_pair(key, &cfg.default_cert, provider)?;
+    ) -> Result<(SniResolver, Vec<CertificateExpiry>), TlsSetupError> {
+        let (default, expiry) = load_pair(key, &cfg.default_cert, provider)?;
+        let mut expiries = vec![expiry];
         let mut resolver = SniResolver {
             exact: HashMap::new(),
             wildcard: HashMap::new(),
             default,
         };
         for (i, pair) in cfg.sni.iter().enumerate() {
-            let ck = load_pair(&format!("{key}.sni[{i}]"), pair, provider)?;
+            let (ck, expiry) = load_pair(&format!("{key}.sni[{i}]"), pair, provider)?;
+            expiries.push(expiry);
             let names = ck.cert.first().map(dns_names).unwrap_or_default();
             if names.is_empty() {
                 return Err(TlsSetupError::new(
@@ -628,7 +675,7 @@ impl SniResolver {
                 };
             }
         }
-        Ok(resolver)
+        Ok((resolver, expiries))
     }
 
     fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
@@ -727,6 +774,42 @@ mod tests {
         );
         assert!(some.subject.is_none() && some.der.is_none() && some.sha256.is_none());
         assert_eq!(some.sans.len(), 3);
+    }
+
+    #[test]
+    fn certificates_list_each_served_leaf_and_its_not_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = |name: &str, host: &str, (y, m, d): (i32, u8, u8)| {
+            let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+            params.not_after = rcgen::date_time_ymd(y, m, d);
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            let paths = CertKeyPaths {
+                cert: dir.path().join(format!("{name}.crt")),
+                key: dir.path().join(format!("{name}.key")),
+                ocsp: None,
+            };
+            std::fs::write(&paths.cert, cert.pem()).unwrap();
+            std::fs::write(&paths.key, key.serialize_pem()).unwrap();
+            paths
+        };
+        let mut c = cfg(None, None);
+        c.default_cert = pair("default", "lb.example", (2031, 1, 2));
+        c.sni = vec![pair("other", "other.example", (2030, 6, 1))];
+        let acceptor = TlsAcceptor::from_config("l.tls", &c).unwrap();
+        assert_eq!(
+            acceptor.certificates(),
+            [
+                CertificateExpiry {
+                    cert: c.default_cert.cert.clone(),
+                    not_after: 1_925_078_400, // 2031-01-02T00:00:00Z
+                },
+                CertificateExpiry {
+                    cert: c.sni[0].cert.clone(),
+                    not_after: 1_906_502_400, // 2030-06-01T00:00:00Z
+                },
+            ]
+        );
     }
 
     #[test]

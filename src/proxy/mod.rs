@@ -162,30 +162,38 @@ impl Proxy {
             .map(|(name, p)| (name.clone(), Arc::new(Pool::new(p, &metrics))))
             .collect();
         let max = config.limits.max_connections.min(Semaphore::MAX_PERMITS);
-        Ok(Proxy {
-            state: Arc::new(ProxyState {
-                metrics,
-                instance_nonce: instance_nonce(),
-                conn_ids: AtomicU64::new(0),
-                current: ArcSwap::from_pointee(Generation {
-                    config,
-                    pools,
-                    tls,
-                    resolved: Resolved::new(),
-                }),
-                limit: Arc::new(Semaphore::new(max)),
-                limit_size: AtomicUsize::new(max),
-                listeners: Default::default(),
-                health_stop: std::sync::Mutex::new(CancellationToken::new()),
-                background: TaskTracker::new(),
-                conns: TaskTracker::new(),
-                shutdown: CancellationToken::new(),
-                hard_stop: CancellationToken::new(),
-                reload_lock: tokio::sync::Mutex::new(()),
-                dns_wake: tokio::sync::Notify::new(),
-                source: std::sync::Mutex::new(None),
+        let state = Arc::new(ProxyState {
+            metrics,
+            instance_nonce: instance_nonce(),
+            conn_ids: AtomicU64::new(0),
+            current: ArcSwap::from_pointee(Generation {
+                config,
+                pools,
+                tls,
+                resolved: Resolved::new(),
             }),
-        })
+            limit: Arc::new(Semaphore::new(max)),
+            limit_size: AtomicUsize::new(max),
+            listeners: Default::default(),
+            health_stop: std::sync::Mutex::new(CancellationToken::new()),
+            background: TaskTracker::new(),
+            conns: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            reload_lock: tokio::sync::Mutex::new(()),
+            dns_wake: tokio::sync::Notify::new(),
+            source: std::sync::Mutex::new(None),
+        });
+        state.export_certificates(&state.current.load());
+        // A weak reference: the registry may outlive the proxy (then the
+        // family is empty).
+        let weak = Arc::downgrade(&state);
+        crate::metrics::register_pools_in_rotation(registry, move || {
+            weak.upgrade()
+                .map(|state| state.pools_in_rotation())
+                .unwrap_or_default()
+        });
+        Ok(Proxy { state })
     }
 
     /// Remember the file (and flags) to read again on reload.
@@ -311,6 +319,36 @@ impl ProxyState {
             source_limit: limiter(generation.config.limits.source_connect_rate, 1, 2),
             client_limit: limiter(generation.config.limits.client_connect_rate, 60, 1),
         })
+    }
+
+    /// Export the expiry of every certificate the generation's listeners
+    /// serve; series of certificates no longer served go.
+    fn export_certificates(&self, generation: &Generation) {
+        let certs = generation
+            .config
+            .listeners
+            .iter()
+            .zip(&generation.tls)
+            .filter_map(|(l, tls)| Some((l, tls.as_ref()?)))
+            .flat_map(|(l, tls)| {
+                tls.certificates()
+                    .iter()
+                    .map(|c| (l.name.clone(), c.cert.display().to_string(), c.not_after))
+            });
+        self.metrics.set_certificates(certs);
+    }
+
+    /// Backends in rotation per pool of the running generation.
+    fn pools_in_rotation(&self) -> Vec<(String, i64)> {
+        self.current
+            .load()
+            .pools
+            .iter()
+            .map(|(name, pool)| {
+                let n = pool.backends.iter().filter(|b| b.in_rotation()).count();
+                (name.clone(), i64::try_from(n).unwrap_or(i64::MAX))
+            })
+            .collect()
     }
 
     fn restart_health_checks(&self, generation: &Generation) {

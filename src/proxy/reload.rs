@@ -238,6 +238,7 @@ impl ProxyHandle {
             resolved,
         });
         state.current.store(generation.clone());
+        state.export_certificates(&generation);
         for (l, tls) in generation
             .config
             .listeners
