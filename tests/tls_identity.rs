@@ -2,8 +2,8 @@
 //! list (`[[listener.tls.sni]]`) against the default certificate, and client
 //! certificates checked against a CRL under `client_auth = "required"`.
 //!
-//! Extra certificates are issued by the dev CA of [`Certs`] with rcgen, so
-//! the same trust anchor verifies every one of them.
+//! Extra certificates are issued by the dev CA of [`Certs`] with rcgen
+//! (`Certs::issue`), so the same trust anchor verifies every one of them.
 
 mod common;
 
@@ -13,50 +13,14 @@ use std::sync::Arc;
 use common::*;
 use mqttlb::bench::net::NoVerification;
 use rcgen::{
-    CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, Issuer, KeyIdMethod, KeyPair, RevocationReason, RevokedCertParams,
-    SanType, SerialNumber, date_time_ymd,
+    CertificateRevocationListParams, ExtendedKeyUsagePurpose, KeyIdMethod, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber, date_time_ymd,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-
-/// The dev CA of `certs`, able to sign more certificates.
-fn dev_ca(certs: &Certs) -> Issuer<'static, KeyPair> {
-    let text = |name| String::from_utf8(certs.read(name)).expect("PEM is UTF-8");
-    let key = KeyPair::from_pem(&text("ca.key")).expect("CA key");
-    Issuer::from_ca_cert_pem(&text("ca.pem"), key).expect("CA certificate")
-}
-
-/// Leaf parameters: subject CN `cn`, valid 2024–2049, for `purpose`.
-fn leaf(cn: &str, sans: Vec<SanType>, purpose: ExtendedKeyUsagePurpose) -> CertificateParams {
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, cn);
-    p.distinguished_name = dn;
-    p.subject_alt_names = sans;
-    p.extended_key_usages = vec![purpose];
-    p.not_before = date_time_ymd(2024, 1, 1);
-    p.not_after = date_time_ymd(2049, 12, 31);
-    p
-}
-
-/// Sign `params` with `ca` and write `<name>.pem` and `<name>.key` next to
-/// the dev certificates; returns the certificate.
-fn issue(
-    certs: &Certs,
-    ca: &Issuer<'_, KeyPair>,
-    name: &str,
-    params: &CertificateParams,
-) -> CertificateDer<'static> {
-    let key = KeyPair::generate().expect("key");
-    let cert = params.signed_by(&key, ca).expect("sign");
-    std::fs::write(certs.path(&format!("{name}.pem")), cert.pem()).expect("write cert");
-    std::fs::write(certs.path(&format!("{name}.key")), key.serialize_pem()).expect("write key");
-    cert.der().clone()
-}
 
 /// The first certificate of a PEM file under `certs`.
 fn first_cert(certs: &Certs, name: &str) -> CertificateDer<'static> {
@@ -191,10 +155,7 @@ async fn connack(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_selects_the_listed_certificate_and_defaults_otherwise() {
     let certs = Certs::new();
-    let ca = dev_ca(&certs);
-    let sni_cert = issue(
-        &certs,
-        &ca,
+    let sni_cert = certs.issue(
         "other",
         &leaf(
             "other.example",
@@ -274,14 +235,14 @@ async fn sni_selects_the_listed_certificate_and_defaults_otherwise() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_client_certificate_is_refused_and_counted() {
     let certs = Certs::new();
-    let ca = dev_ca(&certs);
+    let ca = certs.ca();
     let client = |cn: &str, serial: u64| {
         let mut p = leaf(cn, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth);
         p.serial_number = Some(SerialNumber::from(serial));
         p
     };
-    issue(&certs, &ca, "revoked", &client("revoked-client", 0x1001));
-    issue(&certs, &ca, "good", &client("good-client", 0x1002));
+    certs.issue("revoked", &client("revoked-client", 0x1001));
+    certs.issue("good", &client("good-client", 0x1002));
     let crl = CertificateRevocationListParams {
         this_update: date_time_ymd(2024, 6, 1),
         next_update: date_time_ymd(2049, 12, 31),

@@ -29,6 +29,17 @@ pub async fn tls_connect_from(
     certs: &Certs,
     with_client_cert: bool,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_connect_as(addr, source, certs, with_client_cert.then_some("client")).await
+}
+
+/// [`tls_connect_from`] presenting `<identity>.pem`/`<identity>.key` from
+/// `certs` (e.g. one made with [`Certs::issue`]), or no certificate.
+pub async fn tls_connect_as(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    certs: &Certs,
+    identity: Option<&str>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let provider = mqttlb::tls::provider();
@@ -40,18 +51,20 @@ pub async fn tls_connect_from(
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(roots);
-    let config = if with_client_cert {
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(certs.path("client.pem"))
-                .expect("client cert")
-                .collect::<Result<_, _>>()
-                .expect("client cert");
-        let key = PrivateKeyDer::from_pem_file(certs.path("client.key")).expect("client key");
-        builder
-            .with_client_auth_cert(chain, key)
-            .expect("client auth")
-    } else {
-        builder.with_no_client_auth()
+    let config = match identity {
+        Some(name) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_file_iter(certs.path(&format!("{name}.pem")))
+                    .expect("client cert")
+                    .collect::<Result<_, _>>()
+                    .expect("client cert");
+            let key = PrivateKeyDer::from_pem_file(certs.path(&format!("{name}.key")))
+                .expect("client key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
+        }
+        None => builder.with_no_client_auth(),
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = match source {

@@ -31,6 +31,11 @@ use std::time::Duration;
 
 use mqttlb::certs::{CLIENT_CN, DevCerts};
 use prometheus_client::registry::Registry;
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
+    SanType, date_time_ymd,
+};
+use rustls_pki_types::CertificateDer;
 
 /// Generous upper bound for anything a test waits on.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -79,6 +84,36 @@ impl Certs {
     pub fn read(&self, name: &str) -> Vec<u8> {
         std::fs::read(self.path(name)).expect("read cert")
     }
+
+    /// The dev CA, able to sign more certificates.
+    pub fn ca(&self) -> Issuer<'static, KeyPair> {
+        let text = |name| String::from_utf8(self.read(name)).expect("PEM is UTF-8");
+        let key = KeyPair::from_pem(&text("ca.key")).expect("CA key");
+        Issuer::from_ca_cert_pem(&text("ca.pem"), key).expect("CA certificate")
+    }
+
+    /// Sign `params` with the dev CA and write `<name>.pem` and
+    /// `<name>.key` next to the dev certificates; returns the certificate.
+    pub fn issue(&self, name: &str, params: &CertificateParams) -> CertificateDer<'static> {
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.ca()).expect("sign");
+        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).expect("write cert");
+        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).expect("write key");
+        cert.der().clone()
+    }
+}
+
+/// Leaf parameters: subject CN `cn`, valid 2024–2049, for `purpose`.
+pub fn leaf(cn: &str, sans: Vec<SanType>, purpose: ExtendedKeyUsagePurpose) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    p.subject_alt_names = sans;
+    p.extended_key_usages = vec![purpose];
+    p.not_before = date_time_ymd(2024, 1, 1);
+    p.not_after = date_time_ymd(2049, 12, 31);
+    p
 }
 
 /// A free loopback port (bound and released; Mosquitto cannot report the
