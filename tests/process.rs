@@ -374,11 +374,15 @@ async fn sighup_reloads_the_configuration_file() {
             .contains("\"node2\"")
     })
     .await;
-    let (_, scrape) = http(admin, "GET", "/metrics").await;
-    assert!(
-        scrape.contains("mqttlb_config_reloads_total{result=\"ok\"} 1"),
-        "{scrape}"
-    );
+    // The reload is counted once it has finished (after the new pools are
+    // visible), so wait for the count rather than read it at once.
+    wait_until("the reload is counted", DEADLINE, || async {
+        http(admin, "GET", "/metrics")
+            .await
+            .1
+            .contains("mqttlb_config_reloads_total{result=\"ok\"} 1")
+    })
+    .await;
 
     assert_eq!(signal_and_wait(&mut child, "TERM").await, Some(0), "exits");
     let down = Command::new(BIN)
