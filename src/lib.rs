@@ -74,3 +74,4 @@ pub mod secret;
 pub mod signals;
 pub mod sys;
 pub mod tls;
+pub mod walkthrough;

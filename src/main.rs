@@ -74,6 +74,15 @@ enum Command {
         /// Address of the TLS proxy.
         #[arg(long, default_value = "127.0.0.1:8883")]
         listen: std::net::SocketAddr,
+        /// Address of the admin API (metrics, backends, drain).
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        admin: std::net::SocketAddr,
+        /// Run the failover walk-through: a publisher and a subscriber
+        /// through the proxy, the publisher's node is stopped and started
+        /// again, and every message is accounted for; then exit (0: none
+        /// lost).
+        #[arg(long)]
+        failover: bool,
     },
     /// GET an admin URL and exit 0 on HTTP 200 (container health checks).
     Health {
@@ -191,7 +200,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Demo { nodes, dir, listen } => run_demo(DemoOptions { nodes, dir, listen }),
+        Command::Demo {
+            nodes,
+            dir,
+            listen,
+            admin,
+            failover,
+        } => run_demo(DemoOptions { nodes, dir, listen }, admin, failover),
         Command::Bench(args) => ExitCode::from(mqttlb::bench::main(*args)),
         Command::Doctor(args) => ExitCode::from(mqttlb::doctor::main(args)),
         Command::Estimate(args) => ExitCode::from(mqttlb::estimate::main(args)),
@@ -284,14 +299,15 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
     })
 }
 
-fn run_demo(opts: DemoOptions) -> ExitCode {
+fn run_demo(opts: DemoOptions, admin: std::net::SocketAddr, failover: bool) -> ExitCode {
     log_nofile();
     let Some(runtime) = runtime(0) else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        let demo = match Demo::start(&opts, shutdown.clone()).await {
+        let mut registry = Registry::default();
+        let demo = match Demo::start(&opts, &mut registry, shutdown.clone()).await {
             Ok(d) => d,
             Err(DemoError::Config(e)) => return config_failure(&e),
             Err(e) => {
@@ -299,10 +315,38 @@ fn run_demo(opts: DemoOptions) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let role = Role::Proxy(demo.handle.clone());
+        let admin = match mqttlb::admin::spawn_thread(
+            admin,
+            Arc::new(Admin::new(Arc::new(registry), role)),
+            shutdown.clone(),
+        ) {
+            Ok((local, _thread)) => local,
+            Err(e) => {
+                error!(addr = %admin, error = %e, "cannot start the admin server");
+                shutdown.cancel();
+                return ExitCode::FAILURE;
+            }
+        };
         println!("{}", demo.instructions());
-        tokio::spawn(signals(shutdown, None));
+        println!(
+            "Admin API: http://{admin}/api/v1/backends (nodes as the proxy sees them), http://{admin}/metrics"
+        );
+        tokio::spawn(signals(shutdown.clone(), None));
+        let code = if failover {
+            println!();
+            let ok = mqttlb::walkthrough::failover(&demo, |line| println!("{line}")).await;
+            shutdown.cancel();
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        } else {
+            ExitCode::SUCCESS
+        };
         demo.wait().await;
-        ExitCode::SUCCESS
+        code
     })
 }
 

@@ -36,6 +36,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("estimate", 6),
     ("check", 6),
     ("bench", 7),
+    // the demo's failover walk-through drives the demo with bench clients
+    ("walkthrough", 8),
 ];
 
 fn layer(module: &str) -> u8 {

@@ -267,7 +267,8 @@ async fn demo_prints_commands_that_work_and_stops_on_ctrl_c() {
     use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(BIN)
-        .args(["demo", "--nodes", "3", "--listen", "127.0.0.1:0", "--dir"])
+        .args(["demo", "--nodes", "3", "--listen", "127.0.0.1:0"])
+        .args(["--admin", "127.0.0.1:0", "--dir"])
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -275,7 +276,7 @@ async fn demo_prints_commands_that_work_and_stops_on_ctrl_c() {
         .spawn()
         .expect("spawn mqttlb demo");
     let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let (mut sub_cmd, mut pub_cmd) = (None, None);
+    let (mut sub_cmd, mut pub_cmd, mut admin) = (None, None, None);
     tokio::time::timeout(DEADLINE, async {
         while let Ok(Some(line)) = lines.next_line().await {
             let line = line.trim().to_string();
@@ -283,13 +284,24 @@ async fn demo_prints_commands_that_work_and_stops_on_ctrl_c() {
                 sub_cmd = Some(line);
             } else if line.starts_with("mosquitto_pub") {
                 pub_cmd = Some(line);
-            } else if line.starts_with("Ctrl-C") {
+            } else if let Some(rest) = line.strip_prefix("Admin API: http://") {
+                admin = rest.split('/').next().map(str::to_string);
                 break;
             }
         }
     })
     .await
     .expect("demo prints its instructions");
+    // The admin API it prints answers, with the three nodes.
+    let admin: std::net::SocketAddr = admin
+        .expect("an Admin API line")
+        .parse()
+        .expect("admin address");
+    let (status, body) = http(admin, "GET", "/api/v1/backends").await;
+    assert_eq!(status, 200, "{body}");
+    for node in ["node1", "node2", "node3"] {
+        assert!(body.contains(&format!("\"{node}\"")), "{body}");
+    }
     let sub_cmd = sub_cmd.expect("a mosquitto_sub line") + " -C 1 -W 15";
     let pub_cmd = pub_cmd.expect("a mosquitto_pub line");
     assert!(dir.path().join("certs/ca.pem").is_file(), "dev certs made");
@@ -316,6 +328,31 @@ async fn demo_prints_commands_that_work_and_stops_on_ctrl_c() {
         Some(0),
         "demo stops"
     );
+}
+
+/// `mqttlb demo --failover`: the scripted walk-through stops the
+/// publisher's node and starts it again, and every message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_failover_walk_through_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ok, out) = run_within(
+        Command::new(BIN)
+            .args(["demo", "--failover", "--listen", "127.0.0.1:0"])
+            .args(["--admin", "127.0.0.1:0", "--dir"])
+            .arg(dir.path()),
+        std::time::Duration::from_secs(120),
+    )
+    .await;
+    assert!(ok, "walk-through exits 0:\n{out}");
+    for step in [
+        "stopping node",
+        "is out of rotation",
+        "publisher reconnected through the same proxy address",
+        "is back in rotation",
+        "200 published (QoS 1), 200 received, 0 lost",
+    ] {
+        assert!(out.contains(step), "missing {step:?}:\n{out}");
+    }
 }
 
 /// SIGHUP reloads the file: a backend added to it shows up in the admin
