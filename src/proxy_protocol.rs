@@ -276,10 +276,25 @@ mod tests {
         all
     }
 
-    #[test]
-    fn identity_tlvs_are_sent_when_asked() {
+    /// The TLVs of a v2 header for `info` with `tlvs` switched on.
+    fn identity_header(info: &TlsInfo, tlvs: &IdentityTlvs) -> Vec<(u8, Vec<u8>)> {
         let client: SocketAddr = "192.0.2.7:51234".parse().unwrap();
         let local: SocketAddr = "198.51.100.1:8883".parse().unwrap();
+        let mut out = Vec::new();
+        encode(
+            ProxyProtocol::V2,
+            client,
+            local,
+            Some(info),
+            tlvs,
+            b"",
+            &mut out,
+        );
+        tlvs_of(&out)
+    }
+
+    #[test]
+    fn identity_tlvs_are_sent_when_asked() {
         let all = IdentityTlvs {
             subject: true,
             sans: true,
@@ -287,17 +302,7 @@ mod tests {
             cert: Some(0xE9),
             ..IdentityTlvs::default()
         };
-        let mut out = Vec::new();
-        encode(
-            ProxyProtocol::V2,
-            client,
-            local,
-            Some(&tls()),
-            &all,
-            b"",
-            &mut out,
-        );
-        let got = tlvs_of(&out);
+        let got = identity_header(&tls(), &all);
         let values = |kind: u8| -> Vec<Vec<u8>> {
             got.iter()
                 .filter(|(k, _)| *k == kind)
@@ -318,42 +323,22 @@ mod tests {
         assert_eq!(values(0xE9), [vec![0x30, 0x03, 0x02, 0x01, 0x01]]);
 
         // The defaults: CN and cipher only; both can be switched off.
-        let mut out = Vec::new();
-        let default = IdentityTlvs::default();
-        encode(
-            ProxyProtocol::V2,
-            client,
-            local,
-            Some(&tls()),
-            &default,
-            b"",
-            &mut out,
-        );
-        let kinds: Vec<u8> = tlvs_of(&out).iter().map(|(k, _)| *k).collect();
-        assert_eq!(kinds, [0x01, 0x02, 0x21, 0x23, 0x22, 0x20]);
+        let kinds = |got: Vec<(u8, Vec<u8>)>| -> Vec<u8> { got.iter().map(|(k, _)| *k).collect() };
+        let default = identity_header(&tls(), &IdentityTlvs::default());
+        assert_eq!(kinds(default), [0x01, 0x02, 0x21, 0x23, 0x22, 0x20]);
         let none = IdentityTlvs {
             cn: false,
             cipher: false,
             ..IdentityTlvs::default()
         };
-        let mut out = Vec::new();
-        encode(
-            ProxyProtocol::V2,
-            client,
-            local,
-            Some(&tls()),
-            &none,
-            b"",
-            &mut out,
+        assert_eq!(
+            kinds(identity_header(&tls(), &none)),
+            [0x01, 0x02, 0x21, 0x20]
         );
-        let kinds: Vec<u8> = tlvs_of(&out).iter().map(|(k, _)| *k).collect();
-        assert_eq!(kinds, [0x01, 0x02, 0x21, 0x20]);
     }
 
     #[test]
     fn a_certificate_too_large_for_the_header_is_left_out() {
-        let client: SocketAddr = "192.0.2.7:51234".parse().unwrap();
-        let local: SocketAddr = "198.51.100.1:8883".parse().unwrap();
         let mut info = tls();
         if let Some(id) = info.identity.as_mut() {
             id.der = Some(vec![0x30; 65_000]);
@@ -364,17 +349,10 @@ mod tests {
             cert: Some(TLV_CERT),
             ..IdentityTlvs::default()
         };
-        let mut out = Vec::new();
-        encode(
-            ProxyProtocol::V2,
-            client,
-            local,
-            Some(&info),
-            &tlvs,
-            b"",
-            &mut out,
-        );
-        let kinds: Vec<u8> = tlvs_of(&out).iter().map(|(k, _)| *k).collect();
+        let kinds: Vec<u8> = identity_header(&info, &tlvs)
+            .iter()
+            .map(|(k, _)| *k)
+            .collect();
         assert!(kinds.contains(&TLV_SAN), "{kinds:x?}");
         assert!(!kinds.contains(&TLV_CERT), "{kinds:x?}");
     }

@@ -75,6 +75,23 @@ async fn ws_connect(addr: SocketAddr) -> tokio_tungstenite::WebSocketStream<TcpS
     ws
 }
 
+/// A WebSocket client that sent an MQTT 3.1.1 CONNECT as `client_id`,
+/// and the proxy's answer (the CONNACK, or `None` when it closed).
+async fn ws_mqtt_connect(
+    addr: SocketAddr,
+    client_id: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<TcpStream>,
+    Option<Vec<u8>>,
+) {
+    let mut ws = ws_connect(addr).await;
+    ws.send(Message::binary(connect_packet(4, client_id)))
+        .await
+        .expect("send CONNECT");
+    let answer = ws_read(&mut ws).await;
+    (ws, answer)
+}
+
 /// The next binary message, within the deadline.
 async fn ws_read(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> Option<Vec<u8>> {
     loop {
@@ -157,12 +174,8 @@ async fn websocket_clients_fail_over_and_read_server_unavailable() {
     let sessions = |n: &BrokerUnderTest| n.metric("mqttlb_broker_connections_active");
 
     // Client-id routing: the same id lands on the same node every time.
-    let mut ws = ws_connect(proxy.addr).await;
-    ws.send(Message::binary(connect_packet(4, "ws-sticky")))
-        .await
-        .expect("send CONNECT");
-    let connack = ws_read(&mut ws).await.expect("CONNACK");
-    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    let (mut ws, connack) = ws_mqtt_connect(proxy.addr, "ws-sticky").await;
+    assert_eq!(connack.expect("CONNACK"), [0x20, 0x02, 0x00, 0x00]);
     let (home, other) = if sessions(&a) == 1.0 {
         (&mut a, &mut b)
     } else {
@@ -175,27 +188,15 @@ async fn websocket_clients_fail_over_and_read_server_unavailable() {
     // reconnecting reaches the other node.
     home.stop().await;
     assert_eq!(ws_read(&mut ws).await, None, "closed with its node");
-    let mut ws = ws_connect(proxy.addr).await;
-    ws.send(Message::binary(connect_packet(4, "ws-sticky")))
-        .await
-        .expect("send CONNECT");
-    assert_eq!(
-        ws_read(&mut ws).await.expect("CONNACK"),
-        [0x20, 0x02, 0x00, 0x00]
-    );
+    let (ws, connack) = ws_mqtt_connect(proxy.addr, "ws-sticky").await;
+    assert_eq!(connack.expect("CONNACK"), [0x20, 0x02, 0x00, 0x00]);
     assert_eq!(sessions(other), 1.0);
     drop(ws);
 
     // No node left: CONNACK "server unavailable" inside the WebSocket.
     other.stop().await;
-    let mut ws = ws_connect(proxy.addr).await;
-    ws.send(Message::binary(connect_packet(4, "ws-late")))
-        .await
-        .expect("send CONNECT");
-    assert_eq!(
-        ws_read(&mut ws).await.expect("CONNACK"),
-        [0x20, 0x02, 0x00, 0x03]
-    );
+    let (mut ws, connack) = ws_mqtt_connect(proxy.addr, "ws-late").await;
+    assert_eq!(connack.expect("CONNACK"), [0x20, 0x02, 0x00, 0x03]);
     assert_eq!(ws_read(&mut ws).await, None);
 }
 
@@ -209,14 +210,8 @@ async fn hostile_upgrades_and_frames_are_refused_without_disturbing_others() {
     let proxy = ProxyUnderTest::start(&toml, std::path::Path::new("/")).await;
 
     // A good client, held across everything below.
-    let mut good = ws_connect(proxy.addr).await;
-    good.send(Message::binary(connect_packet(4, "ws-good")))
-        .await
-        .expect("CONNECT");
-    assert_eq!(
-        ws_read(&mut good).await.expect("CONNACK"),
-        [0x20, 0x02, 0x00, 0x00]
-    );
+    let (mut good, connack) = ws_mqtt_connect(proxy.addr, "ws-good").await;
+    assert_eq!(connack.expect("CONNACK"), [0x20, 0x02, 0x00, 0x00]);
 
     let cases = [
         (UPGRADE.replace("/mqtt", "/admin"), "HTTP/1.1 404"),
