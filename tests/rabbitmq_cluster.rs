@@ -190,6 +190,41 @@ async fn rabbitmq_cluster_behind_mqttlb() {
     assert_eq!(&sub.message().await.payload[..], b"across nodes");
     drop((sub, publisher));
 
+    // 3b. MQTT over secure WebSockets, forwarded (`to = "ws"`) to the
+    //     nodes' Web MQTT listeners with a PROXY v2 header first.
+    let web: Vec<(&str, SocketAddr)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), cluster.web_mqtt_addr(i)))
+        .collect();
+    let mut table: toml::Table = config(
+        &certs,
+        &web,
+        "[websocket]\nto = \"ws\"",
+        "proxy_protocol = \"v2\"\nhealth = { check = \"tcp\", interval = \"500ms\" }",
+    )
+    .parse()
+    .expect("config parses");
+    if let Some(l) = table
+        .get_mut("listener")
+        .and_then(|l| l.as_array_mut())
+        .and_then(|l| l.first_mut())
+        .and_then(toml::Value::as_table_mut)
+    {
+        l.remove("mqtt");
+    }
+    let ws_proxy = ProxyUnderTest::start(&table.to_string(), certs.dir.path()).await;
+    let mut sub = wss_client(ws_proxy.addr.port(), &certs, "ws-sub");
+    sub.connack().await;
+    sub.subscribe("cluster/ws", rumqttc::QoS::AtLeastOnce).await;
+    let mut publisher = wss_client(ws_proxy.addr.port(), &certs, "ws-pub");
+    publisher.connack().await;
+    publisher
+        .publish("cluster/ws", rumqttc::QoS::AtLeastOnce, false, b"over wss")
+        .await;
+    assert_eq!(&sub.message().await.payload[..], b"over wss");
+    drop((sub, publisher, ws_proxy));
+
     // 4. Kill a node that is home to some clients, while those clients
     //    keep reconnecting.
     let victim = home[ids[0].as_str()];

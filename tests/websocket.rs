@@ -41,20 +41,6 @@ fn plain_ws_config(servers: &[(&str, SocketAddr)], websocket: &str) -> String {
     })
 }
 
-/// A rumqttc 3.1.1 client over `wss://localhost:PORT/mqtt`.
-fn wss_client(port: u16, certs: &Certs, id: &str) -> MqttClient {
-    let mut opts = rumqttc::MqttOptions::new(id, format!("wss://localhost:{port}/mqtt"), port);
-    opts.set_keep_alive(Duration::from_secs(10));
-    opts.set_transport(rumqttc::Transport::wss_with_config(
-        rumqttc::TlsConfiguration::Simple {
-            ca: certs.read("ca.pem"),
-            alpn: None,
-            client_auth: None,
-        },
-    ));
-    MqttClient::start(opts)
-}
-
 /// A WebSocket client (tungstenite) on a plain `ws://` listener.
 async fn ws_connect(addr: SocketAddr) -> tokio_tungstenite::WebSocketStream<TcpStream> {
     let mut req =

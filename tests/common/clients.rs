@@ -382,3 +382,18 @@ pub fn tls_client(proxy: &ProxyUnderTest, certs: &Certs, id: &str) -> MqttClient
     }));
     MqttClient::start(opts)
 }
+
+/// A rumqttc 3.1.1 client over `wss://localhost:PORT/mqtt`, trusting the
+/// dev CA.
+pub fn wss_client(port: u16, certs: &Certs, id: &str) -> MqttClient {
+    let mut opts = rumqttc::MqttOptions::new(id, format!("wss://localhost:{port}/mqtt"), port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_transport(rumqttc::Transport::wss_with_config(
+        rumqttc::TlsConfiguration::Simple {
+            ca: certs.read("ca.pem"),
+            alpn: None,
+            client_auth: None,
+        },
+    ));
+    MqttClient::start(opts)
+}

@@ -110,6 +110,8 @@ struct Node {
     name: String,
     dir: PathBuf,
     mqtt_port: u16,
+    /// Web MQTT (MQTT over WebSockets, path `/mqtt`), PROXY header first.
+    web_mqtt_port: u16,
     amqp_port: u16,
     dist_port: u16,
     /// `beam.smp` itself (the start script `exec`s it); `None` once killed.
@@ -217,6 +219,7 @@ impl RabbitCluster {
                 name: format!("{run}-{i}@localhost"),
                 dir: node_dir,
                 mqtt_port: free_port(),
+                web_mqtt_port: free_port(),
                 amqp_port: free_port(),
                 dist_port: free_port(),
                 child: None,
@@ -243,6 +246,12 @@ impl RabbitCluster {
     }
 
     /// The AMQP 0-9-1 listener of node `i` (guest/guest).
+    /// The Web MQTT listener of node `i` (path `/mqtt`; expects a PROXY
+    /// header first).
+    pub fn web_mqtt_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.nodes[i].web_mqtt_port))
+    }
+
     pub fn amqp_addr(&self, i: usize) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.nodes[i].amqp_port))
     }
@@ -394,12 +403,19 @@ impl RabbitCluster {
             std::fs::create_dir_all(node.dir.join(sub)).expect("create node dir");
         }
         std::fs::write(node.dir.join("rabbitmq-env.conf"), "").expect("write env conf");
-        std::fs::write(node.dir.join("enabled_plugins"), "[rabbitmq_mqtt].\n")
-            .expect("write enabled_plugins");
+        std::fs::write(
+            node.dir.join("enabled_plugins"),
+            "[rabbitmq_mqtt,rabbitmq_web_mqtt].\n",
+        )
+        .expect("write enabled_plugins");
         let mut conf = format!(
             "listeners.tcp.default = 127.0.0.1:{amqp}\n\
              mqtt.listeners.tcp.default = 127.0.0.1:{mqtt}\n\
              mqtt.proxy_protocol = true\n\
+             web_mqtt.tcp.ip = 127.0.0.1\n\
+             web_mqtt.tcp.port = {web}\n\
+             web_mqtt.ws_path = /mqtt\n\
+             web_mqtt.proxy_protocol = true\n\
              mqtt.allow_anonymous = true\n\
              mqtt.default_user = guest\n\
              mqtt.default_pass = guest\n\
@@ -409,6 +425,7 @@ impl RabbitCluster {
              log.file.level = info\n",
             amqp = node.amqp_port,
             mqtt = node.mqtt_port,
+            web = node.web_mqtt_port,
         );
         if i > 0 {
             // Join node 0; retry while it is still booting (up to 80 s).
