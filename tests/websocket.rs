@@ -114,20 +114,7 @@ async fn paho_and_rumqttc_reach_plain_tcp_brokers_through_wss() {
     )
     .await;
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_ws.py");
-    let (ok, out) = run_within(
-        tokio::process::Command::new("python3").args([
-            script,
-            "localhost",
-            &proxy.addr.port().to_string(),
-            &certs.p("ca.pem"),
-            "/mqtt",
-        ]),
-        Duration::from_secs(120),
-    )
-    .await;
-    assert!(ok, "paho over wss:\n{out}");
-    assert!(out.contains("ws ok"), "{out}");
+    paho_over_wss(proxy.addr.port(), &certs).await;
     // The proxy read every CONNECT inside the WebSocket: 3.1.1 and 5.0.
     for protocol in ["3.1.1", "5.0"] {
         let connects = proxy.metric(&format!(
@@ -311,6 +298,26 @@ async fn forwarded_websockets_reach_a_broker_websocket_listener() {
         broker_ws.metric("mqttlb_mqtt_connects_total{listener=\"mqtts\",protocol=\"3.1.1\"}"),
         2.0
     );
+    // paho-mqtt through the same forwarded path, 3.1.1 and 5.0.
+    paho_over_wss(front.addr.port(), &certs).await;
+}
+
+/// `tests/interop/paho_ws.py` against `port` (wss, path /mqtt).
+async fn paho_over_wss(port: u16, certs: &Certs) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_ws.py");
+    let (ok, out) = run_within(
+        tokio::process::Command::new("python3").args([
+            script,
+            "localhost",
+            &port.to_string(),
+            &certs.p("ca.pem"),
+            "/mqtt",
+        ]),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(ok, "paho over wss:\n{out}");
+    assert!(out.contains("ws ok"), "{out}");
 }
 
 #[tokio::test]
