@@ -421,6 +421,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
             }
         }
         let running = proxy.start(listeners);
+        let replacing = handover.is_some();
         if let Some(h) = handover {
             match tokio::task::spawn_blocking(move || h.confirm()).await {
                 Ok(Ok(())) => info!("serving; the previous process stops accepting and drains"),
@@ -434,6 +435,15 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
                     error!(error = %e, "cannot offer the listening sockets for upgrades");
                 }
             }
+        }
+        // systemd Type=notify: ready; after a takeover this process is the
+        // service's main process from now on.
+        let state = match replacing {
+            true => format!("MAINPID={}\nREADY=1", std::process::id()),
+            false => "READY=1".to_string(),
+        };
+        if let Err(e) = mqttlb::upgrade::sd_notify(&state) {
+            warn!(error = %e, "cannot notify the service manager");
         }
         running.run_until(shutdown).await;
         ExitCode::SUCCESS

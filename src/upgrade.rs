@@ -251,7 +251,7 @@ fn left(deadline: tokio::time::Instant, what: &str) -> Result<Duration, UpgradeE
 }
 
 #[cfg(unix)]
-pub use unix::{Handover, UpgradeSocket, systemd_listeners, take_over};
+pub use unix::{Handover, UpgradeSocket, notify_to, sd_notify, systemd_listeners, take_over};
 
 #[cfg(unix)]
 mod unix {
@@ -639,6 +639,41 @@ mod unix {
         }
     }
 
+    /// Tell the service manager (systemd `Type=notify`) about this process:
+    /// `READY=1` once serving; after a takeover `MAINPID=<pid>` too, so
+    /// that systemd follows the new process when the old one exits (it
+    /// accepts that from a process other than the main one only with
+    /// `NotifyAccess=all`). `Ok(false)` when `NOTIFY_SOCKET` is not set.
+    pub fn sd_notify(state: &str) -> std::io::Result<bool> {
+        match std::env::var_os("NOTIFY_SOCKET") {
+            None => Ok(false),
+            Some(socket) => notify_to(&socket, state).map(|()| true),
+        }
+    }
+
+    /// Send one notification datagram to `socket` (a path, or `@name` for
+    /// a Linux abstract socket).
+    pub fn notify_to(socket: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        if let Some(name) = socket.as_bytes().strip_prefix(b"@") {
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(state.as_bytes(), &addr)?;
+                return Ok(());
+            }
+            #[cfg(not(target_os = "linux"))]
+            {
+                let _ = name;
+                return Err(std::io::ErrorKind::Unsupported.into());
+            }
+        }
+        sock.send_to(state.as_bytes(), Path::new(socket))?;
+        Ok(())
+    }
+
     /// Listening sockets passed by systemd socket activation (`LISTEN_PID`
     /// must be this process), named by `LISTEN_FDNAMES`
     /// (`FileDescriptorName=`). Call before any thread starts: the
@@ -691,6 +726,12 @@ impl Handover {
     pub fn confirm(self) -> Result<(), UpgradeError> {
         Err(UpgradeError::Unsupported)
     }
+}
+
+/// No service manager notifications off Unix.
+#[cfg(not(unix))]
+pub fn sd_notify(_state: &str) -> std::io::Result<bool> {
+    Ok(false)
 }
 
 /// No socket activation off Unix.
@@ -836,6 +877,28 @@ mod tests {
         assert_eq!(server.await.unwrap(), Some(std::process::id()));
         // Handed over: the file is left for the new process.
         assert!(path.exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn notifications_reach_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        notify_to(path.as_os_str(), "MAINPID=42\nREADY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"MAINPID=42\nREADY=1");
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::linux::net::SocketAddrExt;
+            let name = format!("mqttlb-test-{}", std::process::id());
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+            let rx = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+            notify_to(std::ffi::OsStr::new(&format!("@{name}")), "READY=1").unwrap();
+            let n = rx.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"READY=1");
+        }
     }
 
     /// A peer that talks nonsense is dropped; the server keeps serving and

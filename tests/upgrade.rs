@@ -25,9 +25,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_mqttlb");
 /// `mqttlb proxy` with `args`, stderr to `log` (a file: nobody has to
 /// drain a pipe).
 fn spawn_proxy(args: &[&str], log: &Path) -> Child {
+    spawn_proxy_notifying(args, log, None)
+}
+
+/// [`spawn_proxy`] as systemd `Type=notify` runs it (`NOTIFY_SOCKET`).
+fn spawn_proxy_notifying(args: &[&str], log: &Path, notify: Option<&Path>) -> Child {
     let log = std::fs::File::create(log).expect("log file");
-    Command::new(BIN)
-        .arg("proxy")
+    let mut cmd = Command::new(BIN);
+    if let Some(n) = notify {
+        cmd.env("NOTIFY_SOCKET", n);
+    }
+    cmd.arg("proxy")
         .args(args)
         .stdout(Stdio::null())
         .stderr(log)
@@ -137,7 +145,20 @@ async fn takeover_refuses_no_connection_and_the_old_process_drains() {
     let config = config.display().to_string();
     let (old_log, new_log) = (certs.path("old.log"), certs.path("new.log"));
 
-    let mut old = spawn_proxy(&["--config", &config], &old_log);
+    // What systemd (Type=notify) would hear.
+    let notify_path = certs.path("notify");
+    let notify = tokio::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    let next_notification = || async {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(DEADLINE, notify.recv(&mut buf))
+            .await
+            .expect("a notification")
+            .expect("recv");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+
+    let mut old = spawn_proxy_notifying(&["--config", &config], &old_log, Some(&notify_path));
+    assert_eq!(next_notification().await, "READY=1");
     wait_until("the old proxy serves", DEADLINE, || async {
         mqtt_session(addr, &certs, "probe").await.is_ok() && sock.exists()
     })
@@ -165,7 +186,7 @@ async fn takeover_refuses_no_connection_and_the_old_process_drains() {
     .await;
     let before = h.ok.load(Ordering::SeqCst);
 
-    let mut new = spawn_proxy(
+    let mut new = spawn_proxy_notifying(
         &[
             "--config",
             &config,
@@ -173,6 +194,13 @@ async fn takeover_refuses_no_connection_and_the_old_process_drains() {
             &sock.display().to_string(),
         ],
         &new_log,
+        Some(&notify_path),
+    );
+    // systemd would now follow the new process as the service's main one.
+    let new_pid = new.id().expect("pid");
+    assert_eq!(
+        next_notification().await,
+        format!("MAINPID={new_pid}\nREADY=1")
     );
     wait_until("the old proxy hands over", DEADLINE, || async {
         read_log(&old_log).contains("the new process serves")
