@@ -442,13 +442,26 @@ mod unix {
             )));
         }
         let mut payload = vec![0u8; len];
+        let mut filled = 0;
         let mut reader = stream;
-        stream
-            .set_read_timeout(Some(left(deadline, "receiving sockets")?))
-            .map_err(UpgradeError::io("upgrade socket"))?;
-        reader
-            .read_exact(&mut payload)
-            .map_err(UpgradeError::io("receiving sockets"))?;
+        // Each read under what is left of the deadline: a peer trickling
+        // bytes cannot stretch the exchange.
+        while filled < len {
+            stream
+                .set_read_timeout(Some(left(deadline, "receiving sockets")?))
+                .map_err(UpgradeError::io("upgrade socket"))?;
+            let rest = payload.get_mut(filled..).unwrap_or_default();
+            match reader.read(rest) {
+                Ok(0) => {
+                    return Err(UpgradeError::Protocol(
+                        "connection closed mid-message".into(),
+                    ));
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(UpgradeError::io("receiving sockets")(e)),
+            }
+        }
         Ok((decode_payload(&payload)?, fds))
     }
 
@@ -901,11 +914,12 @@ mod tests {
         }
     }
 
-    /// A peer that talks nonsense is dropped; the server keeps serving and
-    /// removes its file when stopped.
+    /// A peer that talks nonsense, or takes the sockets and never says it
+    /// serves, is dropped after the timeout; the server keeps serving and
+    /// the next new process can still take over.
     #[cfg(unix)]
     #[tokio::test]
-    async fn garbage_from_a_peer_changes_nothing() {
+    async fn garbage_or_a_hung_peer_changes_nothing() {
         use tokio::io::AsyncWriteExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("u.sock");
@@ -913,7 +927,11 @@ mod tests {
         let stop = tokio_util::sync::CancellationToken::new();
         let server = tokio::spawn({
             let stop = stop.clone();
-            async move { socket.serve(Vec::new, Duration::from_secs(2), &stop).await }
+            async move {
+                socket
+                    .serve(Vec::new, Duration::from_millis(500), &stop)
+                    .await
+            }
         });
         for junk in [
             &b"MQU1\xff\xff\xff\xff\0\0\0\0"[..],
@@ -924,16 +942,35 @@ mod tests {
             c.write_all(junk).await.unwrap();
             drop(c);
         }
-        // And a well-behaved new process still gets (no) sockets after that.
-        let p = path.clone();
-        let (got, _h) = tokio::task::spawn_blocking(move || take_over(&p, Duration::from_secs(5)))
-            .await
-            .unwrap()
-            .unwrap();
+        let take = |p: std::path::PathBuf| {
+            tokio::task::spawn_blocking(move || take_over(&p, Duration::from_secs(10)))
+        };
+        // Takes the (no) sockets and hangs without confirming.
+        let (got, hung) = take(path.clone()).await.unwrap().unwrap();
         assert!(got.listeners.is_empty() && got.admin.is_none());
+        // The next one is served once the hung one timed out.
+        let (_, next) = take(path.clone()).await.unwrap().unwrap();
+        assert!(!server.is_finished());
+        tokio::task::spawn_blocking(move || next.confirm().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(server.await.unwrap(), Some(std::process::id()));
+        drop(hung);
+    }
+
+    /// Stopped without a hand-over, the server removes its socket file.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn stopping_removes_the_socket_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.sock");
+        let socket = UpgradeSocket::bind(&path, false).unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
         stop.cancel();
-        assert_eq!(server.await.unwrap(), None);
-        // `_h` was not confirmed, and the file is ours: removed.
+        assert_eq!(
+            socket.serve(Vec::new, Duration::from_secs(1), &stop).await,
+            None
+        );
         assert!(!path.exists());
     }
 }

@@ -40,7 +40,7 @@ impl Proxy {
             let sockets = match choice {
                 Assignment::Inherit(i) => inherited.get_mut(i).and_then(Option::take),
                 Assignment::AddressChanged(i) => {
-                    if let Some(Some(old)) = inherited.get(i) {
+                    if let Some(old) = inherited.get_mut(i).and_then(Option::take) {
                         warn!(listener = %l.name, inherited = %old.addr, configured = %l.listen,
                             "listener moved: binding the configured address; the inherited sockets close");
                     }
