@@ -45,6 +45,9 @@
 //! ([`MAX_FDS`]), number of messages, and a deadline for the whole
 //! exchange; malformed input is an error, never a panic.
 
+// Off Unix only the pure parts (matching, names) are used.
+#![cfg_attr(not(unix), allow(dead_code))]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -272,6 +275,18 @@ mod unix {
 
     use super::*;
 
+    // Received descriptors close on exec at once where the kernel can do
+    // that (elsewhere `tcp_listener` sets it); writes to a closed peer
+    // return EPIPE instead of raising SIGPIPE (Rust ignores SIGPIPE anyway).
+    #[cfg(target_os = "linux")]
+    const RECV_FLAGS: RecvFlags = RecvFlags::CMSG_CLOEXEC;
+    #[cfg(not(target_os = "linux"))]
+    const RECV_FLAGS: RecvFlags = RecvFlags::empty();
+    #[cfg(target_os = "linux")]
+    const SEND_FLAGS: SendFlags = SendFlags::NOSIGNAL;
+    #[cfg(not(target_os = "linux"))]
+    const SEND_FLAGS: SendFlags = SendFlags::empty();
+
     /// A connection to the running proxy whose sockets were received:
     /// [`Handover::confirm`] once this process accepts on them.
     #[derive(Debug)]
@@ -385,6 +400,10 @@ mod unix {
     /// A received descriptor as a listening TCP socket (checked).
     fn tcp_listener(fd: OwnedFd) -> Result<std::net::TcpListener, UpgradeError> {
         let socket = socket2::Socket::from(fd);
+        #[cfg(not(target_os = "linux"))]
+        socket
+            .set_cloexec(true)
+            .map_err(UpgradeError::io("received socket"))?;
         let is_tcp = socket.r#type().ok() == Some(socket2::Type::STREAM)
             && socket
                 .local_addr()
@@ -416,7 +435,7 @@ mod unix {
             let mut control = RecvAncillaryBuffer::new(&mut space);
             let rest = header.get_mut(got..).unwrap_or_default();
             let mut iov = [IoSliceMut::new(rest)];
-            let r = rustix::net::recvmsg(stream, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)
+            let r = rustix::net::recvmsg(stream, &mut iov, &mut control, RECV_FLAGS)
                 .map_err(|e| UpgradeError::io("receiving sockets")(e.into()))?;
             for m in control.drain() {
                 if let RecvAncillaryMessage::ScmRights(received) = m {
@@ -478,13 +497,8 @@ mod unix {
         if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
             return Err(UpgradeError::Protocol("descriptors do not fit".into()));
         }
-        let sent = rustix::net::sendmsg(
-            stream,
-            &[IoSlice::new(&bytes)],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        )
-        .map_err(|e| UpgradeError::io("sending sockets")(e.into()))?;
+        let sent = rustix::net::sendmsg(stream, &[IoSlice::new(&bytes)], &mut control, SEND_FLAGS)
+            .map_err(|e| UpgradeError::io("sending sockets")(e.into()))?;
         // The descriptors went with the first byte; the rest is plain data.
         let mut writer = stream;
         writer
