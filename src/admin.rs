@@ -431,6 +431,18 @@ pub fn spawn_thread(
     admin: Arc<Admin>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(std::net::SocketAddr, std::thread::JoinHandle<()>)> {
+    spawn_thread_on(crate::sys::bind_tcp_std(addr, 128)?, admin, shutdown)
+}
+
+/// [`spawn_thread`] on a socket bound by the caller (or handed over by
+/// the process this one replaces).
+pub fn spawn_thread_on(
+    listener: std::net::TcpListener,
+    admin: Arc<Admin>,
+    shutdown: CancellationToken,
+) -> std::io::Result<(std::net::SocketAddr, std::thread::JoinHandle<()>)> {
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = std::thread::Builder::new()
         .name("mqttlb-admin".into())
@@ -446,7 +458,7 @@ pub fn spawn_thread(
                 }
             };
             runtime.block_on(async move {
-                match crate::sys::bind_tcp(addr, 128) {
+                match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => {
                         let local = listener.local_addr().unwrap_or(addr);
                         let _ = tx.send(Ok(local));

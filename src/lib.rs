@@ -29,6 +29,9 @@
 //!   server would load it.
 //! * [`signals`] — stop and reload signals of the servers.
 //! * [`sys`] — sockets and resource limits.
+//! * [`upgrade`] — listening sockets from outside: handed over by the
+//!   running proxy to a new binary (`--takeover`, `SCM_RIGHTS`), or
+//!   passed by systemd socket activation.
 //! * [`bench`] — `mqttlb bench`: the load generator and `bench calibrate`.
 //! * [`doctor`] — `mqttlb doctor`: OS limits that cap a deployment, with
 //!   the change to make.
@@ -74,4 +77,5 @@ pub mod secret;
 pub mod signals;
 pub mod sys;
 pub mod tls;
+pub mod upgrade;
 pub mod walkthrough;

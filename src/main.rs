@@ -154,6 +154,15 @@ struct ProxyArgs {
     /// Admin HTTP listener (/metrics, /healthz, /readyz, /api/v1/…).
     #[arg(long)]
     admin: Option<String>,
+    /// Unix socket on which this proxy hands its listening sockets to a
+    /// new process (`upgrade.socket`).
+    #[arg(long, value_name = "PATH")]
+    upgrade_socket: Option<String>,
+    /// Take the listening sockets over from the proxy serving
+    /// `upgrade.socket` at PATH; once this process accepts, the old one
+    /// stops accepting, drains and exits.
+    #[arg(long, value_name = "PATH")]
+    takeover: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -277,7 +286,7 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
         broker: broker.clone(),
         shutdown: shutdown.clone(),
     };
-    let _admin = match start_admin(admin_addr, admin_token, registry, role, &shutdown) {
+    let _admin = match start_admin(admin_addr, admin_token, registry, role, &shutdown, None) {
         Ok(a) => a,
         Err(code) => return code,
     };
@@ -360,12 +369,22 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         strategy: args.strategy,
         proxy_protocol: args.proxy_protocol,
         admin: args.admin,
+        upgrade_socket: args.upgrade_socket,
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => return config_failure(&e),
     };
+    // Before any thread starts (the variables are removed).
+    let mut inherited = match mqttlb::upgrade::systemd_listeners() {
+        Ok(l) => l,
+        Err(e) => {
+            error!(error = %e, "cannot use the sockets passed by systemd");
+            return ExitCode::FAILURE;
+        }
+    };
     log_nofile();
+    let upgrade = config.upgrade.clone();
     let admin_addr = config.admin;
     let admin_token = config.admin_token.clone();
     let worker_threads = config.limits.worker_threads;
@@ -377,6 +396,40 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
     if let Some(path) = args.config {
         proxy = proxy.with_source(path, overrides);
     }
+    // Everything that can fail on this side is done: take the sockets.
+    let mut handover = None;
+    let mut admin_socket = None;
+    if let Some(path) = &args.takeover {
+        let timeout = upgrade
+            .as_ref()
+            .map_or(mqttlb::config::defaults::UPGRADE_TIMEOUT, |u| u.timeout);
+        match mqttlb::upgrade::take_over(path, timeout) {
+            Ok((received, h)) => {
+                info!(from = %path.display(), listeners = received.listeners.len(), "took over the listening sockets");
+                inherited.extend(received.listeners);
+                admin_socket = received.admin.filter(|(a, _)| Some(*a) == admin_addr);
+                handover = Some(h);
+            }
+            Err(e) => {
+                error!(from = %path.display(), error = %e, "cannot take over; the running proxy keeps serving");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let admin_listener = match (admin_addr, admin_socket) {
+        (_, Some((_, l))) => Some(l),
+        (Some(addr), None) => match mqttlb::sys::bind_tcp_std(addr, 128) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                error!(addr = %addr, error = %e, "cannot start the admin server");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => None,
+    };
+    let mut admin_dup = admin_listener
+        .as_ref()
+        .and_then(|l| socket2::SockRef::from(l).try_clone().ok());
     let handle = proxy.handle();
     let shutdown = CancellationToken::new();
     let _admin = match start_admin(
@@ -385,6 +438,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         registry,
         Role::Proxy(handle.clone()),
         &shutdown,
+        admin_listener,
     ) {
         Ok(a) => a,
         Err(code) => return code,
@@ -393,15 +447,49 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
-        let listeners = match proxy.bind() {
+        let listeners = match proxy.bind_with(inherited) {
             Ok(l) => l,
             Err(e) => {
                 error!(error = %e, "cannot bind");
                 return ExitCode::FAILURE;
             }
         };
-        tokio::spawn(signals(shutdown.clone(), Some(handle)));
-        proxy.run(listeners, shutdown).await;
+        tokio::spawn(signals(shutdown.clone(), Some(handle.clone())));
+        // Not taking over: the upgrade socket must be ours before serving.
+        // Taking over: the old process owns it until it hears we serve.
+        let upgrade_now = upgrade.as_ref().filter(|_| handover.is_none());
+        if let Some(u) = upgrade_now {
+            if let Err(e) = handle.serve_upgrades(u, admin_dup.take(), false, shutdown.clone()) {
+                error!(error = %e, "cannot offer the listening sockets for upgrades");
+                return ExitCode::FAILURE;
+            }
+        }
+        let running = proxy.start(listeners);
+        let replacing = handover.is_some();
+        if let Some(h) = handover {
+            match tokio::task::spawn_blocking(move || h.confirm()).await {
+                Ok(Ok(())) => info!("serving; the previous process stops accepting and drains"),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "the previous process did not acknowledge the takeover")
+                }
+                Err(e) => warn!(error = %e, "confirming the takeover failed"),
+            }
+            if let Some(u) = &upgrade {
+                if let Err(e) = handle.serve_upgrades(u, admin_dup, true, shutdown.clone()) {
+                    error!(error = %e, "cannot offer the listening sockets for upgrades");
+                }
+            }
+        }
+        // systemd Type=notify: ready; after a takeover this process is the
+        // service's main process from now on.
+        let state = match replacing {
+            true => format!("MAINPID={}\nREADY=1", std::process::id()),
+            false => "READY=1".to_string(),
+        };
+        if let Err(e) = mqttlb::upgrade::sd_notify(&state) {
+            warn!(error = %e, "cannot notify the service manager");
+        }
+        running.run_until(shutdown).await;
         ExitCode::SUCCESS
     })
 }
@@ -413,6 +501,7 @@ fn start_admin(
     registry: Registry,
     role: Role,
     shutdown: &CancellationToken,
+    listener: Option<std::net::TcpListener>,
 ) -> Result<Option<std::thread::JoinHandle<()>>, ExitCode> {
     let Some(addr) = addr else {
         return Ok(None);
@@ -426,7 +515,11 @@ fn start_admin(
     let mut admin = Admin::new(Arc::new(registry), role);
     admin.token = token;
     let admin = Arc::new(admin);
-    match mqttlb::admin::spawn_thread(addr, admin, shutdown.clone()) {
+    let spawned = match listener {
+        Some(l) => mqttlb::admin::spawn_thread_on(l, admin, shutdown.clone()),
+        None => mqttlb::admin::spawn_thread(addr, admin, shutdown.clone()),
+    };
+    match spawned {
         Ok((local, thread)) => {
             info!(addr = %local, "admin API on http://{local}/");
             Ok(Some(thread))

@@ -12,7 +12,17 @@ pub fn bind_tcp(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> 
     bind_one(addr, backlog, false)
 }
 
+/// [`bind_tcp`] without a runtime: the socket is non-blocking, for
+/// `TcpListener::from_std` on the thread that will serve it.
+pub fn bind_tcp_std(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    Ok(bind_socket(addr, backlog, false)?.into())
+}
+
 fn bind_one(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(bind_socket(addr, backlog, reuse_port)?.into())
+}
+
+fn bind_socket(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     #[cfg(not(windows))]
     socket.set_reuse_address(true)?;
@@ -29,7 +39,7 @@ fn bind_one(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Result
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    TcpListener::from_std(socket.into())
+    Ok(socket)
 }
 
 /// The listening sockets of one listener address.
@@ -62,6 +72,23 @@ impl ListenerSockets {
         for _ in 1..count {
             sockets.push(bind_one(addr, backlog, reuse_port)?);
         }
+        Ok(ListenerSockets { sockets })
+    }
+
+    /// Listening sockets made elsewhere (handed over by the process this
+    /// one replaces, or passed by systemd): made non-blocking and
+    /// registered with the runtime. Must be called inside a tokio runtime.
+    pub fn from_std(sockets: Vec<std::net::TcpListener>) -> std::io::Result<ListenerSockets> {
+        if sockets.is_empty() {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        }
+        let sockets = sockets
+            .into_iter()
+            .map(|s| {
+                s.set_nonblocking(true)?;
+                TcpListener::from_std(s)
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
         Ok(ListenerSockets { sockets })
     }
 

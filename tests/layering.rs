@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("ratelog", 0),
     ("ratelimit", 0),
     ("mqtt", 0),
+    ("upgrade", 0),
     // metric families, TLS setup, development certificates
     ("metrics", 1),
     ("tls", 1),

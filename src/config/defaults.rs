@@ -49,3 +49,9 @@ pub const MAX_CONNECTIONS: usize = 1_000_000;
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a running proxy waits for a process taking over its sockets
+/// to say it serves (`upgrade.timeout`).
+pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest `upgrade.socket` path: a Unix socket address holds 108 bytes
+/// on Linux (104 on macOS and the BSDs) with the terminating NUL.
+pub const MAX_UNIX_SOCKET_PATH: usize = 103;

@@ -102,6 +102,18 @@ pub struct Config {
     /// Bearer token the admin API (`/api/v1/…`) requires, from
     /// `admin.token_file`.
     pub admin_token: Option<Secret>,
+    /// `[upgrade]`: serve the listening sockets to a new process
+    /// (`mqttlb proxy --takeover PATH`); off when `None`. Read at start.
+    pub upgrade: Option<UpgradeConfig>,
+}
+
+/// `[upgrade]`: where a running proxy offers its listening sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeConfig {
+    /// The Unix socket (created 0600; a stale file is replaced).
+    pub socket: std::path::PathBuf,
+    /// How long to wait for the new process to confirm it serves.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -288,6 +300,7 @@ impl Config {
                 a.listen.as_deref().unwrap_or(defaults::ADMIN_LISTEN),
             )
         });
+        let upgrade = raw.upgrade.and_then(|u| cx.upgrade(u));
         if cx.errors.is_empty() {
             Ok(Config {
                 source: source.to_string(),
@@ -296,6 +309,7 @@ impl Config {
                 limits,
                 admin,
                 admin_token,
+                upgrade,
             })
         } else {
             Err(ConfigErrors(cx.errors))
@@ -537,6 +551,32 @@ mod tests {
         let e = load_str(&text).unwrap_err();
         let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["listener[0].tls.cert", "listener[0].tls.key"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn upgrade_socket_is_bounded_and_resolved() {
+        let c = load_str(&format!(
+            "{MINIMAL}\n[upgrade]\nsocket = \"/run/mqttlb/upgrade.sock\"\ntimeout = \"5s\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.upgrade,
+            Some(UpgradeConfig {
+                socket: "/run/mqttlb/upgrade.sock".into(),
+                timeout: Duration::from_secs(5),
+            })
+        );
+        let long = format!("/run/{}.sock", "x".repeat(120));
+        let e = load_str(&format!(
+            "{MINIMAL}\n[upgrade]\nsocket = \"{long}\"\ntimeout = \"never\"\n"
+        ))
+        .unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["upgrade.timeout", "upgrade.socket"]);
+        assert!(e.to_string().contains("at most 103"), "{e}");
+        let e = load_str(&format!("{MINIMAL}\n[upgrade]\n")).unwrap_err();
+        assert!(e.to_string().contains("upgrade.socket: required"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct Overrides {
     pub strategy: Option<String>,
     pub proxy_protocol: Option<String>,
     pub admin: Option<String>,
+    /// `--upgrade-socket` → `upgrade.socket`.
+    pub upgrade_socket: Option<String>,
 }
 
 impl Overrides {
@@ -33,6 +35,9 @@ impl Overrides {
     pub(super) fn apply(&self, raw: &mut RawConfig) {
         if let Some(a) = &self.admin {
             raw.admin.get_or_insert_with(Default::default).listen = Some(a.clone());
+        }
+        if let Some(s) = &self.upgrade_socket {
+            raw.upgrade.get_or_insert_with(Default::default).socket = Some(s.clone());
         }
         if self.is_empty() {
             return;

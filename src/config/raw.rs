@@ -16,6 +16,15 @@ pub struct RawConfig {
     #[serde(default)]
     pub limits: RawLimits,
     pub admin: Option<RawAdmin>,
+    pub upgrade: Option<RawUpgrade>,
+}
+
+/// `[upgrade]`: hand the listening sockets to a new process.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpgrade {
+    pub socket: Option<String>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawIdentity, RawListener, RawPool, RawTls, RawWebSocket};
+use super::raw::{RawIdentity, RawListener, RawPool, RawTls, RawUpgrade, RawWebSocket};
 use super::*;
 use crate::proxy_protocol::IdentityTlvs;
 
@@ -215,6 +215,56 @@ impl Cx {
             );
         }
         p
+    }
+
+    /// `[upgrade]`: a socket path that fits a Unix socket address, on a
+    /// system that has them.
+    pub(super) fn upgrade(&mut self, raw: RawUpgrade) -> Option<UpgradeConfig> {
+        let timeout = self.duration(
+            "upgrade.timeout",
+            raw.timeout.as_deref(),
+            defaults::UPGRADE_TIMEOUT,
+        );
+        let Some(socket) = raw.socket else {
+            self.err(
+                "upgrade.socket",
+                "required in [upgrade] (a Unix socket path)",
+            );
+            return None;
+        };
+        if !cfg!(unix) {
+            self.err(
+                "upgrade.socket",
+                "handing sockets to a new process needs a Unix system",
+            );
+            return None;
+        }
+        let p = Path::new(&socket);
+        let socket = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        };
+        let len = socket.as_os_str().len();
+        if socket.file_name().is_none() || socket.parent().is_none() {
+            self.err(
+                "upgrade.socket",
+                "expected a file path such as /run/mqttlb/upgrade.sock",
+            );
+            return None;
+        }
+        if len > defaults::MAX_UNIX_SOCKET_PATH {
+            self.err(
+                "upgrade.socket",
+                &format!(
+                    "{} is {len} bytes; a Unix socket path holds at most {}",
+                    socket.display(),
+                    defaults::MAX_UNIX_SOCKET_PATH
+                ),
+            );
+            return None;
+        }
+        Some(UpgradeConfig { socket, timeout })
     }
 
     pub(super) fn pool(&mut self, name: &str, raw: RawPool) -> PoolConfig {

@@ -46,13 +46,23 @@ impl ProxyState {
             return;
         };
         info!(listener = %cfg.name, addr = %local_addr, tls = ctx.tls.is_some(), mqtt = cfg.mqtt.is_some(), pool = %cfg.pool, accept_sockets = sockets.len(), "listening");
+        let sockets = sockets.into_sockets();
+        let dups = sockets
+            .iter()
+            .map(|s| socket2::SockRef::from(s).try_clone())
+            .collect::<std::io::Result<Vec<_>>>()
+            .unwrap_or_else(|e| {
+                warn!(listener = %cfg.name, error = %e, "cannot keep the listening sockets for a hand-over");
+                Vec::new()
+            });
         let slot = Arc::new(ListenerSlot {
             addr: cfg.listen,
             ctx: ArcSwap::from_pointee(ctx),
             stop: self.shutdown.child_token(),
+            handover: std::sync::Mutex::new(dups),
         });
         lock(&self.listeners).insert(cfg.name.clone(), slot.clone());
-        for socket in sockets.into_sockets() {
+        for socket in sockets {
             self.background
                 .spawn(accept_loop(socket, slot.clone(), self.clone()));
         }

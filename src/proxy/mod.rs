@@ -24,12 +24,15 @@
 //! * [`conn`] — one connection's life; [`splice`] — the relay;
 //! * `reload` — configuration and DNS generations, with the diff they apply;
 //! * `drain` — draining a backend and pacing its clients' moves;
+//! * `handover` — listeners from inherited sockets, and the running
+//!   listeners' sockets offered to a process that takes over;
 //! * [`dns`] — the resolver task that feeds reloads.
 
 mod accept;
 pub mod conn;
 pub mod dns;
 mod drain;
+mod handover;
 mod reload;
 pub mod splice;
 pub mod websocket;
@@ -112,6 +115,9 @@ struct ListenerSlot {
     addr: SocketAddr,
     ctx: ArcSwap<ListenerCtx>,
     stop: CancellationToken,
+    /// Duplicates of the listening sockets, offered to a process that
+    /// takes over (`handover`); emptied when the proxy stops accepting.
+    handover: std::sync::Mutex<Vec<socket2::Socket>>,
 }
 
 struct ProxyState {
@@ -229,6 +235,13 @@ impl Proxy {
     /// cancelled; then stop accepting and wait for connections to finish,
     /// at most `drain_timeout`, after which the rest are closed.
     pub async fn run(self, listeners: Vec<ListenerSockets>, shutdown: CancellationToken) {
+        self.start(listeners).run_until(shutdown).await
+    }
+
+    /// Start serving on `listeners`: when this returns, every listener's
+    /// accept task is spawned (connections arriving now wait in the
+    /// backlog for it). Call inside the runtime.
+    pub fn start(self, listeners: Vec<ListenerSockets>) -> Running {
         let state = self.state;
         let generation = state.current.load_full();
         state.restart_health_checks(&generation);
@@ -247,10 +260,30 @@ impl Proxy {
         {
             state.start_listener(&generation, cfg, listener, tls);
         }
+        Running { state }
+    }
+}
+
+/// A proxy serving since [`Proxy::start`].
+pub struct Running {
+    state: Arc<ProxyState>,
+}
+
+impl Running {
+    /// Serve until `shutdown` is cancelled; then stop accepting and wait
+    /// for connections to finish, at most `drain_timeout`, after which the
+    /// rest are closed.
+    pub async fn run_until(self, shutdown: CancellationToken) {
+        let state = self.state;
         shutdown.cancelled().await;
         state.shutdown.cancel();
         state.background.close();
         state.background.wait().await;
+        // Accept loops are done: drop this process's last copies of the
+        // listening sockets (a process that took over keeps its own).
+        for slot in lock(&state.listeners).values() {
+            lock(&slot.handover).clear();
+        }
         state.conns.close();
         let drain = state.current.load().config.limits.drain_timeout;
         let open = state.conns.len();
