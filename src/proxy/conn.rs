@@ -173,8 +173,7 @@ async fn serve_websocket<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let upgrade = match timeout(ws.upgrade_timeout, websocket::read_upgrade(stream, ws)).await
-    {
+    let upgrade = match timeout(ws.upgrade_timeout, websocket::read_upgrade(stream, ws)).await {
         Ok(Ok(upgrade)) => upgrade,
         Ok(Err(refusal)) => {
             static REFUSED: LogLimiter = crate::ratelog::per_kind();
@@ -203,9 +202,7 @@ async fn serve_websocket<S>(
     };
     match ws.to {
         // The broker answers the upgrade: it gets the request as it came.
-        WsForward::Ws => {
-            serve_client(ctx, stream, peer, local, tls, conn_id, upgrade.bytes).await
-        }
+        WsForward::Ws => serve_client(ctx, stream, peer, local, tls, conn_id, upgrade.bytes).await,
         WsForward::Tcp => {
             let answered = timeout(ws.upgrade_timeout, async {
                 stream
