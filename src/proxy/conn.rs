@@ -186,11 +186,7 @@ async fn serve_websocket<S>(
                 websocket::Refusal::Io(_) => Rejection::ClientError,
             });
             if let Some(response) = refusal.response() {
-                let _ = timeout(Duration::from_secs(1), async {
-                    stream.write_all(response).await?;
-                    stream.shutdown().await
-                })
-                .await;
+                answer_and_close(stream, response).await;
             }
             return;
         }
@@ -245,7 +241,7 @@ async fn serve_client<S>(
             Err(reason) => {
                 ctx.metrics.rejected(reason);
                 // Best effort: the client may already be gone.
-                let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
+                answer_and_close(client, b"").await;
                 return;
             }
         },
@@ -267,11 +263,7 @@ async fn serve_client<S>(
                 suppressed, "client id not named by the client certificate; refused"
             );
         }
-        let _ = timeout(Duration::from_secs(1), async {
-            client.write_all(connack_not_authorized(protocol)).await?;
-            client.shutdown().await
-        })
-        .await;
+        answer_and_close(client, connack_not_authorized(protocol)).await;
         return;
     }
     if let (Some(limit), Some(id), Some(protocol)) =
@@ -284,11 +276,7 @@ async fn serve_client<S>(
             if let Some(suppressed) = STORMS.allow() {
                 info!(suppressed, "client id reconnects too often; refused");
             }
-            let _ = timeout(Duration::from_secs(1), async {
-                client.write_all(connack_rate_exceeded(protocol)).await?;
-                client.shutdown().await
-            })
-            .await;
+            answer_and_close(client, connack_rate_exceeded(protocol)).await;
             return;
         }
     }
@@ -316,13 +304,7 @@ async fn serve_client<S>(
             warn!(pool = %ctx.pool.name, suppressed, "no backend available");
         }
         if let Some(protocol) = hello.protocol {
-            let _ = timeout(Duration::from_secs(1), async {
-                client
-                    .write_all(connack_server_unavailable(protocol))
-                    .await?;
-                client.shutdown().await
-            })
-            .await;
+            answer_and_close(client, connack_server_unavailable(protocol)).await;
         }
         return;
     };
@@ -400,6 +382,22 @@ async fn serve_client<S>(
         }
     };
     ctx.metrics.closed(how);
+}
+
+/// How long a refused client gets to take its answer before the close.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
+/// Write a refused client its answer (a CONNACK refusal, an HTTP error, or
+/// nothing) and close its side, best effort: it may already be gone.
+async fn answer_and_close<S>(client: &mut S, answer: &[u8])
+where
+    S: AsyncWrite + Unpin,
+{
+    let _ = timeout(REFUSAL_WRITE, async {
+        client.write_all(answer).await?;
+        client.shutdown().await
+    })
+    .await;
 }
 
 /// Read the CONNECT under its deadline and size cap. The cause of a
