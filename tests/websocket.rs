@@ -20,19 +20,6 @@ fn ws_config(certs: &Certs, servers: &[(&str, SocketAddr)], websocket: &str, poo
     config(certs, servers, &format!("[websocket]\n{websocket}"), pool)
 }
 
-/// `toml` with its first listener edited.
-fn edit_listener(toml: &str, edit: impl FnOnce(&mut toml::Table)) -> String {
-    let mut table: toml::Table = toml.parse().expect("config parses");
-    let listener = table
-        .get_mut("listener")
-        .and_then(|l| l.as_array_mut())
-        .and_then(|l| l.first_mut())
-        .and_then(toml::Value::as_table_mut)
-        .expect("listener");
-    edit(listener);
-    table.to_string()
-}
-
 /// The same listener without TLS (`ws://`), for raw requests.
 fn plain_ws_config(servers: &[(&str, SocketAddr)], websocket: &str) -> String {
     let certs = Certs::new();

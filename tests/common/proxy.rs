@@ -135,24 +135,34 @@ pub fn config(
         .to_toml()
         .parse()
         .expect("rendered config parses");
-    let merge = |target: Option<&mut toml::Value>, snippet: &str| {
+    let merge = |target: Option<&mut toml::Table>, snippet: &str| {
         let extra: toml::Table = snippet.parse().expect("snippet is TOML");
-        let target = target
-            .and_then(toml::Value::as_table_mut)
-            .expect("table to merge into");
-        target.extend(extra);
+        target.expect("table to merge into").extend(extra);
     };
+    merge(first_listener(&mut table), extra_listener);
     merge(
         table
-            .get_mut("listener")
-            .and_then(|l| l.as_array_mut())
-            .and_then(|l| l.first_mut()),
-        extra_listener,
-    );
-    merge(
-        table.get_mut("pool").and_then(|p| p.get_mut("brokers")),
+            .get_mut("pool")
+            .and_then(|p| p.get_mut("brokers"))
+            .and_then(toml::Value::as_table_mut),
         extra_pool,
     );
+    table.to_string()
+}
+
+/// The first `[[listener]]` table of a parsed configuration.
+pub fn first_listener(table: &mut toml::Table) -> Option<&mut toml::Table> {
+    table
+        .get_mut("listener")
+        .and_then(|l| l.as_array_mut())
+        .and_then(|l| l.first_mut())
+        .and_then(toml::Value::as_table_mut)
+}
+
+/// `toml` with its first listener edited (e.g. a table removed).
+pub fn edit_listener(toml: &str, edit: impl FnOnce(&mut toml::Table)) -> String {
+    let mut table: toml::Table = toml.parse().expect("config parses");
+    edit(first_listener(&mut table).expect("a [[listener]]"));
     table.to_string()
 }
 
