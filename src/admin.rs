@@ -6,9 +6,10 @@
 //! workers are saturated. It binds loopback by default: the API
 //! has no authentication of its own.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -25,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::proxy::{BackendStatus, ProxyHandle, ReloadError};
+use crate::ratelog::LogLimiter;
 
 /// What the admin server administers.
 #[derive(Clone)]
@@ -41,34 +43,15 @@ pub struct Admin {
     pub registry: Arc<Registry>,
     pub role: Role,
     pub limits: AdminLimits,
+    /// Refused admin connections (registered by [`AdminMetrics::register`]
+    /// before the registry is shared; unexported otherwise).
+    pub metrics: AdminMetrics,
     /// When set, `/api/v1/…` requires `Authorization: Bearer <token>`;
     /// `/metrics`, `/healthz` and `/readyz` stay open (scrapers, probes).
     pub token: Option<crate::secret::Secret>,
 }
 
-/// Bounds on admin connections: the admin port shares the process's file
-/// descriptors with client traffic, so a client that connects and sends
-/// nothing (or half a request) must not hold one for long.
-#[derive(Debug, Clone, Copy)]
-pub struct AdminLimits {
-    /// Open admin connections; more are closed at accept.
-    pub max_connections: usize,
-    /// From connect (or the end of the previous response) to a complete
-    /// request head.
-    pub header_timeout: Duration,
-    /// Longest life of one keep-alive connection (a scraper reconnects).
-    pub max_connection_age: Duration,
-}
-
-impl Default for AdminLimits {
-    fn default() -> AdminLimits {
-        AdminLimits {
-            max_connections: 64,
-            header_timeout: Duration::from_secs(10),
-            max_connection_age: Duration::from_secs(300),
-        }
-    }
-}
+pub use crate::config::AdminLimits;
 
 impl Admin {
     pub fn new(registry: Arc<Registry>, role: Role) -> Admin {
@@ -76,6 +59,7 @@ impl Admin {
             registry,
             role,
             limits: AdminLimits::default(),
+            metrics: AdminMetrics::register(&mut Registry::default()),
             token: None,
         }
     }
@@ -86,21 +70,175 @@ const JSON: &str = "application/json";
 const OPEN_METRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// Why an admin connection was closed at accept or before its first
+/// request byte: the `reason` label of
+/// `mqttlb_admin_connections_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRefusal {
+    /// `admin.max_connections` held (and the local reserve, for the host).
+    MaxConnections,
+    /// `admin.max_connections_per_source` held by this source address.
+    PerSource,
+    /// Nothing sent within `admin.first_byte_timeout`.
+    Silent,
+}
+
+impl AdminRefusal {
+    pub const ALL: [AdminRefusal; 3] = [
+        AdminRefusal::MaxConnections,
+        AdminRefusal::PerSource,
+        AdminRefusal::Silent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRefusal::MaxConnections => "max_connections",
+            AdminRefusal::PerSource => "per_source",
+            AdminRefusal::Silent => "first_byte_timeout",
+        }
+    }
+}
+
+/// `mqttlb_admin_connections_rejected_total{reason}`, one counter per
+/// reason, resolved once.
+#[derive(Debug, Clone)]
+pub struct AdminMetrics {
+    rejected: crate::metrics::CounterSet,
+}
+
+impl AdminMetrics {
+    /// Register in `registry` (pass a scratch registry to count without
+    /// exporting).
+    pub fn register(registry: &mut Registry) -> AdminMetrics {
+        use prometheus_client::metrics::{counter::Counter, family::Family};
+        let family = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        registry.register(
+            "mqttlb_admin_connections_rejected",
+            "Admin connections closed at accept or before their first request byte, by reason",
+            family.clone(),
+        );
+        AdminMetrics {
+            rejected: crate::metrics::CounterSet::new(&AdminRefusal::ALL, |r| {
+                family.get_or_create(&vec![("reason", r.as_str())]).clone()
+            }),
+        }
+    }
+
+    fn rejected(&self, reason: AdminRefusal) {
+        self.rejected.inc(reason as usize);
+    }
+}
+
+/// Whether `ip` is this host itself (an exec probe, `mqttlb health`, a
+/// sidecar in the same network namespace): exactly 127.0.0.1 or ::1, so
+/// that other loopback addresses can stand in for other hosts in tests.
+fn is_this_host(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4 == std::net::Ipv4Addr::LOCALHOST,
+        IpAddr::V6(v6) => v6 == std::net::Ipv6Addr::LOCALHOST,
+    }
+}
+
+/// Who holds admin connections: open counts in all, from this host beyond
+/// `max_connections`, and per source address. Admission is decided and
+/// released synchronously; a [`Slot`] gives its place back when dropped.
+#[derive(Debug, Default)]
+struct Admission {
+    open: usize,
+    reserve: usize,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+/// One admitted connection's place.
+struct Slot {
+    admission: Arc<Mutex<Admission>>,
+    source: IpAddr,
+    reserved: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut a = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+        if self.reserved {
+            a.reserve = a.reserve.saturating_sub(1);
+        } else {
+            a.open = a.open.saturating_sub(1);
+        }
+        if let Some(n) = a.per_source.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                a.per_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Admit a connection from `source`, or say why not. The per-source map
+/// holds at most `max_connections + local_reserve` entries (one per open
+/// connection at worst).
+fn admit(
+    admission: &Arc<Mutex<Admission>>,
+    limits: &AdminLimits,
+    source: IpAddr,
+) -> Result<Slot, AdminRefusal> {
+    let source = source.to_canonical();
+    let local = is_this_host(source);
+    let mut a = admission.lock().unwrap_or_else(|p| p.into_inner());
+    let from_source = a.per_source.get(&source).copied().unwrap_or(0);
+    if !local && from_source >= limits.max_connections_per_source {
+        return Err(AdminRefusal::PerSource);
+    }
+    let reserved = if a.open < limits.max_connections {
+        a.open += 1;
+        false
+    } else if local && a.reserve < limits.local_reserve {
+        a.reserve += 1;
+        true
+    } else {
+        return Err(AdminRefusal::MaxConnections);
+    };
+    *a.per_source.entry(source).or_insert(0) += 1;
+    Ok(Slot {
+        admission: admission.clone(),
+        source,
+        reserved,
+    })
+}
+
 /// Serve admin requests on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
     let tasks = TaskTracker::new();
     info!(addr = ?listener.local_addr().ok(), "admin server listening");
     let limits = admin.limits;
-    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let admission = Arc::new(Mutex::new(Admission::default()));
     let on_accept = |tcp: tokio::net::TcpStream, peer: std::net::SocketAddr| {
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            debug!(client.addr = %peer, "admin connection limit reached; closing");
-            return;
+        let slot = match admit(&admission, &limits, peer.ip()) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                admin.metrics.rejected(reason);
+                static REFUSED: LogLimiter = crate::ratelog::per_kind();
+                if let Some(suppressed) = REFUSED.allow() {
+                    info!(client.addr = %peer, reason = reason.as_str(), suppressed, "admin connection refused");
+                }
+                return;
+            }
         };
         let admin = admin.clone();
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
+            // A connection that says nothing gives its place back fast;
+            // hyper's header timeout bounds the rest of the request head.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(limits.first_byte_timeout, tcp.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return,
+                Err(_) => {
+                    admin.metrics.rejected(AdminRefusal::Silent);
+                    debug!(client.addr = %peer, "admin connection sent nothing; closed");
+                    return;
+                }
+            }
             let service = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(route(&admin, req).await) }
@@ -219,7 +357,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer_credentials);
         if !presented.is_some_and(|p| token.matches(p.as_bytes())) {
             let mut r = reply(StatusCode::UNAUTHORIZED, TEXT, "bearer token required\n");
             r.headers_mut().insert(
@@ -365,11 +503,23 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             },
             Role::Broker { .. } => not_found(),
         },
-        (_, ["metrics" | "healthz" | "readyz"]) | (_, ["api", "v1", ..]) => {
+        // A known path asked with another method; anything else is 404.
+        (_, ["metrics" | "healthz" | "readyz"])
+        | (_, ["api", "v1", "backends" | "reload"])
+        | (_, ["api", "v1", "backends", _, "drain" | "enable"]) => {
             reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
         }
         _ => not_found(),
     }
+}
+
+/// The credentials of an `Authorization` value in the `Bearer` scheme,
+/// whose name is case-insensitive (RFC 9110 §11.1; RFC 6750 §2.1).
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_matches(' '))
 }
 
 fn not_found() -> Response<Full<Bytes>> {

@@ -8,7 +8,7 @@
 //! * [`config`] — TOML + flags → typed [`config::Config`]; errors carry the
 //!   file, key path and reason.
 //! * [`tls`] — rustls server configuration: certificates by SNI, client
-//!   authentication, the handshake.
+//!   authentication (chains bounded before verification), the handshake.
 //! * [`mqtt`] — pure wire format: the codec, the CONNECT peek, the packets
 //!   mqttlb writes itself and the CONNACK head it reads.
 //! * [`balance`] — backends, pools, selection strategies (pure), health

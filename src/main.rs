@@ -286,7 +286,15 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
         broker: broker.clone(),
         shutdown: shutdown.clone(),
     };
-    let _admin = match start_admin(admin_addr, admin_token, registry, role, &shutdown, None) {
+    let _admin = match start_admin(
+        admin_addr,
+        admin_token,
+        mqttlb::admin::AdminLimits::default(),
+        registry,
+        role,
+        &shutdown,
+        None,
+    ) {
         Ok(a) => a,
         Err(code) => return code,
     };
@@ -387,6 +395,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
     let upgrade = config.upgrade.clone();
     let admin_addr = config.admin;
     let admin_token = config.admin_token.clone();
+    let admin_limits = config.admin_limits;
     let worker_threads = config.limits.worker_threads;
     let mut registry = Registry::default();
     let mut proxy = match Proxy::build(config, &mut registry) {
@@ -435,6 +444,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
     let _admin = match start_admin(
         admin_addr,
         admin_token,
+        admin_limits,
         registry,
         Role::Proxy(handle.clone()),
         &shutdown,
@@ -498,6 +508,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
 fn start_admin(
     addr: Option<std::net::SocketAddr>,
     token: Option<mqttlb::secret::Secret>,
+    limits: mqttlb::admin::AdminLimits,
     registry: Registry,
     role: Role,
     shutdown: &CancellationToken,
@@ -512,8 +523,12 @@ fn start_admin(
             "the admin API is reachable beyond this host without a token: set admin.token_file (proxy) or broker.admin_token_file"
         );
     }
+    let mut registry = registry;
+    let metrics = mqttlb::admin::AdminMetrics::register(&mut registry);
     let mut admin = Admin::new(Arc::new(registry), role);
     admin.token = token;
+    admin.limits = limits;
+    admin.metrics = metrics;
     let admin = Arc::new(admin);
     let spawned = match listener {
         Some(l) => mqttlb::admin::spawn_thread_on(l, admin, shutdown.clone()),

@@ -79,6 +79,10 @@ label_enum! {
         MaxConnections => "max_connections",
         TlsHandshakeTimeout => "tls_handshake_timeout",
         TlsHandshakeFailed => "tls_handshake_failed",
+        /// The client's certificate chain broke `max_client_chain`,
+        /// `max_client_chain_size` or its shape rule: refused before it
+        /// was verified.
+        ClientChainRefused => "client_chain_refused",
         /// No complete CONNECT within `connect_timeout`.
         ConnectTimeout => "connect_timeout",
         ClosedBeforeConnect => "closed_before_connect",

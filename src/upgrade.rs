@@ -73,6 +73,8 @@ pub enum UpgradeError {
         what: String,
         source: std::io::Error,
     },
+    #[error("{what}: timed out (upgrade.timeout)")]
+    Timeout { what: String },
     #[error("protocol: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -82,9 +84,16 @@ pub enum UpgradeError {
 }
 
 impl UpgradeError {
+    /// An I/O error while doing `what`. A socket timeout (reported by the
+    /// OS as EAGAIN, "Resource temporarily unavailable") says so.
     fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpgradeError {
         let what = what.into();
-        move |source| UpgradeError::Io { what, source }
+        move |source| match source.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                UpgradeError::Timeout { what }
+            }
+            _ => UpgradeError::Io { what, source },
+        }
     }
 }
 
@@ -247,7 +256,9 @@ fn decode_payload(payload: &[u8]) -> Result<Message, UpgradeError> {
 fn left(deadline: tokio::time::Instant, what: &str) -> Result<Duration, UpgradeError> {
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     if left.is_zero() {
-        Err(UpgradeError::Refused(format!("{what}: deadline passed")))
+        Err(UpgradeError::Timeout {
+            what: what.to_string(),
+        })
     } else {
         Ok(left)
     }

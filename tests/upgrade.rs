@@ -134,7 +134,7 @@ async fn takeover_refuses_no_connection_and_the_old_process_drains() {
     raw.limits.drain_timeout = Some("3s".into());
     raw.admin = Some(RawAdmin {
         listen: Some(admin.to_string()),
-        token_file: None,
+        ..RawAdmin::default()
     });
     raw.upgrade = Some(RawUpgrade {
         socket: Some(sock.display().to_string()),

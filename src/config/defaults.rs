@@ -4,11 +4,21 @@
 use std::time::Duration;
 pub const LISTEN_TLS: &str = "0.0.0.0:8883";
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9100";
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+pub const ADMIN_MAX_CONNECTIONS_PER_SOURCE: usize = 8;
+pub const ADMIN_LOCAL_RESERVE: usize = 8;
+/// Upper bound of the three admin connection counts.
+pub const ADMIN_MAX_CONNECTIONS_LIMIT: u32 = 4096;
+pub const ADMIN_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const DRAIN_WINDOW: Duration = Duration::from_secs(30);
 pub const BACKLOG: u32 = 1024;
-/// Upper bound of every duration in configuration and the admin API.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Upper bound of every duration in configuration and the admin API: 366
+/// days, so that "1y" (365.25 days to humantime) is accepted.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+/// [`MAX_DURATION`] as people write it (humantime would print months).
+pub const MAX_DURATION_TEXT: &str = "366 days (\"366d\"; \"1y\" is accepted)";
 /// Upper bound of `listener.accept_sockets`.
 pub const MAX_ACCEPT_SOCKETS: u32 = 256;
 /// Upper bound of the connection-rate limits (per second / per minute).
@@ -40,6 +50,17 @@ pub const CONNECT_ATTEMPTS: u32 = 3;
 /// One ticket per full handshake: a device resumes one connection at a
 /// time (rustls sends 2, for clients that open connections in parallel).
 pub const SESSION_TICKETS: u8 = 1;
+/// Certificates in a client's chain, leaf included (`max_client_chain`):
+/// real device chains have two or three.
+pub const MAX_CLIENT_CHAIN: u32 = 8;
+/// Upper bound of `max_client_chain` (webpki's own depth limit is six
+/// intermediates; longer chains can never verify).
+pub const MAX_CLIENT_CHAIN_LIMIT: u32 = 16;
+/// DER bytes of a client's chain (`max_client_chain_size`).
+pub const MAX_CLIENT_CHAIN_SIZE: usize = 32 * 1024;
+/// Upper bound of `max_client_chain_size`: rustls refuses handshake
+/// messages over 64 KiB anyway.
+pub const MAX_CLIENT_CHAIN_SIZE_LIMIT: usize = 64 * 1024;
 pub const CONNACK_TIMEOUT: Duration = Duration::from_secs(3);
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);

@@ -102,9 +102,50 @@ pub struct Config {
     /// Bearer token the admin API (`/api/v1/…`) requires, from
     /// `admin.token_file`.
     pub admin_token: Option<Secret>,
+    /// `[admin]` connection bounds.
+    pub admin_limits: AdminLimits,
     /// `[upgrade]`: serve the listening sockets to a new process
     /// (`mqttlb proxy --takeover PATH`); off when `None`. Read at start.
     pub upgrade: Option<UpgradeConfig>,
+}
+
+/// Bounds on admin connections (`[admin]`). The admin port shares the
+/// process's file descriptors with client traffic, and `/healthz` must
+/// answer while anything else holds the port: connections are capped in
+/// all and per source address, a connection that says nothing is closed
+/// quickly, and connections from the host itself (`127.0.0.1`, `::1`: an
+/// exec probe, `mqttlb health`, a sidecar) have slots of their own that
+/// nobody outside can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Open admin connections from anywhere; more are closed at accept.
+    pub max_connections: usize,
+    /// Open admin connections from one source address (not the host
+    /// itself).
+    pub max_connections_per_source: usize,
+    /// Further connections from the host itself, admitted when
+    /// `max_connections` are held.
+    pub local_reserve: usize,
+    /// From connect to the first request byte.
+    pub first_byte_timeout: Duration,
+    /// From connect (or the end of the previous response) to a complete
+    /// request head.
+    pub header_timeout: Duration,
+    /// Longest life of one keep-alive connection (a scraper reconnects).
+    pub max_connection_age: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> AdminLimits {
+        AdminLimits {
+            max_connections: defaults::ADMIN_MAX_CONNECTIONS,
+            max_connections_per_source: defaults::ADMIN_MAX_CONNECTIONS_PER_SOURCE,
+            local_reserve: defaults::ADMIN_LOCAL_RESERVE,
+            first_byte_timeout: defaults::ADMIN_FIRST_BYTE_TIMEOUT,
+            header_timeout: defaults::ADMIN_REQUEST_TIMEOUT,
+            max_connection_age: Duration::from_secs(300),
+        }
+    }
 }
 
 /// `[upgrade]`: where a running proxy offers its listening sockets.
@@ -294,6 +335,11 @@ impl Config {
             .as_ref()
             .and_then(|a| a.token_file.as_deref())
             .and_then(|f| cx.secret_file("admin.token_file", f));
+        let admin_limits = raw
+            .admin
+            .as_ref()
+            .map(|a| cx.admin_limits(a))
+            .unwrap_or_default();
         let admin = raw.admin.and_then(|a| {
             cx.addr(
                 "admin.listen",
@@ -309,6 +355,7 @@ impl Config {
                 limits,
                 admin,
                 admin_token,
+                admin_limits,
                 upgrade,
             })
         } else {
@@ -412,9 +459,15 @@ mod tests {
             ["limits.drain_timeout", "pool.b.health.interval"],
             "{errors:?}"
         );
-        assert!(errors[0].reason.contains("longer than"), "{errors:?}");
-        assert_eq!(parse_duration("365d"), Ok(defaults::MAX_DURATION));
-        assert!(parse_duration("366d").is_err());
+        assert!(
+            errors[0]
+                .reason
+                .contains("longer than the longest duration accepted, 366 days"),
+            "{errors:?}"
+        );
+        assert_eq!(parse_duration("366d"), Ok(defaults::MAX_DURATION));
+        assert!(parse_duration("1y").is_ok(), "a year is 365.25 days");
+        assert!(parse_duration("367d").is_err());
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub struct RawUpgrade {
 pub struct RawAdmin {
     pub listen: Option<String>,
     pub token_file: Option<String>,
+    pub max_connections: Option<u32>,
+    pub max_connections_per_source: Option<u32>,
+    pub local_reserve: Option<u32>,
+    pub first_byte_timeout: Option<String>,
+    pub request_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -71,6 +76,8 @@ pub struct RawTls {
     pub client_auth: Option<String>,
     pub client_ca: Option<String>,
     pub crl: Option<String>,
+    pub max_client_chain: Option<u32>,
+    pub max_client_chain_size: Option<String>,
     pub min_version: Option<String>,
     pub cipher_suites: Option<Vec<String>>,
     pub kx_groups: Option<Vec<String>>,

@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawIdentity, RawListener, RawPool, RawTls, RawUpgrade, RawWebSocket};
+use super::raw::{RawAdmin, RawIdentity, RawListener, RawPool, RawTls, RawUpgrade, RawWebSocket};
 use super::*;
 use crate::proxy_protocol::IdentityTlvs;
 
@@ -18,8 +18,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("expected a duration such as \"5s\" or \"250ms\", got {s:?} ({e})"))?;
     if d > defaults::MAX_DURATION {
         return Err(format!(
-            "{s:?} is longer than the longest duration accepted ({})",
-            humantime::format_duration(defaults::MAX_DURATION)
+            "{s:?} is longer than the longest duration accepted, {}",
+            defaults::MAX_DURATION_TEXT
         ));
     }
     Ok(d)
@@ -219,6 +219,62 @@ impl Cx {
 
     /// `[upgrade]`: a socket path that fits a Unix socket address, on a
     /// system that has them.
+    /// `[admin]` connection bounds (the address and token are read apart).
+    pub(super) fn admin_limits(&mut self, raw: &RawAdmin) -> AdminLimits {
+        let mut count = |key: &str, v: Option<u32>, default: usize, min: u32| match v {
+            None => default,
+            Some(n) if (min..=defaults::ADMIN_MAX_CONNECTIONS_LIMIT).contains(&n) => {
+                usize::try_from(n).unwrap_or(default)
+            }
+            Some(_) => {
+                self.err(
+                    key,
+                    &format!(
+                        "expected {min} to {}",
+                        defaults::ADMIN_MAX_CONNECTIONS_LIMIT
+                    ),
+                );
+                default
+            }
+        };
+        let max_connections = count(
+            "admin.max_connections",
+            raw.max_connections,
+            defaults::ADMIN_MAX_CONNECTIONS,
+            1,
+        );
+        let max_connections_per_source = count(
+            "admin.max_connections_per_source",
+            raw.max_connections_per_source,
+            defaults::ADMIN_MAX_CONNECTIONS_PER_SOURCE,
+            1,
+        );
+        let local_reserve = count(
+            "admin.local_reserve",
+            raw.local_reserve,
+            defaults::ADMIN_LOCAL_RESERVE,
+            0,
+        );
+        let first_byte_timeout = self.duration(
+            "admin.first_byte_timeout",
+            raw.first_byte_timeout.as_deref(),
+            defaults::ADMIN_FIRST_BYTE_TIMEOUT,
+        );
+        let header_timeout = self.duration(
+            "admin.request_timeout",
+            raw.request_timeout.as_deref(),
+            defaults::ADMIN_REQUEST_TIMEOUT,
+        );
+        AdminLimits {
+            max_connections,
+            max_connections_per_source,
+            local_reserve,
+            first_byte_timeout,
+            header_timeout,
+            ..AdminLimits::default()
+        }
+    }
+
     pub(super) fn upgrade(&mut self, raw: RawUpgrade) -> Option<UpgradeConfig> {
         let timeout = self.duration(
             "upgrade.timeout",
@@ -787,6 +843,35 @@ impl Cx {
                 "only meaningful with client_auth optional or required",
             );
         }
+        let client_chain = crate::tls::ChainLimits {
+            max_certs: usize::try_from(match raw.max_client_chain {
+                None => defaults::MAX_CLIENT_CHAIN,
+                Some(n) if (1..=defaults::MAX_CLIENT_CHAIN_LIMIT).contains(&n) => n,
+                Some(_) => {
+                    self.err(
+                        &format!("{k}.max_client_chain"),
+                        &format!(
+                            "expected 1 to {} certificates (leaf included)",
+                            defaults::MAX_CLIENT_CHAIN_LIMIT
+                        ),
+                    );
+                    defaults::MAX_CLIENT_CHAIN
+                }
+            })
+            .unwrap_or(usize::MAX),
+            max_bytes: {
+                let key = format!("{k}.max_client_chain_size");
+                let n = self.size(
+                    &key,
+                    raw.max_client_chain_size.as_deref(),
+                    defaults::MAX_CLIENT_CHAIN_SIZE,
+                );
+                if n > defaults::MAX_CLIENT_CHAIN_SIZE_LIMIT {
+                    self.err(&key, "at most 64KiB (the largest TLS handshake message)");
+                }
+                n.min(defaults::MAX_CLIENT_CHAIN_SIZE_LIMIT)
+            },
+        };
         let min_version = self.choice(
             &format!("{k}.min_version"),
             raw.min_version.as_deref(),
@@ -810,6 +895,7 @@ impl Cx {
             client_auth,
             client_ca,
             crl,
+            client_chain,
             min_version,
             cipher_suites: raw.cipher_suites,
             kx_groups: raw.kx_groups,

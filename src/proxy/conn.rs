@@ -120,10 +120,18 @@ async fn tls_handshake(
             debug!("TLS handshake timed out");
             None
         }
-        Ok(Err(e)) => {
+        Ok(Err(crate::tls::HandshakeError::Tls(e))) => {
             ctx.metrics.handshake(HandshakeResult::Failed);
-            ctx.metrics.rejected(Rejection::TlsHandshakeFailed);
-            debug!(error = %e, "TLS handshake failed");
+            if crate::tls::client_chain::refused_chain(&e) {
+                ctx.metrics.rejected(Rejection::ClientChainRefused);
+                static CHAINS: LogLimiter = crate::ratelog::per_kind();
+                if let Some(suppressed) = CHAINS.allow() {
+                    info!(error = %e, suppressed, "client certificate chain refused before verification");
+                }
+            } else {
+                ctx.metrics.rejected(Rejection::TlsHandshakeFailed);
+                debug!(error = %e, "TLS handshake failed");
+            }
             None
         }
         Ok(Ok(done)) => {

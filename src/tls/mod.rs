@@ -21,6 +21,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
+pub mod client_chain;
+pub use client_chain::ChainLimits;
+
 /// Whether and how clients present certificates (mutual TLS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientAuth {
@@ -60,6 +63,9 @@ pub struct TlsConfig {
     pub client_auth: ClientAuth,
     pub client_ca: Option<PathBuf>,
     pub crl: Option<PathBuf>,
+    /// Bounds on a client's certificate chain, checked before it is
+    /// verified (`max_client_chain`, `max_client_chain_size`).
+    pub client_chain: ChainLimits,
     pub min_version: TlsVersion,
     /// Cipher suites by name, in order of preference (`None`: mqttlb's
     /// default order, see `tls::DEFAULT_CIPHER_SUITES`). Names are checked
@@ -401,7 +407,9 @@ impl TlsAcceptor {
                 let verifier = vb
                     .build()
                     .map_err(|e| TlsSetupError::new(&ca_key, e.to_string()))?;
-                builder.with_client_cert_verifier(verifier)
+                builder.with_client_cert_verifier(Arc::new(
+                    client_chain::BoundedClientVerifier::new(verifier, cfg.client_chain),
+                ))
             }
         };
         let mut config = builder.with_cert_resolver(resolver);
@@ -717,6 +725,10 @@ mod tests {
             client_auth: ClientAuth::None,
             client_ca: None,
             crl: None,
+            client_chain: ChainLimits {
+                max_certs: 8,
+                max_bytes: 32 * 1024,
+            },
             min_version: TlsVersion::V12,
             cipher_suites: suites.map(owned),
             kx_groups: groups.map(owned),
