@@ -44,7 +44,7 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert_eq!(resources.len(), 4);
+    assert_eq!(resources.len(), 5);
     let mut kinds = BTreeSet::new();
     let mut checked = 0;
     for file in resources {
@@ -66,8 +66,26 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
                 }
                 "Deployment" => {
                     let c = &doc["spec"]["template"]["spec"]["containers"][0];
-                    assert_eq!(str_at(c, &["livenessProbe", "httpGet", "path"]), "/healthz");
-                    assert_eq!(str_at(c, &["readinessProbe", "httpGet", "path"]), "/readyz");
+                    // Probes from inside the pod, through the binary's own
+                    // client, to the host-only admin slots.
+                    for (probe, path) in
+                        [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]
+                    {
+                        let cmd: Vec<&str> = c[probe]["exec"]["command"]
+                            .as_sequence()
+                            .unwrap_or_else(|| panic!("{probe} is an exec probe"))
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect();
+                        assert_eq!(
+                            cmd,
+                            [
+                                "/usr/local/bin/mqttlb",
+                                "health",
+                                &format!("http://127.0.0.1:9100{path}")
+                            ]
+                        );
+                    }
                     let ports: Vec<i64> = c["ports"]
                         .as_sequence()
                         .expect("ports")
@@ -86,10 +104,16 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 5);
+    assert_eq!(checked, 6);
     assert_eq!(
         kinds.into_iter().collect::<Vec<_>>(),
-        ["ConfigMap", "Deployment", "Secret", "Service"]
+        [
+            "ConfigMap",
+            "Deployment",
+            "NetworkPolicy",
+            "Secret",
+            "Service"
+        ]
     );
 }
 
