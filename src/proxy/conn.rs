@@ -160,7 +160,7 @@ async fn serve<S>(
 {
     match &ctx.websocket {
         None => serve_client(ctx, stream, peer, local, tls, conn_id, Vec::new()).await,
-        // Boxed: the WebSocket path's state (tungstenite's, and a second
+        // Boxed: the WebSocket path's state (the frame codec, and a second
         // instance of `serve_client` over it) is larger than the plain
         // path's, and an async fn is as large as its largest state; on the
         // heap, only WebSocket connections pay for it.
