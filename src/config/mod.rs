@@ -202,7 +202,8 @@ pub struct WebSocketConfig {
     pub upgrade_timeout: Duration,
     /// Upgrade request head, request line and headers.
     pub max_request_size: usize,
-    /// One WebSocket message (`to = "tcp"`: held whole before forwarding).
+    /// Largest WebSocket message (`to = "tcp"`; policy, not a buffer:
+    /// payload is streamed as it arrives).
     pub max_message_size: usize,
     pub max_frame_size: usize,
 }

@@ -160,7 +160,7 @@ async fn serve<S>(
 {
     match &ctx.websocket {
         None => serve_client(ctx, stream, peer, local, tls, conn_id, Vec::new()).await,
-        // Boxed: the WebSocket path's state (tungstenite's, and a second
+        // Boxed: the WebSocket path's state (the frame codec, and a second
         // instance of `serve_client` over it) is larger than the plain
         // path's, and an async fn is as large as its largest state; on the
         // heap, only WebSocket connections pay for it.
@@ -274,10 +274,8 @@ async fn serve_client<S>(
         answer_and_close(client, connack_not_authorized(protocol)).await;
         return;
     }
-    if let (Some(limit), Some(id), Some(protocol)) =
-        (&ctx.client_limit, hello.client, hello.protocol)
-    {
-        if !limit.admit(&id) {
+    if let (Some(id), Some(protocol)) = (hello.client, hello.protocol) {
+        if !ctx.state.client_limit.admit(&id) {
             // Refused before any broker is touched.
             ctx.metrics.rejected(Rejection::ClientRateLimit);
             static STORMS: LogLimiter = crate::ratelog::per_kind();
