@@ -197,7 +197,9 @@ pub async fn run(
                     info!(pool = %nodes.pool, added = ?c.added, removed = ?c.removed, "backends updated by discovery");
                 }
             }
-            Err(e) => warn!(pool = %nodes.pool, error = %e, "discovery failed; keeping the current nodes"),
+            Err(e) => {
+                warn!(pool = %nodes.pool, error = %e, "discovery failed; keeping the current nodes")
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,

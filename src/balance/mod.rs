@@ -343,7 +343,11 @@ impl Pool {
     }
 
     pub fn find(&self, name: &str) -> Option<Arc<Backend>> {
-        self.nodes.current().iter().find(|b| b.name == name).cloned()
+        self.nodes
+            .current()
+            .iter()
+            .find(|b| b.name == name)
+            .cloned()
     }
 
     pub fn any_up(&self) -> bool {
