@@ -264,3 +264,42 @@ async fn reload_adds_and_removes_listeners() {
     let mut t = tls_connect(proxy.addr, &certs, false).await.expect("TLS");
     assert_eq!(mqtt_connect(&mut t, 5, "tls-client").await, Some(0));
 }
+
+/// Rate-limit state belongs to the listener, not to a generation: a reload
+/// keeps a client id's spent budget spent, and applies a lowered limit to
+/// the buckets it already holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_spent_rate_budgets_and_applies_new_limits() {
+    let certs = Certs::new();
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let mut raw = common::proxy_config(&certs, &[("node1", node.addr)]);
+    raw.limits.client_connect_rate = Some(2); // per minute, bursts of 2
+    let proxy = ProxyUnderTest::start(&raw.to_toml(), certs.dir.path()).await;
+    let connect = |id: &'static str| {
+        let certs = &certs;
+        let addr = proxy.addr;
+        async move {
+            let mut s = tls_connect(addr, certs, false).await.expect("TLS");
+            mqtt_connect(&mut s, 4, id).await
+        }
+    };
+    assert_eq!(connect("flappy").await, Some(0));
+    assert_eq!(connect("flappy").await, Some(0));
+    assert_eq!(connect("flappy").await, Some(3), "budget spent");
+    let config = |rate: u32| {
+        let mut raw = raw.clone();
+        raw.limits.client_connect_rate = Some(rate);
+        let raw = mqttlb::config::parse_toml("t.toml", &raw.to_toml()).expect("parses");
+        mqttlb::config::Config::from_raw("t.toml", certs.dir.path(), raw).expect("converts")
+    };
+    proxy.handle.reload(config(2)).await.expect("reload");
+    assert_eq!(
+        connect("flappy").await,
+        Some(3),
+        "still refused right after the reload"
+    );
+    assert_eq!(connect("steady").await, Some(0));
+    proxy.handle.reload(config(1)).await.expect("reload");
+    assert_eq!(connect("fresh").await, Some(0));
+    assert_eq!(connect("fresh").await, Some(3), "the lowered limit applies");
+}

@@ -89,3 +89,41 @@ pub struct PoolConfig {
     /// Spread those DISCONNECTs over this window (no reconnect storm).
     pub drain_window: Duration,
 }
+
+/// A pool of `servers` (name, port on 127.0.0.1) with defaults, for tests.
+#[cfg(test)]
+pub fn test_pool(name: &str, servers: &[(&str, u16)]) -> PoolConfig {
+    PoolConfig {
+        name: name.into(),
+        strategy: Strategy::RoundRobin,
+        hash_key: HashKey::ClientId,
+        proxy_protocol: ProxyProtocol::Off,
+        identity: IdentityTlvs::default(),
+        connect_timeout: Duration::from_secs(1),
+        connect_attempts: NonZeroU32::MIN,
+        connack_timeout: Duration::from_secs(1),
+        health: HealthConfig {
+            check: HealthCheckKind::Tcp,
+            interval: Duration::from_secs(3600),
+            timeout: Duration::from_secs(1),
+            rise: NonZeroU32::MIN,
+            fall: NonZeroU32::MIN,
+            mqtt_version: ProtocolVersion::V311,
+            proxy_command: ProxyCommand::Proxy,
+            username: None,
+            password: None,
+        },
+        servers: servers
+            .iter()
+            .map(|(n, port)| ServerConfig {
+                name: (*n).into(),
+                addr: SocketAddr::from(([127, 0, 0, 1], *port)),
+                weight: NonZeroU32::MIN,
+            })
+            .collect(),
+        dns: Vec::new(),
+        resolve_interval: Duration::from_secs(10),
+        drain_disconnect: false,
+        drain_window: Duration::from_secs(30),
+    }
+}

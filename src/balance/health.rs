@@ -1,5 +1,7 @@
-//! Active health checks: one task per backend, every `interval`, each check
-//! bounded by `timeout`.
+//! Active health checks: one task per node for as long as it is in its
+//! set ([`NodeSet`]), every `interval`, each check bounded by `timeout`;
+//! the settings are read each round, so a reload changes them without
+//! restarting anything.
 //!
 //! * `tcp` — a TCP connect succeeds.
 //! * `mqtt` — CONNECT (3.1.1 or 5.0, clean session) answered by an accepted
@@ -15,15 +17,14 @@
 //! `proxy_command = "local"` sends LOCAL / UNKNOWN instead.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::config::HealthCheckKind;
-use super::{Backend, Pool};
+use super::{Backend, CheckSettings, NodeSet};
 use crate::mqtt::packets::{self, ConnackHead};
 use crate::mqtt::rc;
 use crate::proxy_protocol as header;
@@ -63,47 +64,43 @@ fn refusal_hint(code: u8) -> &'static str {
     }
 }
 
-/// Spawn a checker per backend of `pool` on `tracker`; they stop when
-/// `shutdown` is cancelled.
-pub fn spawn_checks(
-    pool: &Arc<Pool>,
+/// Spawn `backend`'s checker on `tracker`. It reads `nodes`' check
+/// settings every round (a reload changes them in place) and stops when
+/// the node leaves its set or `stop` is cancelled.
+pub fn spawn_check(
+    nodes: Arc<NodeSet>,
+    backend: Arc<Backend>,
     tracker: &tokio_util::task::TaskTracker,
-    shutdown: &CancellationToken,
+    stop: &CancellationToken,
 ) {
-    let n = u32::try_from(pool.backends.len().max(1)).unwrap_or(u32::MAX);
-    let step = pool.health.interval / n;
-    for (i, backend) in (0u32..).zip(pool.backends.iter()) {
-        // Spread first checks over one interval so checks of many backends
-        // do not fire in lockstep.
-        let offset = step.saturating_mul(i);
-        tracker.spawn(run(pool.clone(), backend.clone(), offset, shutdown.clone()));
-    }
+    tracker.spawn(run(nodes, backend, stop.clone()));
 }
 
-async fn run(
-    pool: Arc<Pool>,
-    backend: Arc<Backend>,
-    offset: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut ticks = tokio::time::interval_at(Instant::now() + offset, pool.health.interval);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // The check's CONNECT never changes: encode it once.
-    let h = &pool.health;
-    let connect = packets::encode_connect(
-        h.mqtt_version,
-        &check_client_id(&backend.name),
-        10,
-        h.username.as_deref(),
-        h.password.as_ref().map(|p| p.0.as_bytes()),
-    );
+async fn run(nodes: Arc<NodeSet>, backend: Arc<Backend>, stop: CancellationToken) {
+    // Spread first checks over one interval (by the node's name, so they
+    // do not fire in lockstep and a node's place is stable).
+    let first = nodes.check_settings().health.interval;
+    let spread = first.mul_f64(f64::from(backend.seed_fraction()));
+    let mut next = Instant::now() + spread;
+    let retired = backend.retired().clone();
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
+            _ = stop.cancelled() => return,
+            _ = retired.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
         }
+        let settings = nodes.check_settings();
+        let h = &settings.health;
+        next = Instant::now() + h.interval;
+        let connect = packets::encode_connect(
+            h.mqtt_version,
+            &check_client_id(&backend.name),
+            10,
+            h.username.as_deref(),
+            h.password.as_ref().map(|p| p.0.as_bytes()),
+        );
         let started = Instant::now();
-        let result = tokio::time::timeout(pool.health.timeout, check(&pool, &backend, &connect))
+        let result = tokio::time::timeout(h.timeout, check(&settings, &backend, &connect))
             .await
             .unwrap_or(Err(CheckError::Timeout));
         let seconds = started.elapsed().as_secs_f64();
@@ -134,25 +131,30 @@ fn check_client_id(backend: &str) -> String {
     format!("mqttlb-hc-{:012x}", h & 0xffff_ffff_ffff)
 }
 
-async fn check(pool: &Pool, backend: &Backend, connect: &[u8]) -> Result<(), CheckError> {
+async fn check(
+    settings: &CheckSettings,
+    backend: &Backend,
+    connect: &[u8],
+) -> Result<(), CheckError> {
+    let (health, proxy_protocol) = (&settings.health, settings.proxy_protocol);
     let mut stream = TcpStream::connect(backend.addr).await?;
-    if pool.health.check == HealthCheckKind::Tcp && pool.proxy_protocol == ProxyProtocol::Off {
+    if health.check == HealthCheckKind::Tcp && proxy_protocol == ProxyProtocol::Off {
         return Ok(());
     }
     stream.set_nodelay(true)?;
     let mut out = Vec::with_capacity(64);
     header::encode_check(
-        pool.proxy_protocol,
-        pool.health.proxy_command,
+        proxy_protocol,
+        health.proxy_command,
         stream.local_addr()?,
         backend.addr,
         &mut out,
     );
-    if pool.health.check == HealthCheckKind::Tcp {
+    if health.check == HealthCheckKind::Tcp {
         stream.write_all(&out).await?;
         return Ok(());
     }
-    let version = pool.health.mqtt_version;
+    let version = health.mqtt_version;
     out.extend_from_slice(connect);
     stream.write_all(&out).await?;
     let mut buf = [0u8; 64];

@@ -1,14 +1,22 @@
 //! Backend sets: nodes with their health and load, the selection strategies
 //! over them ([`strategy`], pure), and active health checks ([`health`]).
+//!
+//! How state lives: a [`Pool`] is one generation's settings (strategy,
+//! timeouts, PROXY header), rebuilt by every reload; its [`NodeSet`]
+//! ([`nodes`]) is long-lived, handed from generation to generation, and
+//! owns the nodes, their health-check tasks and the selection state;
+//! [`discovery`] changes it in place.
 
 pub mod config;
+pub mod discovery;
 pub mod health;
+pub mod nodes;
 pub mod state;
 pub mod strategy;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
@@ -16,8 +24,10 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::{BackendMetrics, Metrics};
 use crate::proxy_protocol::{IdentityTlvs, ProxyProtocol};
 pub use config::{HashKey, HealthConfig, PoolConfig, Strategy};
+pub use discovery::dns_node_name;
+pub use nodes::{CheckSettings, NodeChanges, NodeSet, NodeSpec};
 use state::HealthState;
-use strategy::{NodeView, SmoothWrr};
+use strategy::NodeView;
 
 /// One broker node.
 pub struct Backend {
@@ -39,6 +49,8 @@ pub struct Backend {
     last_check: Mutex<Option<LastCheck>>,
     /// MQTT 5 connections that can be asked to move (drain), by id.
     kickable: Mutex<HashMap<u64, CancellationToken>>,
+    /// Cancelled when the node leaves its set: its health check stops.
+    retired: CancellationToken,
     pub metrics: BackendMetrics,
 }
 
@@ -74,16 +86,32 @@ impl Backend {
             fall: AtomicU32::new(health.fall.get()),
             last_check: Mutex::new(None),
             kickable: Mutex::new(HashMap::new()),
+            retired: CancellationToken::new(),
             metrics: m,
         }
     }
 
-    /// Apply a reloaded configuration to a backend that stays: health
-    /// state, counters and open connections are kept.
-    pub fn update(&self, weight: u32, health: &HealthConfig) {
+    /// Reweight a node that stays; its health state, counters and open
+    /// connections are kept.
+    pub fn set_weight(&self, weight: u32) {
         self.weight.store(weight, Ordering::Relaxed);
+    }
+
+    /// New rise/fall thresholds, applied from the next observation.
+    pub fn set_thresholds(&self, health: &HealthConfig) {
         self.rise.store(health.rise.get(), Ordering::Relaxed);
         self.fall.store(health.fall.get(), Ordering::Relaxed);
+    }
+
+    /// The node left its set: its health check stops (open connections
+    /// run on).
+    pub fn retire(&self) {
+        self.retired.cancel();
+    }
+
+    /// Cancelled when the node has left its set.
+    pub fn retired(&self) -> &CancellationToken {
+        &self.retired
     }
 
     pub fn weight(&self) -> u32 {
@@ -198,6 +226,12 @@ impl Backend {
         ActiveGuard(self.clone())
     }
 
+    /// Where in `[0, 1)` the node's name puts it (spreads check timers).
+    fn seed_fraction(&self) -> f32 {
+        // 16 bits of the seed: the cast is exact.
+        f32::from(u16::try_from(self.seed >> 48).unwrap_or(0)) / 65536.0
+    }
+
     fn view(&self) -> NodeView {
         NodeView {
             seed: self.seed,
@@ -205,12 +239,6 @@ impl Backend {
             active: self.active(),
         }
     }
-}
-
-/// Name of the node a DNS answer produced: stable for a given address, so
-/// client-id hashing agrees across mqttlb instances and re-resolutions.
-pub fn dns_node_name(server: &str, ip: IpAddr) -> String {
-    format!("{server}/{ip}")
 }
 
 /// A connection's registration for drain kicks; removed on drop.
@@ -246,7 +274,8 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// A named set of backends and how to choose among them.
+/// One generation's view of a pool: its settings as configured, and its
+/// long-lived [`NodeSet`].
 pub struct Pool {
     pub name: String,
     pub strategy: Strategy,
@@ -257,40 +286,21 @@ pub struct Pool {
     pub connect_attempts: usize,
     pub connack_timeout: std::time::Duration,
     pub health: HealthConfig,
-    pub backends: Vec<Arc<Backend>>,
-    wrr: Mutex<SmoothWrr>,
-    rotor: AtomicUsize,
+    pub nodes: Arc<NodeSet>,
 }
 
 impl Pool {
+    /// A pool of `cfg`'s static servers in a fresh node set (not started).
     pub fn new(cfg: &PoolConfig, metrics: &Metrics) -> Pool {
-        Pool::reusing(cfg, metrics, &|_, _| None, &[])
+        let nodes = Arc::new(NodeSet::new(&cfg.name, check_settings(cfg), metrics));
+        nodes.set_backends(&discovery::static_nodes(cfg));
+        Pool::with_nodes(cfg, nodes)
     }
 
-    /// Build a pool from its static servers and the current DNS answers
-    /// (`resolved[i]` for `cfg.dns[i]`), taking over existing backends
-    /// (same name and address) from `reuse` so a reload keeps their
-    /// health, counters and connections; they are reweighted in place.
-    pub fn reusing(
-        cfg: &PoolConfig,
-        metrics: &Metrics,
-        reuse: &dyn Fn(&str, SocketAddr) -> Option<Arc<Backend>>,
-        resolved: &[Vec<IpAddr>],
-    ) -> Pool {
-        let mut nodes: Vec<(String, SocketAddr, u32)> = cfg
-            .servers
-            .iter()
-            .map(|s| (s.name.clone(), s.addr, s.weight.get()))
-            .collect();
-        for (d, ips) in cfg.dns.iter().zip(resolved) {
-            for ip in ips {
-                nodes.push((
-                    dns_node_name(&d.name, *ip),
-                    SocketAddr::new(*ip, d.port),
-                    d.weight.get(),
-                ));
-            }
-        }
+    /// `cfg`'s settings over an existing node set (a reload); the set's
+    /// check settings follow `cfg`, its nodes are the caller's business.
+    pub fn with_nodes(cfg: &PoolConfig, nodes: Arc<NodeSet>) -> Pool {
+        nodes.configure(check_settings(cfg));
         Pool {
             name: cfg.name.clone(),
             strategy: cfg.strategy,
@@ -298,50 +308,57 @@ impl Pool {
             proxy_protocol: cfg.proxy_protocol,
             identity: cfg.identity,
             connect_timeout: cfg.connect_timeout,
-            connect_attempts: cfg.connect_attempts.get() as usize,
+            connect_attempts: usize::try_from(cfg.connect_attempts.get()).unwrap_or(usize::MAX),
             connack_timeout: cfg.connack_timeout,
             health: cfg.health.clone(),
-            backends: nodes
-                .into_iter()
-                .map(|(name, addr, weight)| match reuse(&name, addr) {
-                    Some(b) => {
-                        b.update(weight, &cfg.health);
-                        b
-                    }
-                    None => Arc::new(Backend::new(&name, addr, weight, &cfg.health, metrics)),
-                })
-                .collect(),
-            wrr: Mutex::new(SmoothWrr::default()),
-            rotor: AtomicUsize::new(0),
+            nodes,
         }
+    }
+
+    /// The current nodes.
+    pub fn backends(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.nodes.current()
     }
 
     /// Backends to try for a new connection, best first, at most
     /// `connect_attempts` of them; empty when none is in rotation.
     pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<Backend>> {
-        let views: Vec<NodeView> = self.backends.iter().map(|b| b.view()).collect();
+        let backends = self.nodes.current();
+        let views: Vec<NodeView> = backends.iter().map(|b| b.view()).collect();
         let eligible: Vec<usize> = (0..)
-            .zip(&self.backends)
+            .zip(backends.iter())
             .filter(|(_, b)| b.in_rotation())
             .map(|(i, _)| i)
             .collect();
-        let rotor = self.rotor.fetch_add(1, Ordering::Relaxed);
+        let rotor = self.nodes.rotor.fetch_add(1, Ordering::Relaxed);
         let order = {
-            let mut wrr = self.wrr.lock().unwrap_or_else(|p| p.into_inner());
+            let mut wrr = self.nodes.wrr.lock().unwrap_or_else(|p| p.into_inner());
             strategy::order(self.strategy, &views, &eligible, key, &mut wrr, rotor)
         };
         order
             .into_iter()
-            .filter_map(|i| self.backends.get(i).cloned())
+            .filter_map(|i| backends.get(i).cloned())
             .take(self.connect_attempts)
             .collect()
     }
 
-    pub fn find(&self, name: &str) -> Option<&Arc<Backend>> {
-        self.backends.iter().find(|b| b.name == name)
+    pub fn find(&self, name: &str) -> Option<Arc<Backend>> {
+        self.nodes
+            .current()
+            .iter()
+            .find(|b| b.name == name)
+            .cloned()
     }
 
     pub fn any_up(&self) -> bool {
-        self.backends.iter().any(|b| b.in_rotation())
+        self.nodes.current().iter().any(|b| b.in_rotation())
+    }
+}
+
+/// What a pool's health checks read.
+fn check_settings(cfg: &PoolConfig) -> CheckSettings {
+    CheckSettings {
+        health: cfg.health.clone(),
+        proxy_protocol: cfg.proxy_protocol,
     }
 }

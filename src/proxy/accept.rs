@@ -72,13 +72,11 @@ impl ProxyState {
 async fn accept_loop(listener: TcpListener, slot: Arc<ListenerSlot>, state: Arc<ProxyState>) {
     let on_accept = |tcp: tokio::net::TcpStream, peer: SocketAddr| {
         let ctx = slot.ctx.load_full();
-        if let Some(limit) = &ctx.source_limit {
-            if !limit.admit(&peer.ip()) {
-                // Before any TLS work: a reconnect storm costs an accept
-                // and a close.
-                ctx.metrics.rejected(Rejection::SourceRateLimit);
-                return;
-            }
+        if !ctx.state.source_limit.admit(&peer.ip()) {
+            // Before any TLS work: a reconnect storm costs an accept and a
+            // close.
+            ctx.metrics.rejected(Rejection::SourceRateLimit);
+            return;
         }
         let Ok(permit) = state.limit.clone().try_acquire_owned() else {
             ctx.metrics.rejected(Rejection::MaxConnections);

@@ -274,10 +274,8 @@ async fn serve_client<S>(
         answer_and_close(client, connack_not_authorized(protocol)).await;
         return;
     }
-    if let (Some(limit), Some(id), Some(protocol)) =
-        (&ctx.client_limit, hello.client, hello.protocol)
-    {
-        if !limit.admit(&id) {
+    if let (Some(id), Some(protocol)) = (hello.client, hello.protocol) {
+        if !ctx.state.client_limit.admit(&id) {
             // Refused before any broker is touched.
             ctx.metrics.rejected(Rejection::ClientRateLimit);
             static STORMS: LogLimiter = crate::ratelog::per_kind();

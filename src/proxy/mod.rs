@@ -8,13 +8,22 @@
 //! SIGHUP use while it runs: backend status, drain/enable, and
 //! [`ProxyHandle::reload`].
 //!
-//! Reload model: every listener's context (TLS acceptor, pool, limits) sits
-//! behind an `ArcSwap`; the accept loop loads it once per accepted
-//! connection, so a reload changes what *new* connections get while open
-//! ones keep the context they started with. Backends that stay (same name
-//! and address) are taken over by the new pools with their health state,
-//! counters and connections; removed ones simply stop receiving new
-//! connections and their open connections run to completion (drain).
+//! How state lives:
+//!
+//! * a **generation** (the parsed configuration, TLS acceptors, one
+//!   [`Pool`] of settings per pool) is swapped whole by a reload; every
+//!   listener's context sits behind an `ArcSwap` and the accept loop loads
+//!   it once per accepted connection, so a reload changes what *new*
+//!   connections get while open ones keep the context they started with;
+//! * a **listener's state** ([`ListenerState`]: its rate limiters) is kept
+//!   by listener name across generations, and a reload applies new limits
+//!   to it;
+//! * a **pool's node set** ([`crate::balance::NodeSet`]: nodes, their
+//!   health state, checks and counters, selection state) is kept by pool
+//!   name across generations; a reload and DNS discovery change it in
+//!   place with `set_backends`, and only the nodes that change start or
+//!   stop anything. Removed nodes stop receiving new connections; their
+//!   open connections run to completion.
 //!
 //! # Layout
 //!
@@ -22,15 +31,13 @@
 //! * `accept` — listening sockets and what happens to each accepted
 //!   connection (permit, counters, spawn);
 //! * [`conn`] — one connection's life; [`splice`] — the relay;
-//! * `reload` — configuration and DNS generations, with the diff they apply;
+//! * `reload` — configuration generations, with the diff they apply;
 //! * `drain` — draining a backend and pacing its clients' moves;
 //! * `handover` — listeners from inherited sockets, and the running
-//!   listeners' sockets offered to a process that takes over;
-//! * [`dns`] — the resolver task that feeds reloads.
+//!   listeners' sockets offered to a process that takes over.
 
 mod accept;
 pub mod conn;
-pub mod dns;
 mod drain;
 mod handover;
 mod reload;
@@ -44,6 +51,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
@@ -53,7 +61,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::balance::{LastCheck, Pool, health};
+use crate::balance::{LastCheck, Pool, discovery};
 use crate::config::{
     Config, ConfigErrors, Limits, ListenerConfig, MqttListenerConfig, Overrides, WebSocketConfig,
 };
@@ -79,11 +87,43 @@ pub struct ListenerCtx {
     pub metrics: ListenerMetrics,
     /// Random per process; first half of PROXY v2 unique ids.
     pub instance_nonce: u64,
-    /// `limits.source_connect_rate`, keyed by client address (state is
-    /// per listener and starts afresh with each reload).
-    pub source_limit: Option<KeyedLimiter<IpAddr>>,
+    /// The listener's long-lived state (rate limiters), shared by every
+    /// generation of its context.
+    pub state: Arc<ListenerState>,
+}
+
+/// What belongs to a listener rather than to a generation: kept by name
+/// across reloads, which apply new limits to it in place.
+#[derive(Debug)]
+pub struct ListenerState {
+    /// `limits.source_connect_rate`, keyed by client address.
+    pub source_limit: KeyedLimiter<IpAddr>,
     /// `limits.client_connect_rate`, keyed by a hash of the client id.
-    pub client_limit: Option<KeyedLimiter<u64>>,
+    pub client_limit: KeyedLimiter<u64>,
+}
+
+impl ListenerState {
+    fn new(limits: &Limits) -> ListenerState {
+        let keys = crate::config::defaults::RATE_LIMIT_KEYS;
+        let state = ListenerState {
+            source_limit: KeyedLimiter::new(0, Duration::from_secs(1), 0, keys),
+            client_limit: KeyedLimiter::new(0, Duration::from_secs(60), 0, keys),
+        };
+        state.configure(limits);
+        state
+    }
+
+    /// Apply the limits of a (new) configuration; what was spent stays
+    /// spent. Source addresses get bursts of twice their rate per second,
+    /// client ids their rate per minute.
+    fn configure(&self, limits: &Limits) {
+        let source = limits.source_connect_rate;
+        self.source_limit
+            .set_rate(source, Duration::from_secs(1), source.saturating_mul(2));
+        let client = limits.client_connect_rate;
+        self.client_limit
+            .set_rate(client, Duration::from_secs(60), client);
+    }
 }
 
 /// A configured, not yet running proxy.
@@ -103,12 +143,7 @@ struct Generation {
     pools: BTreeMap<String, Arc<Pool>>,
     /// TLS acceptor per listener, in config order.
     tls: Vec<Option<TlsAcceptor>>,
-    /// Current DNS answers: pool name → one address list per `dns` entry.
-    resolved: Resolved,
 }
-
-/// DNS answers: pool name → one address list per entry of its `dns`.
-pub type Resolved = BTreeMap<String, Vec<Vec<IpAddr>>>;
 
 /// A running listener: its swappable context and its own stop switch.
 struct ListenerSlot {
@@ -129,16 +164,14 @@ struct ProxyState {
     limit: Arc<Semaphore>,
     limit_size: AtomicUsize,
     listeners: std::sync::Mutex<BTreeMap<String, Arc<ListenerSlot>>>,
-    /// Stops the current set of health-check tasks (replaced on reload).
-    health_stop: std::sync::Mutex<CancellationToken>,
+    /// Long-lived state of each configured listener, by name.
+    listener_states: std::sync::Mutex<BTreeMap<String, Arc<ListenerState>>>,
     background: TaskTracker,
     conns: TaskTracker,
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
     /// One reload at a time.
     reload_lock: tokio::sync::Mutex<()>,
-    /// Wakes the DNS task after a reload (new names to resolve).
-    dns_wake: tokio::sync::Notify,
     /// Where `reload_from_source` reads the configuration again.
     source: std::sync::Mutex<Option<(PathBuf, Overrides)>>,
 }
@@ -172,22 +205,16 @@ impl Proxy {
             metrics,
             instance_nonce: instance_nonce(),
             conn_ids: AtomicU64::new(0),
-            current: ArcSwap::from_pointee(Generation {
-                config,
-                pools,
-                tls,
-                resolved: Resolved::new(),
-            }),
+            current: ArcSwap::from_pointee(Generation { config, pools, tls }),
             limit: Arc::new(Semaphore::new(max)),
             limit_size: AtomicUsize::new(max),
             listeners: Default::default(),
-            health_stop: std::sync::Mutex::new(CancellationToken::new()),
+            listener_states: Default::default(),
             background: TaskTracker::new(),
             conns: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             reload_lock: tokio::sync::Mutex::new(()),
-            dns_wake: tokio::sync::Notify::new(),
             source: std::sync::Mutex::new(None),
         });
         state.export_certificates(&state.current.load());
@@ -244,13 +271,11 @@ impl Proxy {
     pub fn start(self, listeners: Vec<ListenerSockets>) -> Running {
         let state = self.state;
         let generation = state.current.load_full();
-        state.restart_health_checks(&generation);
-        state.background.spawn(dns::run(
-            ProxyHandle {
-                state: state.clone(),
-            },
-            state.shutdown.clone(),
-        ));
+        for (name, pool) in &generation.pools {
+            if let Some(cfg) = generation.config.pools.get(name) {
+                state.start_pool(pool, cfg, Vec::new());
+            }
+        }
         for ((cfg, listener), tls) in generation
             .config
             .listeners
@@ -305,23 +330,6 @@ impl Running {
     }
 }
 
-/// A limiter of `rate` per `period_secs`, bursts of `burst_factor` × rate;
-/// none for rate 0.
-fn limiter<K: Eq + std::hash::Hash + Clone>(
-    rate: u32,
-    period_secs: u64,
-    burst_factor: u32,
-) -> Option<KeyedLimiter<K>> {
-    (rate > 0).then(|| {
-        KeyedLimiter::new(
-            rate,
-            std::time::Duration::from_secs(period_secs),
-            rate.saturating_mul(burst_factor),
-            crate::config::defaults::RATE_LIMIT_KEYS,
-        )
-    })
-}
-
 // A poisoned lock only means a panic elsewhere while holding it; the data
 // (a map of handles) is still consistent.
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -338,6 +346,10 @@ impl ProxyState {
     ) -> Option<ListenerCtx> {
         // Config conversion guarantees every listener's pool exists.
         let pool = generation.pools.get(&cfg.pool)?.clone();
+        let state = lock(&self.listener_states)
+            .entry(cfg.name.clone())
+            .or_insert_with(|| Arc::new(ListenerState::new(&generation.config.limits)))
+            .clone();
         Some(ListenerCtx {
             name: cfg.name.clone(),
             local_addr,
@@ -349,8 +361,7 @@ impl ProxyState {
             limits: generation.config.limits.clone(),
             metrics: self.metrics.listener(&cfg.name),
             instance_nonce: self.instance_nonce,
-            source_limit: limiter(generation.config.limits.source_connect_rate, 1, 2),
-            client_limit: limiter(generation.config.limits.client_connect_rate, 60, 1),
+            state,
         })
     }
 
@@ -378,18 +389,24 @@ impl ProxyState {
             .pools
             .iter()
             .map(|(name, pool)| {
-                let n = pool.backends.iter().filter(|b| b.in_rotation()).count();
+                let n = pool.backends().iter().filter(|b| b.in_rotation()).count();
                 (name.clone(), i64::try_from(n).unwrap_or(i64::MAX))
             })
             .collect()
     }
 
-    fn restart_health_checks(&self, generation: &Generation) {
-        let token = self.shutdown.child_token();
-        let old = std::mem::replace(&mut *lock(&self.health_stop), token.clone());
-        old.cancel();
-        for pool in generation.pools.values() {
-            health::spawn_checks(pool, &self.background, &token);
+    /// Start a pool's node set (health checks) if it is not running yet,
+    /// and (re)start its DNS discovery from `answers` when it has DNS
+    /// servers. Nothing else of the pool restarts.
+    fn start_pool(&self, pool: &Pool, cfg: &crate::config::PoolConfig, answers: Vec<Vec<IpAddr>>) {
+        if !pool.nodes.started() {
+            pool.nodes.start(&self.background, &self.shutdown);
+        }
+        if cfg.dns.is_empty() {
+            pool.nodes.stop_discovery();
+        } else {
+            let dns = discovery::Dns::new(cfg, answers);
+            pool.nodes.discover(Arc::new(dns), cfg.resolve_interval);
         }
     }
 }
@@ -398,11 +415,10 @@ impl ProxyHandle {
     /// Every backend of every pool, for `GET /api/v1/backends`.
     pub fn backends(&self) -> Vec<BackendStatus> {
         let generation = self.state.current.load();
-        generation
-            .pools
-            .values()
-            .flat_map(|p| {
-                p.backends.iter().map(move |b| BackendStatus {
+        let mut out = Vec::new();
+        for p in generation.pools.values() {
+            for b in p.backends().iter() {
+                out.push(BackendStatus {
                     pool: p.name.clone(),
                     name: b.name.clone(),
                     addr: b.addr,
@@ -416,9 +432,10 @@ impl ProxyHandle {
                     weight: b.weight(),
                     active: b.active(),
                     last_check: b.last_check(),
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        out
     }
 
     /// Running listeners and the addresses they are bound to.

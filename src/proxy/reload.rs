@@ -1,21 +1,23 @@
-//! Reloads: a new configuration (SIGHUP, the admin API) or new DNS answers
-//! become the next *generation*. Everything that can fail (TLS files, new
-//! listeners' ports) happens before anything changes; then pools are built
-//! taking over the backends that stay, listener contexts are swapped,
-//! removed listeners stop, new ones start, health checks restart.
+//! Reloads: a new configuration (SIGHUP, the admin API) becomes the next
+//! *generation*. Everything that can fail (TLS files, new listeners' ports)
+//! happens before anything changes; then each pool's long-lived node set
+//! gets the new settings and node list in place (nodes that stay keep
+//! their state and checks), listener contexts are swapped (their state
+//! reconfigured, not replaced), removed listeners stop and new ones start.
+//! DNS answers never come through here: discovery changes its own pool's
+//! node set.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use super::accept::bind_listener;
-use super::{Generation, ListenerSlot, ProxyHandle, Resolved, lock};
-use crate::balance::{Backend, Pool};
+use super::{Generation, ListenerSlot, ProxyHandle, lock};
+use crate::balance::{Pool, discovery};
 use crate::config::{Config, ConfigError, ConfigErrors, ListenerConfig};
 use crate::sys::ListenerSockets;
 use crate::tls::TlsAcceptor;
@@ -115,130 +117,60 @@ impl ProxyHandle {
                 fresh.push((i, bind_listener(l).map_err(ReloadError::Bind)?));
             }
         }
-        // DNS answers carry over for entries that still name the same
-        // host and port; new names resolve right after.
-        let resolved: Resolved = config
-            .pools
-            .iter()
-            .map(|(name, p)| {
-                let answers = p
-                    .dns
-                    .iter()
-                    .map(|d| {
-                        old.config
-                            .pools
-                            .get(name)
-                            .and_then(|op| {
-                                let j = op
-                                    .dns
-                                    .iter()
-                                    .position(|o| o.host == d.host && o.port == d.port)?;
-                                old.resolved.get(name)?.get(j).cloned()
-                            })
-                            .unwrap_or_default()
-                    })
-                    .collect();
-                (name.clone(), answers)
-            })
-            .collect();
-        let summary = self.install(config, tls, resolved, &old, running, fresh);
-        state.dns_wake.notify_one();
+        let summary = self.install(config, tls, &old, running, fresh);
         Ok(summary)
     }
 
-    /// New DNS answers: rebuild the pools of the running configuration.
-    pub(crate) async fn apply_resolved(&self, resolved: Resolved) -> ReloadSummary {
-        let state = &self.state;
-        let _one_at_a_time = state.reload_lock.lock().await;
-        let old = state.current.load_full();
-        let running = lock(&state.listeners).clone();
-        self.install(
-            old.config.clone(),
-            old.tls.clone(),
-            resolved,
-            &old,
-            running,
-            Vec::new(),
-        )
-    }
-
-    /// The DNS names to resolve: (pool, entry index, host).
-    pub(crate) fn dns_names(&self) -> (Vec<(String, usize, String)>, Duration, Resolved) {
-        let generation = self.state.current.load();
-        let mut names = Vec::new();
-        let mut interval = Duration::from_secs(3600);
-        for (pool, p) in &generation.config.pools {
-            for (i, d) in p.dns.iter().enumerate() {
-                names.push((pool.clone(), i, d.host.clone()));
-                interval = interval.min(p.resolve_interval);
-            }
-        }
-        (names, interval, generation.resolved.clone())
-    }
-
-    pub(crate) async fn dns_wait(&self, interval: Duration) {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = self.state.dns_wake.notified() => {}
-        }
-    }
-
-    /// Build pools for `config` and `resolved` (taking over backends that
-    /// stay), then swap listener contexts, stop removed listeners, start
-    /// `fresh` ones and restart health checks.
+    /// Give each pool's node set the new settings and nodes (a new pool
+    /// gets a new set; a removed pool's set stops), then swap listener
+    /// contexts, stop removed listeners and start `fresh` ones.
     fn install(
         &self,
         config: Config,
         tls: Vec<Option<TlsAcceptor>>,
-        resolved: Resolved,
         old: &Generation,
         running: BTreeMap<String, Arc<ListenerSlot>>,
         fresh: Vec<(usize, ListenerSockets)>,
     ) -> ReloadSummary {
         let state = &self.state;
-        let old_backends: Vec<Arc<Backend>> = old
-            .pools
-            .values()
-            .flat_map(|p| p.backends.iter().cloned())
-            .collect();
-        let reuse = |name: &str, addr: SocketAddr| {
-            old_backends
-                .iter()
-                .find(|b| b.name == name && b.addr == addr)
-                .cloned()
-        };
-        let pools: BTreeMap<String, Arc<Pool>> = config
-            .pools
-            .iter()
-            .map(|(name, p)| {
-                let answers = resolved.get(name).map(Vec::as_slice).unwrap_or(&[]);
-                (
-                    name.clone(),
-                    Arc::new(Pool::reusing(p, &state.metrics, &reuse, answers)),
-                )
-            })
-            .collect();
-
         let mut summary = ReloadSummary::default();
-        let new_backends: Vec<Arc<Backend>> = pools
-            .values()
-            .flat_map(|p| p.backends.iter().cloned())
-            .collect();
-        let changes = backend_changes(&old_backends, &new_backends);
-        for name in &changes.forgotten {
-            state.metrics.forget_backend(name);
+        let mut pools = BTreeMap::new();
+        for (name, cfg) in &config.pools {
+            let pool = match old.pools.get(name) {
+                Some(p) => Pool::with_nodes(cfg, p.nodes.clone()),
+                None => Pool::new(cfg, &state.metrics),
+            };
+            // DNS nodes of entries that stay are kept until discovery
+            // answers again; new entries resolve right after.
+            let answers =
+                discovery::carried_answers(old.config.pools.get(name), cfg, &pool.backends());
+            let changes = pool
+                .nodes
+                .set_backends(&discovery::pool_nodes(cfg, &answers));
+            summary.backends_added.extend(changes.added);
+            summary.backends_removed.extend(changes.removed);
+            state.start_pool(&pool, cfg, answers);
+            pools.insert(name.clone(), Arc::new(pool));
         }
-        summary.backends_added = changes.added;
-        summary.backends_removed = changes.removed;
+        for (name, p) in &old.pools {
+            if !pools.contains_key(name) {
+                summary
+                    .backends_removed
+                    .extend(p.backends().iter().map(|b| b.name.clone()));
+                p.nodes.stop();
+            }
+        }
 
-        let generation = Arc::new(Generation {
-            config,
-            pools,
-            tls,
-            resolved,
-        });
+        let generation = Arc::new(Generation { config, pools, tls });
         state.current.store(generation.clone());
         state.export_certificates(&generation);
+        lock(&state.listener_states).retain(|name, listener| {
+            let keep = generation.config.listeners.iter().any(|l| &l.name == name);
+            if keep {
+                listener.configure(&generation.config.limits);
+            }
+            keep
+        });
         for (l, tls) in generation
             .config
             .listeners
@@ -267,7 +199,6 @@ impl ProxyHandle {
             state.start_listener(&generation, l, listener, tls.clone());
             summary.listeners_added.push(l.name.clone());
         }
-        state.restart_health_checks(&generation);
         self.resize_limit(generation.config.limits.max_connections);
         summary
     }
@@ -329,34 +260,6 @@ fn to_stop(running: &BTreeMap<String, SocketAddr>, wanted: &[ListenerConfig]) ->
         .collect()
 }
 
-/// Backends of a reload, by identity: a backend carried over (same name
-/// and address) is the same `Arc`.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct BackendChanges {
-    added: Vec<String>,
-    removed: Vec<String>,
-    /// Removed names that no new backend reuses: their metric series go.
-    forgotten: Vec<String>,
-}
-
-fn backend_changes(old: &[Arc<Backend>], new: &[Arc<Backend>]) -> BackendChanges {
-    let mut c = BackendChanges::default();
-    for b in old {
-        if !new.iter().any(|n| Arc::ptr_eq(n, b)) {
-            c.removed.push(b.name.clone());
-            if !new.iter().any(|n| n.name == b.name) {
-                c.forgotten.push(b.name.clone());
-            }
-        }
-    }
-    for b in new {
-        if !old.iter().any(|o| Arc::ptr_eq(o, b)) {
-            c.added.push(b.name.clone());
-        }
-    }
-    c
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,43 +296,5 @@ mod tests {
         assert_eq!(to_open(&running, &wanted), [1, 2]);
         assert_eq!(to_stop(&running, &wanted), ["gone", "moved"]);
         assert!(to_open(&running, &wanted[..1]).is_empty());
-    }
-
-    #[test]
-    fn backend_diff_by_identity() {
-        let m = crate::metrics::Metrics::new(&mut prometheus_client::registry::Registry::default());
-        let health = crate::balance::HealthConfig {
-            check: crate::balance::config::HealthCheckKind::Tcp,
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-            rise: std::num::NonZeroU32::MIN,
-            fall: std::num::NonZeroU32::MIN,
-            mqtt_version: crate::mqtt::ProtocolVersion::V311,
-            proxy_command: crate::proxy_protocol::ProxyCommand::Proxy,
-            username: None,
-            password: None,
-        };
-        let node = |name: &str, port: u16| {
-            Arc::new(Backend::new(
-                name,
-                SocketAddr::from(([127, 0, 0, 1], port)),
-                1,
-                &health,
-                &m,
-            ))
-        };
-        let (a, b, b_moved, c) = (node("a", 1), node("b", 2), node("b", 3), node("c", 4));
-        let changes = backend_changes(&[a.clone(), b.clone()], &[a.clone(), b_moved, c]);
-        assert_eq!(
-            changes,
-            BackendChanges {
-                added: vec!["b".into(), "c".into()],
-                removed: vec!["b".into()],
-                forgotten: vec![],
-            }
-        );
-        let changes = backend_changes(&[a.clone(), b], &[a]);
-        assert_eq!(changes.forgotten, ["b"]);
-        assert!(changes.added.is_empty());
     }
 }

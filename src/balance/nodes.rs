@@ -1,0 +1,297 @@
+//! A pool's node set: the long-lived owner of its nodes.
+//!
+//! A [`NodeSet`] outlives configuration generations: a reload hands the
+//! same set to the pool it builds, and discovery (DNS) changes it in place.
+//! It has one way in, [`NodeSet::set_backends`]: nodes that stay (same
+//! name and address) keep their identity — health state, counters, open
+//! connections — and their health-check task; new nodes get a task, and
+//! removed nodes' tasks stop. Nothing else is restarted.
+//!
+//! The set behind an `ArcSwap` is read lock-free by every connection; the
+//! selection state (smooth weighted round robin, the rotor) lives here too,
+//! so a reload does not reset it.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::strategy::SmoothWrr;
+use super::{Backend, HealthConfig, discovery, health};
+use crate::metrics::Metrics;
+use crate::proxy_protocol::ProxyProtocol;
+
+/// A node a pool should have: from its static servers or from discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub name: String,
+    pub addr: std::net::SocketAddr,
+    pub weight: u32,
+}
+
+/// What [`NodeSet::set_backends`] changed, by node name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// How a pool's nodes are checked: what its health checks read each round.
+#[derive(Debug, Clone)]
+pub struct CheckSettings {
+    pub health: HealthConfig,
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// Where the set's background tasks run once started.
+struct Tasks {
+    tracker: TaskTracker,
+    /// Stops every task of this set (pool removed, proxy stopping).
+    stop: CancellationToken,
+    /// Stops the current discovery task (replaced on reload).
+    discovery: Option<CancellationToken>,
+}
+
+pub struct NodeSet {
+    pub pool: String,
+    nodes: ArcSwap<Vec<Arc<Backend>>>,
+    checks: ArcSwap<CheckSettings>,
+    pub(super) wrr: Mutex<SmoothWrr>,
+    pub(super) rotor: AtomicUsize,
+    metrics: Metrics,
+    // std Mutexes: held for a few instructions, never across an await.
+    tasks: Mutex<Option<Tasks>>,
+    /// One change of the set at a time (a reload and discovery may race).
+    update: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock means a panic elsewhere mid-update of handles; they
+    // are still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl NodeSet {
+    /// An empty, not yet started set.
+    pub fn new(pool: &str, checks: CheckSettings, metrics: &Metrics) -> NodeSet {
+        NodeSet {
+            pool: pool.to_string(),
+            nodes: ArcSwap::from_pointee(Vec::new()),
+            checks: ArcSwap::from_pointee(checks),
+            wrr: Mutex::new(SmoothWrr::default()),
+            rotor: AtomicUsize::new(0),
+            metrics: metrics.clone(),
+            tasks: Mutex::new(None),
+            update: Mutex::new(()),
+        }
+    }
+
+    /// The current nodes (a snapshot; cheap).
+    pub fn current(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.nodes.load_full()
+    }
+
+    /// What health checks read from now on; rise and fall apply to every
+    /// node at once. Checks keep running.
+    pub fn configure(&self, checks: CheckSettings) {
+        for b in self.nodes.load().iter() {
+            b.set_thresholds(&checks.health);
+        }
+        self.checks.store(Arc::new(checks));
+    }
+
+    pub fn check_settings(&self) -> Arc<CheckSettings> {
+        self.checks.load_full()
+    }
+
+    /// Make the set exactly `specs`: nodes with the same name and address
+    /// stay (reweighted in place), others are added or removed; health
+    /// checks start and stop with them.
+    pub fn set_backends(self: &Arc<Self>, specs: &[NodeSpec]) -> NodeChanges {
+        let _one_at_a_time = lock(&self.update);
+        let old = self.nodes.load_full();
+        let checks = self.checks.load();
+        let mut changes = NodeChanges::default();
+        let next: Vec<Arc<Backend>> = specs
+            .iter()
+            .map(
+                |s| match old.iter().find(|b| b.name == s.name && b.addr == s.addr) {
+                    Some(b) => {
+                        b.set_weight(s.weight);
+                        b.clone()
+                    }
+                    None => {
+                        changes.added.push(s.name.clone());
+                        Arc::new(Backend::new(
+                            &s.name,
+                            s.addr,
+                            s.weight,
+                            &checks.health,
+                            &self.metrics,
+                        ))
+                    }
+                },
+            )
+            .collect();
+        for b in old.iter() {
+            if !next.iter().any(|n| Arc::ptr_eq(n, b)) {
+                changes.removed.push(b.name.clone());
+                b.retire();
+                if !next.iter().any(|n| n.name == b.name) {
+                    self.metrics.forget_backend(&b.name);
+                }
+            }
+        }
+        let added: Vec<Arc<Backend>> = next
+            .iter()
+            .filter(|n| !old.iter().any(|o| Arc::ptr_eq(o, n)))
+            .cloned()
+            .collect();
+        self.nodes.store(Arc::new(next));
+        if let Some(t) = lock(&self.tasks).as_ref() {
+            for b in added {
+                health::spawn_check(self.clone(), b, &t.tracker, &t.stop);
+            }
+        }
+        changes
+    }
+
+    /// Start health checks of every node (and of nodes added later) on
+    /// `tracker`, until `stop` or [`NodeSet::stop`].
+    pub fn start(self: &Arc<Self>, tracker: &TaskTracker, stop: &CancellationToken) {
+        let stop = stop.child_token();
+        *lock(&self.tasks) = Some(Tasks {
+            tracker: tracker.clone(),
+            stop: stop.clone(),
+            discovery: None,
+        });
+        for b in self.nodes.load().iter() {
+            health::spawn_check(self.clone(), b.clone(), tracker, &stop);
+        }
+    }
+
+    /// Whether [`NodeSet::start`] ran (and [`NodeSet::stop`] did not).
+    pub fn started(&self) -> bool {
+        lock(&self.tasks).is_some()
+    }
+
+    /// Run `discovery` every `interval` and apply what it returns, until
+    /// the next call, [`NodeSet::stop`] or the proxy stops. A failed
+    /// round keeps the current nodes. No-op before [`NodeSet::start`].
+    pub fn discover(
+        self: &Arc<Self>,
+        discovery: Arc<dyn discovery::Discovery>,
+        interval: std::time::Duration,
+    ) {
+        let mut tasks = lock(&self.tasks);
+        let Some(t) = tasks.as_mut() else {
+            return;
+        };
+        if let Some(previous) = t.discovery.take() {
+            previous.cancel();
+        }
+        let stop = t.stop.child_token();
+        t.discovery = Some(stop.clone());
+        t.tracker
+            .spawn(discovery::run(self.clone(), discovery, interval, stop));
+    }
+
+    /// Stop discovery, if any (the pool has no DNS servers any more).
+    pub fn stop_discovery(&self) {
+        if let Some(t) = lock(&self.tasks).as_mut() {
+            if let Some(d) = t.discovery.take() {
+                d.cancel();
+            }
+        }
+    }
+
+    /// Stop every task of the set: its pool is gone.
+    pub fn stop(&self) {
+        if let Some(t) = lock(&self.tasks).take() {
+            t.stop.cancel();
+        }
+        for b in self.nodes.load().iter() {
+            b.retire();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn settings() -> CheckSettings {
+        CheckSettings {
+            health: HealthConfig {
+                check: super::super::config::HealthCheckKind::Tcp,
+                interval: std::time::Duration::from_secs(3600),
+                timeout: std::time::Duration::from_secs(1),
+                rise: std::num::NonZeroU32::MIN,
+                fall: std::num::NonZeroU32::MIN,
+                mqtt_version: crate::mqtt::ProtocolVersion::V311,
+                proxy_command: crate::proxy_protocol::ProxyCommand::Proxy,
+                username: None,
+                password: None,
+            },
+            proxy_protocol: ProxyProtocol::Off,
+        }
+    }
+
+    fn spec(name: &str, port: u16, weight: u32) -> NodeSpec {
+        NodeSpec {
+            name: name.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            weight,
+        }
+    }
+
+    #[tokio::test]
+    async fn nodes_that_stay_keep_their_identity_and_their_check() {
+        let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default());
+        let set = Arc::new(NodeSet::new("p", settings(), &metrics));
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        set.start(&tracker, &stop);
+        let c = set.set_backends(&[spec("a", 1, 1), spec("b", 2, 1)]);
+        assert_eq!(c.added, ["a", "b"]);
+        assert_eq!(tracker.len(), 2, "one check per node");
+        let a = set.current()[0].clone();
+        a.observe_check(false);
+
+        let c = set.set_backends(&[spec("a", 1, 5), spec("b", 3, 1), spec("c", 4, 1)]);
+        assert_eq!(c.added, ["b", "c"], "b moved: a new node");
+        assert_eq!(c.removed, ["b"]);
+        let now = set.current();
+        assert!(Arc::ptr_eq(&now[0], &a), "a is the same node");
+        assert_eq!(a.weight(), 5, "reweighted in place");
+        assert!(!a.is_up(), "its health state stayed");
+        // The old b's check stops; a's keeps running; b and c got theirs.
+        tokio::task::yield_now().await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while tracker.len() != 3 && tokio::time::Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(tracker.len(), 3);
+
+        assert_eq!(set.set_backends(&now_specs(&now)), NodeChanges::default());
+        set.stop();
+        tracker.close();
+        tokio::time::timeout(std::time::Duration::from_secs(5), tracker.wait())
+            .await
+            .expect("every check stops with the set");
+    }
+
+    fn now_specs(nodes: &[Arc<Backend>]) -> Vec<NodeSpec> {
+        nodes
+            .iter()
+            .map(|b| NodeSpec {
+                name: b.name.clone(),
+                addr: b.addr,
+                weight: b.weight(),
+            })
+            .collect()
+    }
+}
