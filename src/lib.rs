@@ -11,11 +11,11 @@
 //!   authentication (chains bounded before verification), the handshake.
 //! * [`mqtt`] — pure wire format: the codec, the CONNECT peek, the packets
 //!   mqttlb writes itself and the CONNACK head it reads.
-//! * [`balance`] — backends, pools, selection strategies (pure), health
-//!   checks.
+//! * [`balance`] — backends, pools and their long-lived node sets,
+//!   selection strategies (pure), health checks, discovery (DNS).
 //! * [`proxy`] — listeners and accept loops ([`proxy::Proxy`]), the
 //!   connection lifecycle ([`proxy::conn`]), the splice
-//!   ([`proxy::splice`]), reloads and DNS discovery ([`proxy::dns`]).
+//!   ([`proxy::splice`]), reloads.
 //! * [`proxy_protocol`] — PROXY protocol v1/v2 headers sent to brokers.
 //! * [`secret`] — secrets from configuration, never printed.
 //! * [`ratelog`] — rate limits for log lines a peer can trigger.
