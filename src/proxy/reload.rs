@@ -154,10 +154,16 @@ impl ProxyHandle {
         }
         for (name, p) in &old.pools {
             if !pools.contains_key(name) {
-                summary
-                    .backends_removed
-                    .extend(p.backends().iter().map(|b| b.name.clone()));
                 p.nodes.stop();
+                for b in p.backends().iter() {
+                    summary.backends_removed.push(b.name.clone());
+                    // Its metric series go, unless another pool has a
+                    // node of that name (the label is the name alone).
+                    let named = |n: &Arc<Pool>| n.backends().iter().any(|o| o.name == b.name);
+                    if !pools.values().any(named) {
+                        state.metrics.forget_backend(&b.name);
+                    }
+                }
             }
         }
 
