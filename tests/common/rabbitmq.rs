@@ -232,6 +232,12 @@ impl RabbitCluster {
             cluster.wait_mqtt_ready(i, end).await;
         }
         cluster.wait_clustered(end).await;
+        // Once clustered, MQTT client ids are registered cluster-wide (a
+        // Raft group in 3.10) that may still be settling: ready means every
+        // node accepts a CONNECT again now.
+        for i in 0..nodes {
+            cluster.wait_mqtt_ready(i, end).await;
+        }
         cluster
     }
 
