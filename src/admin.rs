@@ -573,20 +573,62 @@ pub fn probe(url: &str, timeout: std::time::Duration) -> Result<(), String> {
     }
 }
 
-/// Run the admin server on its own thread and single-threaded runtime,
-/// isolated from the data path's workers. Returns once it is bound (or
-/// could not bind); it stops when `shutdown` is cancelled.
-pub fn spawn_thread(
-    addr: std::net::SocketAddr,
-    admin: Arc<Admin>,
-    shutdown: CancellationToken,
-) -> std::io::Result<(std::net::SocketAddr, std::thread::JoinHandle<()>)> {
-    spawn_thread_on(crate::sys::bind_tcp_std(addr, 128)?, admin, shutdown)
+/// How an admin server is set up: where, who may use the API, its bounds.
+#[derive(Clone, Debug, Default)]
+pub struct AdminSettings {
+    pub addr: Option<std::net::SocketAddr>,
+    /// Bearer token for `/api/v1/…`; `None` leaves the API open.
+    pub token: Option<crate::secret::Secret>,
+    pub limits: AdminLimits,
 }
 
-/// [`spawn_thread`] on a socket bound by the caller (or handed over by
-/// the process this one replaces).
-pub fn spawn_thread_on(
+/// A running admin server: its address and its thread.
+pub struct AdminServer {
+    pub addr: std::net::SocketAddr,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Start the admin server of the proxy, the broker or the demo, when an
+/// address is configured: registers its own metrics in `registry`, warns
+/// when the API is reachable beyond this host without a token, and serves
+/// on its own thread until `shutdown`. `listener` is a socket the caller
+/// already holds (handed over by the process this one replaces); without
+/// it, `settings.addr` is bound.
+pub fn start(
+    settings: AdminSettings,
+    mut registry: Registry,
+    role: Role,
+    shutdown: &CancellationToken,
+    listener: Option<std::net::TcpListener>,
+) -> std::io::Result<Option<AdminServer>> {
+    let Some(addr) = settings.addr else {
+        return Ok(None);
+    };
+    if !addr.ip().is_loopback() && settings.token.is_none() {
+        warn!(
+            addr = %addr,
+            "the admin API is reachable beyond this host without a token: set admin.token_file (proxy) or broker.admin_token_file"
+        );
+    }
+    let metrics = AdminMetrics::register(&mut registry);
+    let mut admin = Admin::new(Arc::new(registry), role);
+    admin.token = settings.token;
+    admin.limits = settings.limits;
+    admin.metrics = metrics;
+    let listener = match listener {
+        Some(l) => l,
+        None => crate::sys::bind_tcp_std(addr, 128)?,
+    };
+    let (addr, thread) = spawn_thread_on(listener, Arc::new(admin), shutdown.clone())?;
+    info!(addr = %addr, "admin API on http://{addr}/");
+    Ok(Some(AdminServer { addr, thread }))
+}
+
+/// Run the admin server on its own thread and single-threaded runtime,
+/// isolated from the data path's workers, on a socket bound by the caller
+/// (or handed over by the process this one replaces). Returns once it
+/// serves; it stops when `shutdown` is cancelled.
+fn spawn_thread_on(
     listener: std::net::TcpListener,
     admin: Arc<Admin>,
     shutdown: CancellationToken,

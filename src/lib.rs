@@ -67,6 +67,7 @@ pub mod config;
 pub mod demo;
 pub mod doctor;
 pub mod estimate;
+pub mod launch;
 pub mod metrics;
 pub mod mqtt;
 pub mod proxy;

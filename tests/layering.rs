@@ -37,6 +37,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("estimate", 6),
     ("check", 6),
     ("bench", 7),
+    // the proxy's start-up sequence: starts the admin server beside it
+    ("launch", 7),
     // the demo's failover walk-through drives the demo with bench clients
     ("walkthrough", 8),
 ];
