@@ -11,6 +11,16 @@ use crate::mqtt::ProtocolVersion;
 use crate::proxy_protocol::{IdentityTlvs, ProxyCommand, ProxyProtocol};
 use crate::secret::Secret;
 
+/// Where DNS names of pool servers are resolved (`[resolver]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverConfig {
+    /// Name servers asked over UDP (TCP when an answer is truncated);
+    /// empty: the system's (`/etc/resolv.conf`, and `/etc/hosts` first).
+    pub nameservers: Vec<SocketAddr>,
+    /// Per query and name server.
+    pub timeout: Duration,
+}
+
 /// How a pool chooses a node for a new client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {

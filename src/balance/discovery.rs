@@ -25,10 +25,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
+use hickory_resolver::config::NameServerConfig;
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::xfer::Protocol;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::config::{DnsServerConfig, PoolConfig};
+use super::config::{DnsServerConfig, PoolConfig, ResolverConfig};
 use super::nodes::{NodeSet, NodeSpec};
 
 /// The future a discovery round returns.
@@ -115,16 +118,18 @@ pub struct Dns {
     answers: Mutex<Vec<Vec<IpAddr>>>,
     /// Built at the first round (and again after a failure to read the
     /// system configuration).
+    servers: ResolverConfig,
     resolver: Mutex<Option<TokioResolver>>,
 }
 
 impl Dns {
     /// Discovery for `cfg`'s DNS entries, starting from `answers` (one
     /// list per entry, e.g. [`carried_answers`]).
-    pub fn new(cfg: &PoolConfig, mut answers: Vec<Vec<IpAddr>>) -> Dns {
+    pub fn new(cfg: &PoolConfig, resolver: &ResolverConfig, mut answers: Vec<Vec<IpAddr>>) -> Dns {
         answers.resize(cfg.dns.len(), Vec::new());
         Dns {
             cfg: cfg.clone(),
+            servers: resolver.clone(),
             answers: Mutex::new(answers),
             resolver: Mutex::new(None),
         }
@@ -135,9 +140,19 @@ impl Dns {
         if let Some(r) = slot.as_ref() {
             return Ok(r.clone());
         }
-        let r = TokioResolver::builder_tokio()
-            .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?
-            .build();
+        let mut builder = if self.servers.nameservers.is_empty() {
+            TokioResolver::builder_tokio()
+                .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?
+        } else {
+            let mut config = hickory_resolver::config::ResolverConfig::new();
+            for addr in &self.servers.nameservers {
+                config.add_name_server(NameServerConfig::new(*addr, Protocol::Udp));
+                config.add_name_server(NameServerConfig::new(*addr, Protocol::Tcp));
+            }
+            TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+        };
+        builder.options_mut().timeout = self.servers.timeout;
+        let r = builder.build();
         *slot = Some(r.clone());
         Ok(r)
     }

@@ -12,6 +12,12 @@ pub const ADMIN_MAX_CONNECTIONS_LIMIT: u32 = 4096;
 pub const ADMIN_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(10);
+/// `[resolver]`: per query and name server, and its bounds.
+pub const RESOLVER_TIMEOUT: Duration = Duration::from_secs(2);
+pub const MIN_RESOLVER_TIMEOUT: Duration = Duration::from_millis(100);
+pub const MAX_RESOLVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// `resolver.nameservers`: at most this many.
+pub const MAX_NAMESERVERS: usize = 8;
 pub const DRAIN_WINDOW: Duration = Duration::from_secs(30);
 pub const BACKLOG: u32 = 1024;
 /// Upper bound of every duration in configuration and the admin API: 366

@@ -36,7 +36,8 @@ use crate::mqtt::ProtocolVersion;
 // Types a lower layer owns, re-exported: the configuration schema in one
 // place for callers, the definitions beside the code that uses them.
 pub use crate::balance::config::{
-    DnsServerConfig, HashKey, HealthCheckKind, HealthConfig, PoolConfig, ServerConfig, Strategy,
+    DnsServerConfig, HashKey, HealthCheckKind, HealthConfig, PoolConfig, ResolverConfig,
+    ServerConfig, Strategy,
 };
 pub use crate::proxy_protocol::{ProxyCommand, ProxyProtocol};
 pub use crate::secret::Secret;
@@ -107,6 +108,8 @@ pub struct Config {
     /// `[upgrade]`: serve the listening sockets to a new process
     /// (`mqttlb proxy --takeover PATH`); off when `None`. Read at start.
     pub upgrade: Option<UpgradeConfig>,
+    /// `[resolver]`: where pool servers' DNS names are resolved.
+    pub resolver: ResolverConfig,
 }
 
 /// Bounds on admin connections (`[admin]`). The admin port shares the
@@ -348,6 +351,7 @@ impl Config {
             )
         });
         let upgrade = raw.upgrade.and_then(|u| cx.upgrade(u));
+        let resolver = cx.resolver(raw.resolver.as_ref());
         if cx.errors.is_empty() {
             Ok(Config {
                 source: source.to_string(),
@@ -358,6 +362,7 @@ impl Config {
                 admin_token,
                 admin_limits,
                 upgrade,
+                resolver,
             })
         } else {
             Err(ConfigErrors(cx.errors))
@@ -647,6 +652,37 @@ mod tests {
         let e = Config::from_raw("<command line>", Path::new(""), raw).unwrap_err();
         assert!(
             e.to_string().contains("listener[0].tls.cert: missing"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn resolver_takes_addresses_with_or_without_port_and_bounds_its_timeout() {
+        let c = load_str(MINIMAL).expect("loads");
+        assert!(c.resolver.nameservers.is_empty(), "the system's by default");
+        assert_eq!(c.resolver.timeout, defaults::RESOLVER_TIMEOUT);
+        let c = load_str(&format!(
+            "{MINIMAL}\n[resolver]\nnameservers = [\"10.0.0.2\", \"[::1]:5353\"]\ntimeout = \"500ms\"\n"
+        ))
+        .expect("loads");
+        assert_eq!(
+            c.resolver.nameservers,
+            [
+                "10.0.0.2:53".parse().unwrap(),
+                "[::1]:5353".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.resolver.timeout, Duration::from_millis(500));
+        let e = load_str(&format!(
+            "{MINIMAL}\n[resolver]\nnameservers = [\"dns.local\"]\ntimeout = \"1ms\"\n"
+        ))
+        .unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["resolver.timeout", "resolver.nameservers[0]"]);
+        let e = load_str(&format!("{MINIMAL}\n[resolver]\nnameservers = []\n")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("resolver.nameservers: expected 1 to 8"),
             "{e}"
         );
     }

@@ -17,6 +17,15 @@ pub struct RawConfig {
     pub limits: RawLimits,
     pub admin: Option<RawAdmin>,
     pub upgrade: Option<RawUpgrade>,
+    pub resolver: Option<RawResolver>,
+}
+
+/// `[resolver]`: where pool servers' DNS names are resolved.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResolver {
+    pub nameservers: Option<Vec<String>>,
+    pub timeout: Option<String>,
 }
 
 /// `[upgrade]`: hand the listening sockets to a new process.

@@ -1,12 +1,14 @@
 //! Turning raw values into typed ones: the conversion context collects
 //! every error (file, key, reason) instead of stopping at the first.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawAdmin, RawIdentity, RawListener, RawPool, RawTls, RawUpgrade, RawWebSocket};
+use super::raw::{
+    RawAdmin, RawIdentity, RawListener, RawPool, RawResolver, RawTls, RawUpgrade, RawWebSocket,
+};
 use super::*;
 use crate::proxy_protocol::IdentityTlvs;
 
@@ -217,8 +219,6 @@ impl Cx {
         p
     }
 
-    /// `[upgrade]`: a socket path that fits a Unix socket address, on a
-    /// system that has them.
     /// `[admin]` connection bounds (the address and token are read apart).
     pub(super) fn admin_limits(&mut self, raw: &RawAdmin) -> AdminLimits {
         let mut count = |key: &str, v: Option<u32>, default: usize, min: u32| match v {
@@ -275,6 +275,62 @@ impl Cx {
         }
     }
 
+    /// `[resolver]`: name servers as `ip` or `ip:port` (1 to
+    /// [`defaults::MAX_NAMESERVERS`]), and a bounded query timeout.
+    pub(super) fn resolver(&mut self, raw: Option<&RawResolver>) -> ResolverConfig {
+        let raw = raw.cloned().unwrap_or_default();
+        let timeout = self.duration(
+            "resolver.timeout",
+            raw.timeout.as_deref(),
+            defaults::RESOLVER_TIMEOUT,
+        );
+        let timeout = if (defaults::MIN_RESOLVER_TIMEOUT..=defaults::MAX_RESOLVER_TIMEOUT)
+            .contains(&timeout)
+        {
+            timeout
+        } else {
+            self.err(
+                "resolver.timeout",
+                &format!(
+                    "expected {:?} to {:?}",
+                    defaults::MIN_RESOLVER_TIMEOUT,
+                    defaults::MAX_RESOLVER_TIMEOUT
+                ),
+            );
+            defaults::RESOLVER_TIMEOUT
+        };
+        let mut nameservers = Vec::new();
+        if let Some(list) = raw.nameservers {
+            if list.is_empty() || list.len() > defaults::MAX_NAMESERVERS {
+                self.err(
+                    "resolver.nameservers",
+                    &format!(
+                        "expected 1 to {} addresses (leave the key out for the system's)",
+                        defaults::MAX_NAMESERVERS
+                    ),
+                );
+            }
+            for (i, text) in list.iter().enumerate() {
+                let parsed = text
+                    .parse::<SocketAddr>()
+                    .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+                match parsed {
+                    Ok(a) => nameservers.push(a),
+                    Err(_) => self.err(
+                        &format!("resolver.nameservers[{i}]"),
+                        &format!("{text:?} is not an IP address or IP:port"),
+                    ),
+                }
+            }
+        }
+        ResolverConfig {
+            nameservers,
+            timeout,
+        }
+    }
+
+    /// `[upgrade]`: a socket path that fits a Unix socket address, on a
+    /// system that has them.
     pub(super) fn upgrade(&mut self, raw: RawUpgrade) -> Option<UpgradeConfig> {
         let timeout = self.duration(
             "upgrade.timeout",

@@ -405,7 +405,8 @@ impl ProxyState {
         if cfg.dns.is_empty() {
             pool.nodes.stop_discovery();
         } else {
-            let dns = discovery::Dns::new(cfg, answers);
+            let resolver = &self.current.load().config.resolver;
+            let dns = discovery::Dns::new(cfg, resolver, answers);
             pool.nodes.discover(Arc::new(dns), cfg.resolve_interval);
         }
     }

@@ -15,6 +15,8 @@
 
 mod broker;
 mod clients;
+#[cfg(unix)]
+pub mod dnsmasq;
 mod mosquitto;
 mod proxy;
 pub mod rabbitmq;

@@ -72,6 +72,14 @@ impl ProxyUnderTest {
         &self.proxy_pools[0]
     }
 
+    /// The pool called `name` (as configured at start).
+    pub fn pool_named(&self, name: &str) -> &Arc<Pool> {
+        self.proxy_pools
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pool {name}"))
+    }
+
     pub fn backend_up(&self, name: &str) -> bool {
         self.pool().find(name).expect("backend exists").is_up()
     }
