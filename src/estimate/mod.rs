@@ -66,6 +66,7 @@
 
 mod calibration;
 mod model;
+mod num;
 mod render;
 
 pub use calibration::{

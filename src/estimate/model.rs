@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::EstimateError;
 use super::calibration::Calibration;
-use super::render::fmt_num;
+use super::num::fmt_num;
 
 /// Kernel memory per idle TCP socket (not in RSS; charged to the memory
 /// cgroup): `struct tcp_sock` (~2.3 KiB), inode and dentry, `struct file`,
