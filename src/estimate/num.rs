@@ -1,5 +1,12 @@
-//! Numbers written for people, below both the model (its warnings) and
-//! the report.
+//! Numbers, below both the model and the report: counts as `f64` for the
+//! arithmetic, and counts and rates written for people.
+
+/// `u64` → `f64`; above 2^53 the nearest value, which is what a count
+/// that large needs.
+#[allow(clippy::cast_precision_loss)]
+pub(super) fn to_f64(n: u64) -> f64 {
+    n as f64
+}
 
 /// A count or rate for people: 1,234,567 / 123 / 12.3 / 1.23.
 pub(super) fn fmt_num(x: f64) -> String {

@@ -5,8 +5,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::calibration::Calibration;
-use super::model::{ComponentEstimate, Estimate, NodeFigures, Term, Workload, to_f64};
-use super::num::fmt_num;
+use super::figures::{ComponentEstimate, Estimate, NodeFigures, Term};
+use super::num::{fmt_num, to_f64};
+use super::workload::Workload;
 
 /// Everything `--json` prints.
 #[derive(Debug, Serialize)]
