@@ -62,27 +62,37 @@
 //!
 //! Layout: [`EstimateArgs`] → [`Workload`] (validated inputs) and
 //! [`Calibration`] → [`estimate`] (pure) → [`Estimate`] → [`render_text`]
-//! or [`render_json`].
+//! or [`render_json`]. Files: `workload` (the inputs), `calibration`,
+//! `figures` (what an estimate says: terms, bottlenecks, node and
+//! component figures), `model` (the arithmetic and the warnings), `render`
+//! (the reports); `model` and `render` both read `workload` and `figures`,
+//! and `render` never calls into `model`; `num` (number conversion and
+//! formatting) sits below them all.
 
 mod calibration;
+mod figures;
 mod model;
+mod num;
 mod render;
+mod workload;
 
 pub use calibration::{
     BrokerCosts, Calibration, DEFAULT_CALIBRATION, DEFAULT_CALIBRATION_SOURCE, Measured,
     ProxyCosts, load_calibration,
 };
-pub use model::{
-    Bottleneck, ComponentEstimate, CpuTerm, Estimate, KERNEL_SOCKET_KIB, MemTerm, NodeFigures,
-    PubSub, Qos, ReconnectStorm, Term, Workload, estimate, warnings,
+pub use figures::{
+    Bottleneck, ComponentEstimate, CpuTerm, Estimate, MemTerm, NodeFigures, ReconnectStorm, Term,
 };
+pub use model::{KERNEL_SOCKET_KIB, estimate, warnings};
 pub use render::{CalibrationInfo, Inputs, Report, render_json, render_text};
+pub use workload::{PubSub, Qos, Workload};
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::ConfigErrors;
-use model::{CHURN_PERIOD_S, to_f64};
+use num::to_f64;
+use workload::CHURN_PERIOD_S;
 
 /// Exit code of bad flags and invalid calibration files.
 const EXIT_USAGE: u8 = 64;

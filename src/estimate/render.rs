@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::calibration::Calibration;
-use super::model::{ComponentEstimate, Estimate, NodeFigures, Term, Workload, to_f64};
+use super::figures::{ComponentEstimate, Estimate, NodeFigures, Term};
+use super::num::{fmt_num, to_f64};
+use super::workload::Workload;
 
 /// Everything `--json` prints.
 #[derive(Debug, Serialize)]
@@ -61,32 +63,6 @@ pub fn render_json(
     let mut s = serde_json::to_string_pretty(&report).unwrap_or_else(|_| "{}".to_string());
     s.push('\n');
     s
-}
-
-/// A count or rate for people: 1,234,567 / 123 / 12.3 / 1.23.
-pub(super) fn fmt_num(x: f64) -> String {
-    let a = x.abs();
-    if !x.is_finite() {
-        x.to_string()
-    } else if a >= 999.5 {
-        let digits = format!("{:.0}", a);
-        let mut out = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
-                out.push(',');
-            }
-            out.push(c);
-        }
-        if x < 0.0 { format!("-{out}") } else { out }
-    } else if a >= 99.95 || x.fract() == 0.0 {
-        format!("{x:.0}")
-    } else if a >= 9.995 {
-        format!("{x:.1}")
-    } else if a >= 0.01 {
-        format!("{x:.2}")
-    } else {
-        format!("{x:.4}")
-    }
 }
 
 /// Memory given in MiB, in the unit that reads best.
@@ -320,14 +296,7 @@ mod tests {
     use crate::estimate::model::tests::{round, workload};
 
     #[test]
-    fn number_formatting() {
-        assert_eq!(fmt_num(0.0), "0");
-        assert_eq!(fmt_num(27.78), "27.8");
-        assert_eq!(fmt_num(1234567.4), "1,234,567");
-        assert_eq!(fmt_num(999.6), "1,000");
-        assert_eq!(fmt_num(100.0), "100");
-        assert_eq!(fmt_num(15.0), "15");
-        assert_eq!(fmt_num(0.5), "0.50");
+    fn memory_formatting() {
         assert_eq!(fmt_mib(0.5), "512 KiB");
         assert_eq!(fmt_mib(2048.0), "2.00 GiB");
     }

@@ -1,129 +1,21 @@
-//! Listening sockets that come from outside the process: from the running
-//! proxy a new binary takes over (`mqttlb proxy --takeover PATH`), or from
-//! systemd socket activation (`LISTEN_FDS`).
-//!
-//! # Why pass descriptors
-//!
-//! A listening TCP socket is one kernel object with one accept queue. If
-//! the new process *receives the same socket* (a duplicate descriptor, sent
-//! with `SCM_RIGHTS` over a Unix socket, as HAProxy's `expose-fd
-//! listeners` + `-x` does), that queue never closes during the hand-over:
-//! a connection that arrives while both processes hold the socket waits in
-//! the queue until one of them accepts it, and when the old process drops
-//! its copy the socket lives on in the new one. Nothing is refused.
-//!
-//! The alternatives lose connections or need what this crate forbids:
-//! binding the new process alongside with `SO_REUSEPORT` creates *new*
-//! sockets, and the kernel resets whatever sits in the old sockets' queues
-//! when the old process closes them; NGINX's USR2 (fork and exec the new
-//! binary with the descriptors left open) makes the new process a child
-//! of the old one, which confuses supervisors, and needs `fork` (unsafe).
-//!
-//! # Protocol
-//!
-//! The running proxy listens on `upgrade.socket` (created 0600, in a
-//! private directory first and renamed into place, so it is never
-//! reachable with looser permissions; a stale file is replaced, a live one
-//! is an error) and only answers peers of its own user (or root). A new
-//! process connects; the old one sends, per listener, one or more messages
-//!
-//! ```text
-//! "MQU1" | u32 BE payload length | u32 BE descriptor count   (+ SCM_RIGHTS)
-//! payload: {"type":"listener","listener":"mqtts","addr":"0.0.0.0:8883"}
-//! ```
-//!
-//! (at most [`MAX_FDS_PER_MESSAGE`] sockets each: `SO_REUSEPORT` groups
-//! can be large), then `{"type":"done","listeners":N}`. The new process
-//! builds its listeners from them, starts accepting, and answers
-//! `{"type":"serving","pid":P}`. Only then does the old process stop
-//! accepting and drain. Until that answer nothing changes for the old
-//! process: a new process that fails, hangs (`upgrade.timeout`) or sends
-//! anything else is disconnected and the old one keeps serving.
-//!
-//! Everything a peer sends is bounded: header size, payload size
-//! ([`MAX_PAYLOAD`]), descriptors per message and in total
-//! ([`MAX_FDS`]), number of messages, and a deadline for the whole
-//! exchange; malformed input is an error, never a panic.
-
-// Off Unix only the pure parts (matching, names) are used.
-#![cfg_attr(not(unix), allow(dead_code))]
+//! The Unix-socket exchange: the running proxy's `UpgradeSocket` gives
+//! duplicates of its listening sockets (`SCM_RIGHTS`, via `rustix`, which
+//! receives them as `OwnedFd`) to a new process that called [`take_over`];
+//! that one answers with [`Handover::confirm`] once it serves. Blocking I/O
+//! under socket timeouts and one deadline for the whole exchange; the
+//! messages are `wire`'s. Off Unix only the types remain and
+//! [`take_over`] fails.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-/// Descriptors in one message (Linux caps one `SCM_RIGHTS` at 253).
-pub const MAX_FDS_PER_MESSAGE: usize = 64;
-/// Descriptors in one hand-over.
-pub const MAX_FDS: usize = 4096;
-/// Bytes of one message's JSON payload.
-pub const MAX_PAYLOAD: usize = 4096;
-/// Messages in one hand-over.
-pub const MAX_MESSAGES: usize = 1024;
-
-const MAGIC: &[u8; 4] = b"MQU1";
-const HEADER: usize = 12;
-
-/// Why a hand-over or socket activation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum UpgradeError {
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
-    #[error("{what}: timed out (upgrade.timeout)")]
-    Timeout { what: String },
-    #[error("protocol: {0}")]
-    Protocol(String),
-    #[error("{0}")]
-    Refused(String),
-    #[error("handing sockets between processes needs a Unix system")]
-    Unsupported,
-}
-
-impl UpgradeError {
-    /// An I/O error while doing `what`. A socket timeout (reported by the
-    /// OS as EAGAIN, "Resource temporarily unavailable") says so.
-    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpgradeError {
-        let what = what.into();
-        move |source| match source.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                UpgradeError::Timeout { what }
-            }
-            _ => UpgradeError::Io { what, source },
-        }
-    }
-}
-
-/// One message of the protocol (the JSON payload).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum Message {
-    Listener {
-        listener: String,
-        addr: SocketAddr,
-    },
-    /// The admin HTTP listener (one socket).
-    Admin {
-        addr: SocketAddr,
-    },
-    Done {
-        listeners: u32,
-    },
-    Serving {
-        pid: u32,
-    },
-}
-
-/// Sockets of one listener from outside: its name (if known) and address.
-#[derive(Debug)]
-pub struct InheritedListener {
-    pub name: Option<String>,
-    pub addr: SocketAddr,
-    pub sockets: Vec<std::net::TcpListener>,
-}
+use super::error::UpgradeError;
+use super::inherited::InheritedListener;
+#[cfg(unix)]
+use super::wire::{
+    HEADER, MAX_FDS, MAX_FDS_PER_MESSAGE, MAX_MESSAGES, Message, decode_header, decode_payload,
+    encode,
+};
 
 /// What the running proxy offers: a listener's name, address and
 /// duplicates of its listening sockets.
@@ -143,115 +35,6 @@ pub struct Received {
     pub admin: Option<(SocketAddr, std::net::TcpListener)>,
 }
 
-/// Where a configured listener's sockets come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Assignment {
-    /// The inherited entry at this index.
-    Inherit(usize),
-    /// The entry at this index has the listener's name but another
-    /// address: bind fresh (the old sockets close with the old process).
-    AddressChanged(usize),
-    /// Nothing inherited: bind fresh.
-    Fresh,
-}
-
-/// Match configured listeners (`name`, `addr`) to inherited entries
-/// (`name` if known, bound address): by name first; an unnamed entry (or
-/// one whose name no listener has) by address. A configured port 0 takes
-/// any port on the same IP. Each entry goes to at most one listener.
-pub fn assign(
-    wanted: &[(&str, SocketAddr)],
-    offered: &[(Option<&str>, SocketAddr)],
-) -> Vec<Assignment> {
-    let fits = |want: SocketAddr, have: SocketAddr| {
-        want == have || (want.port() == 0 && want.ip() == have.ip())
-    };
-    let mut used = vec![false; offered.len()];
-    let mut out = Vec::with_capacity(wanted.len());
-    for &(name, addr) in wanted {
-        let by_name = offered
-            .iter()
-            .zip(used.iter())
-            .position(|((n, _), u)| !u && *n == Some(name));
-        let by_addr = || {
-            offered.iter().zip(used.iter()).position(|((n, a), u)| {
-                let claimed = n.is_some_and(|n| wanted.iter().any(|(w, _)| *w == n));
-                !u && !claimed && fits(addr, *a)
-            })
-        };
-        let choice = match by_name {
-            Some(i) => match offered.get(i) {
-                Some((_, a)) if fits(addr, *a) => Assignment::Inherit(i),
-                _ => Assignment::AddressChanged(i),
-            },
-            None => by_addr().map_or(Assignment::Fresh, Assignment::Inherit),
-        };
-        if let Assignment::Inherit(i) | Assignment::AddressChanged(i) = choice {
-            if let Some(u) = used.get_mut(i) {
-                *u = true;
-            }
-        }
-        out.push(choice);
-    }
-    out
-}
-
-/// Parse `LISTEN_FDNAMES` (colon-separated, one per descriptor).
-pub fn fd_names(value: &str, count: usize) -> Vec<Option<String>> {
-    let mut names: Vec<Option<String>> = value
-        .split(':')
-        .take(count)
-        .map(|n| (!n.is_empty()).then(|| n.to_string()))
-        .collect();
-    names.resize(count, None);
-    names
-}
-
-fn encode(msg: &Message, fds: usize) -> Result<Vec<u8>, UpgradeError> {
-    let payload =
-        serde_json::to_vec(msg).map_err(|e| UpgradeError::Protocol(format!("encode: {e}")))?;
-    if payload.len() > MAX_PAYLOAD || fds > MAX_FDS_PER_MESSAGE {
-        return Err(UpgradeError::Protocol(
-            "message over the protocol's bounds".into(),
-        ));
-    }
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    let n = u32::try_from(fds).unwrap_or(u32::MAX);
-    let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&n.to_be_bytes());
-    out.extend_from_slice(&payload);
-    Ok(out)
-}
-
-/// A header: payload length and descriptor count, both checked.
-fn decode_header(h: &[u8; HEADER]) -> Result<(usize, usize), UpgradeError> {
-    let [m0, m1, m2, m3, l0, l1, l2, l3, n0, n1, n2, n3] = *h;
-    if [m0, m1, m2, m3] != *MAGIC {
-        return Err(UpgradeError::Protocol(
-            "not an mqttlb upgrade socket (or another protocol version)".into(),
-        ));
-    }
-    let len = usize::try_from(u32::from_be_bytes([l0, l1, l2, l3])).unwrap_or(usize::MAX);
-    let fds = usize::try_from(u32::from_be_bytes([n0, n1, n2, n3])).unwrap_or(usize::MAX);
-    if len > MAX_PAYLOAD {
-        return Err(UpgradeError::Protocol(format!(
-            "payload of {len} bytes (at most {MAX_PAYLOAD})"
-        )));
-    }
-    if fds > MAX_FDS_PER_MESSAGE {
-        return Err(UpgradeError::Protocol(format!(
-            "{fds} descriptors in one message (at most {MAX_FDS_PER_MESSAGE})"
-        )));
-    }
-    Ok((len, fds))
-}
-
-fn decode_payload(payload: &[u8]) -> Result<Message, UpgradeError> {
-    serde_json::from_slice(payload).map_err(|e| UpgradeError::Protocol(format!("payload: {e}")))
-}
-
 /// Time left before `deadline`, or a timeout error.
 fn left(deadline: tokio::time::Instant, what: &str) -> Result<Duration, UpgradeError> {
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -265,7 +48,7 @@ fn left(deadline: tokio::time::Instant, what: &str) -> Result<Duration, UpgradeE
 }
 
 #[cfg(unix)]
-pub use unix::{Handover, UpgradeSocket, notify_to, sd_notify, systemd_listeners, take_over};
+pub use unix::{Handover, UpgradeSocket, take_over};
 
 #[cfg(unix)]
 mod unix {
@@ -676,73 +459,6 @@ mod unix {
             None
         }
     }
-
-    /// Tell the service manager (systemd `Type=notify`) about this process:
-    /// `READY=1` once serving; after a takeover `MAINPID=<pid>` too, so
-    /// that systemd follows the new process when the old one exits (it
-    /// accepts that from a process other than the main one only with
-    /// `NotifyAccess=all`). `Ok(false)` when `NOTIFY_SOCKET` is not set.
-    pub fn sd_notify(state: &str) -> std::io::Result<bool> {
-        match std::env::var_os("NOTIFY_SOCKET") {
-            None => Ok(false),
-            Some(socket) => notify_to(&socket, state).map(|()| true),
-        }
-    }
-
-    /// Send one notification datagram to `socket` (a path, or `@name` for
-    /// a Linux abstract socket).
-    pub fn notify_to(socket: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
-        use std::os::unix::ffi::OsStrExt;
-        let sock = std::os::unix::net::UnixDatagram::unbound()?;
-        if let Some(name) = socket.as_bytes().strip_prefix(b"@") {
-            #[cfg(target_os = "linux")]
-            {
-                use std::os::linux::net::SocketAddrExt;
-                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-                sock.send_to_addr(state.as_bytes(), &addr)?;
-                return Ok(());
-            }
-            #[cfg(not(target_os = "linux"))]
-            {
-                let _ = name;
-                return Err(std::io::ErrorKind::Unsupported.into());
-            }
-        }
-        sock.send_to(state.as_bytes(), Path::new(socket))?;
-        Ok(())
-    }
-
-    /// Listening sockets passed by systemd socket activation (`LISTEN_PID`
-    /// must be this process), named by `LISTEN_FDNAMES`
-    /// (`FileDescriptorName=`). Call before any thread starts: the
-    /// variables are removed from the environment. A descriptor that is not
-    /// a listening TCP socket is an error.
-    pub fn systemd_listeners() -> Result<Vec<InheritedListener>, UpgradeError> {
-        let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
-        let mut fds = listenfd::ListenFd::from_env();
-        let names = fd_names(&names, fds.len());
-        let mut out = Vec::new();
-        for (i, name) in names.into_iter().enumerate() {
-            let what = format!(
-                "systemd socket {} ({})",
-                i + 3,
-                name.as_deref().unwrap_or("unnamed")
-            );
-            let Some(l) = fds
-                .take_tcp_listener(i)
-                .map_err(UpgradeError::io(what.clone()))?
-            else {
-                continue;
-            };
-            let addr = l.local_addr().map_err(UpgradeError::io(what))?;
-            out.push(InheritedListener {
-                name,
-                addr,
-                sockets: vec![l],
-            });
-        }
-        Ok(out)
-    }
 }
 
 /// Without Unix sockets there is nothing to take over.
@@ -766,95 +482,14 @@ impl Handover {
     }
 }
 
-/// No service manager notifications off Unix.
-#[cfg(not(unix))]
-pub fn sd_notify(_state: &str) -> std::io::Result<bool> {
-    Ok(false)
-}
-
-/// No socket activation off Unix.
-#[cfg(not(unix))]
-pub fn systemd_listeners() -> Result<Vec<InheritedListener>, UpgradeError> {
-    Ok(Vec::new())
-}
-
 #[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use super::*;
-
-    fn a(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn listeners_match_by_name_then_by_address() {
-        let wanted = [
-            ("mqtts", a("0.0.0.0:8883")),
-            ("ws", a("0.0.0.0:8443")),
-            ("moved", a("0.0.0.0:9000")),
-            ("new", a("0.0.0.0:9999")),
-            ("any", a("127.0.0.1:0")),
-        ];
-        let offered = [
-            (Some("moved"), a("0.0.0.0:9001")),
-            (None, a("0.0.0.0:8443")),
-            (Some("mqtts"), a("0.0.0.0:8883")),
-            // Named for another listener: not taken by address.
-            (Some("moved"), a("0.0.0.0:9999")),
-            (Some("mqttlb.socket"), a("127.0.0.1:4242")),
-        ];
-        assert_eq!(
-            assign(&wanted, &offered),
-            [
-                Assignment::Inherit(2),
-                Assignment::Inherit(1),
-                Assignment::AddressChanged(0),
-                Assignment::Fresh,
-                Assignment::Inherit(4),
-            ]
-        );
-        assert_eq!(assign(&wanted, &[]), [Assignment::Fresh; 5]);
-    }
-
-    #[test]
-    fn fd_names_fill_and_cut() {
-        assert_eq!(
-            fd_names("mqtts::ws:extra", 3),
-            [Some("mqtts".to_string()), None, Some("ws".to_string())]
-        );
-        assert_eq!(fd_names("", 2), [None, None]);
-    }
-
-    #[test]
-    fn messages_round_trip_and_bad_headers_are_errors() {
-        let msg = Message::Listener {
-            listener: "mqtts".into(),
-            addr: a("[::]:8883"),
-        };
-        let bytes = encode(&msg, 3).unwrap();
-        let header: [u8; HEADER] = bytes[..HEADER].try_into().unwrap();
-        let (len, fds) = decode_header(&header).unwrap();
-        assert_eq!((len, fds), (bytes.len() - HEADER, 3));
-        assert_eq!(decode_payload(&bytes[HEADER..]).unwrap(), msg);
-
-        let mut bad = header;
-        bad[0] = b'X';
-        assert!(decode_header(&bad).is_err());
-        let mut big = header;
-        big[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(decode_header(&big).is_err());
-        let mut many = header;
-        many[8..12].copy_from_slice(&65u32.to_be_bytes());
-        assert!(decode_header(&many).is_err());
-        assert!(decode_payload(b"{\"type\":\"serving\"}").is_err());
-        assert!(decode_payload(b"\xff\xfe").is_err());
-        assert!(encode(&msg, MAX_FDS_PER_MESSAGE + 1).is_err());
-    }
 
     /// A real exchange over a socket pair: sockets cross, the listener
     /// received accepts what was queued on the one sent, and the old side
     /// learns the new one serves.
-    #[cfg(unix)]
     #[tokio::test]
     async fn sockets_cross_a_unix_socket() {
         let dir = tempfile::tempdir().unwrap();
@@ -917,32 +552,9 @@ mod tests {
         assert!(path.exists());
     }
 
-    #[cfg(unix)]
-    #[test]
-    fn notifications_reach_the_socket() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify");
-        let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        notify_to(path.as_os_str(), "MAINPID=42\nREADY=1").unwrap();
-        let mut buf = [0u8; 64];
-        let n = rx.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"MAINPID=42\nREADY=1");
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::linux::net::SocketAddrExt;
-            let name = format!("mqttlb-test-{}", std::process::id());
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
-            let rx = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
-            notify_to(std::ffi::OsStr::new(&format!("@{name}")), "READY=1").unwrap();
-            let n = rx.recv(&mut buf).unwrap();
-            assert_eq!(&buf[..n], b"READY=1");
-        }
-    }
-
     /// A peer that talks nonsense, or takes the sockets and never says it
     /// serves, is dropped after the timeout; the server keeps serving and
     /// the next new process can still take over.
-    #[cfg(unix)]
     #[tokio::test]
     async fn garbage_or_a_hung_peer_changes_nothing() {
         use tokio::io::AsyncWriteExt;
@@ -984,7 +596,6 @@ mod tests {
     }
 
     /// Stopped without a hand-over, the server removes its socket file.
-    #[cfg(unix)]
     #[tokio::test]
     async fn stopping_removes_the_socket_file() {
         let dir = tempfile::tempdir().unwrap();
