@@ -98,6 +98,135 @@ fn crate_refs(text: &str) -> Vec<String> {
     refs
 }
 
+/// Inside a folder module, files are rooms with an order of their own,
+/// lowest first: a file may use files of lower rank only (`super::NAME`
+/// or `crate::MODULE::NAME` naming a sibling file). `mod.rs` declares and
+/// re-exports them and is not ranked; what siblings take from it are
+/// items, not files.
+const ROOMS: &[(&str, &[(&str, u8)])] = &[
+    (
+        "balance",
+        &[
+            ("config", 0),
+            ("state", 0),
+            ("strategy", 1),
+            ("discovery", 1),
+            ("health", 1),
+            ("nodes", 2),
+        ],
+    ),
+    (
+        "tls",
+        &[
+            ("client_chain", 0),
+            ("files", 0),
+            ("identity", 0),
+            ("sni", 1),
+            ("acceptor", 2),
+        ],
+    ),
+    (
+        "upgrade",
+        &[
+            ("error", 0),
+            ("inherited", 1),
+            ("wire", 1),
+            ("exchange", 2),
+            ("systemd", 2),
+        ],
+    ),
+    (
+        "estimate",
+        &[
+            ("num", 0),
+            ("calibration", 0),
+            ("workload", 1),
+            ("figures", 1),
+            ("model", 2),
+            ("render", 3),
+        ],
+    ),
+    ("proxy/websocket", &[("frame", 0)]),
+];
+
+/// Sibling files a room's file uses, outside `#[cfg(test)]` code.
+fn sibling_refs(text: &str, folder: &str, siblings: &[&str]) -> Vec<String> {
+    let path = format!("crate::{}::", folder.replace('/', "::"));
+    let mut refs = Vec::new();
+    for line in text.lines() {
+        let code = line.trim_start();
+        if code.starts_with("#[cfg(test)]") {
+            break;
+        }
+        if code.starts_with("//") {
+            continue;
+        }
+        for prefix in ["super::", path.as_str()] {
+            let mut rest = code;
+            while let Some(i) = rest.find(prefix) {
+                let after = &rest[i + prefix.len()..];
+                // `super::{a, b::c}` groups name several.
+                let names: Vec<&str> = match after.strip_prefix('{') {
+                    Some(group) => group.split(['}', ',']).map(str::trim).collect(),
+                    None => vec![after],
+                };
+                for n in names {
+                    let name: String = n
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if siblings.contains(&name.as_str()) {
+                        refs.push(name);
+                    }
+                }
+                rest = after;
+            }
+        }
+    }
+    refs
+}
+
+#[test]
+fn rooms_inside_a_folder_point_down() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut wrong = Vec::new();
+    for (folder, rooms) in ROOMS {
+        let dir = src.join(folder);
+        let names: Vec<&str> = rooms.iter().map(|(n, _)| *n).collect();
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("read folder") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+        for file in files {
+            let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            if stem == "mod" {
+                continue;
+            }
+            let Some(rank) = rooms.iter().find(|(n, _)| *n == stem).map(|(_, r)| *r) else {
+                wrong.push(format!("{folder}/{stem}.rs has no rank in ROOMS"));
+                continue;
+            };
+            let text = std::fs::read_to_string(&file).expect("read");
+            for dep in sibling_refs(&text, folder, &names) {
+                let dep_rank = rooms.iter().find(|(n, _)| *n == dep).map_or(0, |(_, r)| *r);
+                if dep != stem && dep_rank >= rank {
+                    wrong.push(format!(
+                        "{folder}/{stem}.rs (rank {rank}) uses {dep} (rank {dep_rank})"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "rooms that use a sibling of the same or a higher rank:\n  {}",
+        wrong.join("\n  ")
+    );
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read src") {
         let path = entry.expect("entry").path();

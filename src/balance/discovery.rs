@@ -22,17 +22,22 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::NameServerConfig;
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::config::{DnsServerConfig, PoolConfig, ResolverConfig};
-use super::nodes::{NodeSet, NodeSpec};
+
+/// A node a pool should have: from its static servers or from discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub name: String,
+    pub addr: std::net::SocketAddr,
+    pub weight: u32,
+}
 
 /// The future a discovery round returns.
 pub type Answer<'a> = Pin<Box<dyn Future<Output = Result<Vec<NodeSpec>, String>> + Send + 'a>>;
@@ -190,37 +195,6 @@ async fn lookup(r: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, String> {
     let answer = r.lookup_ip(host).await.map_err(|e| e.to_string())?;
     let ips: BTreeSet<IpAddr> = answer.iter().collect();
     Ok(ips.into_iter().collect())
-}
-
-/// Ask `discovery` now and every `interval`, applying each answer to
-/// `nodes`, until `stop`.
-pub async fn run(
-    nodes: Arc<NodeSet>,
-    discovery: Arc<dyn Discovery>,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    loop {
-        let answer = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = discovery.nodes() => a,
-        };
-        match answer {
-            Ok(specs) => {
-                let c = nodes.set_backends(&specs);
-                if c != Default::default() {
-                    info!(pool = %nodes.pool, added = ?c.added, removed = ?c.removed, "backends updated by discovery");
-                }
-            }
-            Err(e) => {
-                warn!(pool = %nodes.pool, error = %e, "discovery failed; keeping the current nodes")
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::config::HealthCheckKind;
-use super::{Backend, CheckSettings, NodeSet};
+use arc_swap::ArcSwap;
+
+use super::Backend;
+use super::config::HealthConfig;
 use crate::mqtt::packets::{self, ConnackHead};
 use crate::mqtt::rc;
 use crate::proxy_protocol as header;
@@ -64,22 +67,33 @@ fn refusal_hint(code: u8) -> &'static str {
     }
 }
 
-/// Spawn `backend`'s checker on `tracker`. It reads `nodes`' check
-/// settings every round (a reload changes them in place) and stops when
-/// the node leaves its set or `stop` is cancelled.
+/// How a pool's nodes are checked: what its health checks read each round.
+#[derive(Debug, Clone)]
+pub struct CheckSettings {
+    pub health: HealthConfig,
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// A pool's check settings, shared by its nodes' checks and replaced in
+/// place by a reload.
+pub type SharedSettings = Arc<ArcSwap<CheckSettings>>;
+
+/// Spawn `backend`'s checker on `tracker`. It reads `settings` every
+/// round (a reload changes them in place) and stops when the node leaves
+/// its set or `stop` is cancelled.
 pub fn spawn_check(
-    nodes: Arc<NodeSet>,
+    settings: SharedSettings,
     backend: Arc<Backend>,
     tracker: &tokio_util::task::TaskTracker,
     stop: &CancellationToken,
 ) {
-    tracker.spawn(run(nodes, backend, stop.clone()));
+    tracker.spawn(run(settings, backend, stop.clone()));
 }
 
-async fn run(nodes: Arc<NodeSet>, backend: Arc<Backend>, stop: CancellationToken) {
+async fn run(shared: SharedSettings, backend: Arc<Backend>, stop: CancellationToken) {
     // Spread first checks over one interval (by the node's name, so they
     // do not fire in lockstep and a node's place is stable).
-    let first = nodes.check_settings().health.interval;
+    let first = shared.load().health.interval;
     let spread = first.mul_f64(f64::from(backend.seed_fraction()));
     let mut next = Instant::now() + spread;
     let retired = backend.retired().clone();
@@ -89,7 +103,7 @@ async fn run(nodes: Arc<NodeSet>, backend: Arc<Backend>, stop: CancellationToken
             _ = retired.cancelled() => return,
             _ = tokio::time::sleep_until(next) => {}
         }
-        let settings = nodes.check_settings();
+        let settings = shared.load_full();
         let h = &settings.health;
         next = Instant::now() + h.interval;
         let connect = packets::encode_connect(

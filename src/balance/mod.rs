@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::{BackendMetrics, Metrics};
 use crate::proxy_protocol::{IdentityTlvs, ProxyProtocol};
 pub use config::{HashKey, HealthConfig, PoolConfig, Strategy};
-pub use discovery::dns_node_name;
-pub use nodes::{CheckSettings, NodeChanges, NodeSet, NodeSpec};
+pub use discovery::{NodeSpec, dns_node_name};
+pub use health::CheckSettings;
+pub use nodes::{NodeChanges, NodeSet};
 use state::HealthState;
 use strategy::NodeView;
 

@@ -19,30 +19,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::strategy::SmoothWrr;
-use super::{Backend, HealthConfig, discovery, health};
-use crate::metrics::Metrics;
-use crate::proxy_protocol::ProxyProtocol;
+use tracing::{info, warn};
 
-/// A node a pool should have: from its static servers or from discovery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeSpec {
-    pub name: String,
-    pub addr: std::net::SocketAddr,
-    pub weight: u32,
-}
+use super::Backend;
+use super::discovery::{Discovery, NodeSpec};
+use super::health::{self, CheckSettings, SharedSettings};
+use crate::metrics::Metrics;
 
 /// What [`NodeSet::set_backends`] changed, by node name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeChanges {
     pub added: Vec<String>,
     pub removed: Vec<String>,
-}
-
-/// How a pool's nodes are checked: what its health checks read each round.
-#[derive(Debug, Clone)]
-pub struct CheckSettings {
-    pub health: HealthConfig,
-    pub proxy_protocol: ProxyProtocol,
 }
 
 /// Where the set's background tasks run once started.
@@ -57,7 +45,8 @@ struct Tasks {
 pub struct NodeSet {
     pub pool: String,
     nodes: ArcSwap<Vec<Arc<Backend>>>,
-    checks: ArcSwap<CheckSettings>,
+    /// Read by every node's check each round (health::SharedSettings).
+    checks: SharedSettings,
     pub(super) wrr: Mutex<SmoothWrr>,
     pub(super) rotor: AtomicUsize,
     metrics: Metrics,
@@ -79,7 +68,7 @@ impl NodeSet {
         NodeSet {
             pool: pool.to_string(),
             nodes: ArcSwap::from_pointee(Vec::new()),
-            checks: ArcSwap::from_pointee(checks),
+            checks: Arc::new(ArcSwap::from_pointee(checks)),
             wrr: Mutex::new(SmoothWrr::default()),
             rotor: AtomicUsize::new(0),
             metrics: metrics.clone(),
@@ -152,7 +141,7 @@ impl NodeSet {
         self.nodes.store(Arc::new(next));
         if let Some(t) = lock(&self.tasks).as_ref() {
             for b in added {
-                health::spawn_check(self.clone(), b, &t.tracker, &t.stop);
+                health::spawn_check(self.checks.clone(), b, &t.tracker, &t.stop);
             }
         }
         changes
@@ -168,7 +157,7 @@ impl NodeSet {
             discovery: None,
         });
         for b in self.nodes.load().iter() {
-            health::spawn_check(self.clone(), b.clone(), tracker, &stop);
+            health::spawn_check(self.checks.clone(), b.clone(), tracker, &stop);
         }
     }
 
@@ -182,7 +171,7 @@ impl NodeSet {
     /// round keeps the current nodes. No-op before [`NodeSet::start`].
     pub fn discover(
         self: &Arc<Self>,
-        discovery: Arc<dyn discovery::Discovery>,
+        discovery: Arc<dyn Discovery>,
         interval: std::time::Duration,
     ) {
         let mut tasks = lock(&self.tasks);
@@ -195,7 +184,38 @@ impl NodeSet {
         let stop = t.stop.child_token();
         t.discovery = Some(stop.clone());
         t.tracker
-            .spawn(discovery::run(self.clone(), discovery, interval, stop));
+            .spawn(self.clone().run_discovery(discovery, interval, stop));
+    }
+
+    /// Ask `discovery` now and every `interval`, applying each answer,
+    /// until `stop`. Discovery only answers; the set applies.
+    async fn run_discovery(
+        self: Arc<Self>,
+        discovery: Arc<dyn Discovery>,
+        interval: std::time::Duration,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let answer = tokio::select! {
+                _ = stop.cancelled() => return,
+                a = discovery.nodes() => a,
+            };
+            match answer {
+                Ok(specs) => {
+                    let c = self.set_backends(&specs);
+                    if c != NodeChanges::default() {
+                        info!(pool = %self.pool, added = ?c.added, removed = ?c.removed, "backends updated by discovery");
+                    }
+                }
+                Err(e) => {
+                    warn!(pool = %self.pool, error = %e, "discovery failed; keeping the current nodes")
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
     }
 
     /// Stop discovery, if any (the pool has no DNS servers any more).
@@ -221,6 +241,8 @@ impl NodeSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::HealthConfig;
+    use crate::proxy_protocol::ProxyProtocol;
     use std::net::SocketAddr;
 
     fn settings() -> CheckSettings {

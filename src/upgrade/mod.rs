@@ -75,7 +75,5 @@ pub use error::UpgradeError;
 pub use exchange::UpgradeSocket;
 pub use exchange::{Handover, Offer, Received, take_over};
 pub use inherited::{Assignment, InheritedListener, assign};
-#[cfg(unix)]
-pub use systemd::notify_to;
-pub use systemd::{fd_names, sd_notify, systemd_listeners};
+pub use systemd::{fd_names, notify_to, sd_notify, systemd_listeners};
 pub use wire::{MAX_FDS, MAX_FDS_PER_MESSAGE, MAX_MESSAGES, MAX_PAYLOAD};

@@ -99,6 +99,15 @@ pub fn sd_notify(_state: &str) -> std::io::Result<bool> {
     Ok(false)
 }
 
+/// No service manager to notify off Unix.
+#[cfg(not(unix))]
+pub fn notify_to(_socket: &std::ffi::OsStr, _state: &str) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "notifications need a Unix datagram socket",
+    ))
+}
+
 /// No socket activation off Unix.
 #[cfg(not(unix))]
 pub fn systemd_listeners() -> Result<Vec<InheritedListener>, UpgradeError> {
