@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tracing::{Instrument, Span, debug, field, info, warn};
 
+mod refusal;
+
 use super::ListenerCtx;
 use super::splice::{Kick, SpliceEnd, SpliceError, splice};
 use super::websocket;
@@ -26,16 +28,14 @@ use crate::balance::{ActiveGuard, Backend, Pool};
 use crate::config::{
     ClientIdMatch, HashKey, MqttListenerConfig, ProxyProtocol, WebSocketConfig, WsForward,
 };
-use crate::metrics::{Disconnect, HandshakeResult, Rejection};
+use crate::metrics::{Disconnect, HandshakeResult};
 use crate::mqtt::framing::FrameTracker;
-use crate::mqtt::packets::{
-    ConnackHead, ConnackVerdict, connack_head, connack_not_authorized, connack_rate_exceeded,
-    connack_server_unavailable, connack_verdict,
-};
+use crate::mqtt::packets::{ConnackHead, ConnackVerdict, connack_head, connack_verdict};
 use crate::mqtt::{Peek, ProtocolVersion, peek_connect};
 use crate::proxy_protocol as header;
 use crate::ratelog::LogLimiter;
 use crate::tls::TlsInfo;
+use refusal::Refusal;
 
 /// First read size while waiting for a CONNECT: most CONNECTs are far
 /// smaller, and the parser asks for exactly what is missing after that.
@@ -87,9 +87,20 @@ pub async fn handle(ctx: Arc<ListenerCtx>, tcp: TcpStream, peer: SocketAddr, con
                 // Boxed: the handshake's state (rustls's handshake
                 // buffers, the acceptor futures) lives on the heap only
                 // while it runs, not in every connection's task for its
-                // whole life.
-                let Some((mut stream, info)) = Box::pin(tls_handshake(&ctx, acceptor, tcp)).await
-                else {
+                // whole life. A refused handshake ends there too: it took
+                // the socket, so nothing is left to answer on (its
+                // refusals answer nothing); awaited out here, its result
+                // would stay in every connection's state.
+                let handshake = Box::pin(async {
+                    match tls_handshake(&ctx, acceptor, tcp).await {
+                        Ok(done) => Some(done),
+                        Err(refusal) => {
+                            refuse(&ctx, &mut tokio::io::sink(), refusal).await;
+                            None
+                        }
+                    }
+                });
+                let Some((mut stream, info)) = handshake.await else {
                     return;
                 };
                 serve(&ctx, &mut stream, peer, local, Some(&info), conn_id).await
@@ -100,13 +111,12 @@ pub async fn handle(ctx: Arc<ListenerCtx>, tcp: TcpStream, peer: SocketAddr, con
     .await
 }
 
-/// The TLS handshake under its deadline; failures are counted and logged
-/// here.
+/// The TLS handshake under its deadline; failures are logged here.
 async fn tls_handshake(
     ctx: &ListenerCtx,
     acceptor: &crate::tls::TlsAcceptor,
     tcp: TcpStream,
-) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo)> {
+) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo), Refusal> {
     let started = Instant::now();
     match timeout(
         ctx.limits.tls_handshake_timeout,
@@ -116,30 +126,28 @@ async fn tls_handshake(
     {
         Err(_) => {
             ctx.metrics.handshake(HandshakeResult::Timeout);
-            ctx.metrics.rejected(Rejection::TlsHandshakeTimeout);
             debug!("TLS handshake timed out");
-            None
+            Err(Refusal::TlsTimeout)
         }
         Ok(Err(crate::tls::HandshakeError::Tls(e))) => {
             ctx.metrics.handshake(HandshakeResult::Failed);
             if crate::tls::client_chain::refused_chain(&e) {
-                ctx.metrics.rejected(Rejection::ClientChainRefused);
                 static CHAINS: LogLimiter = crate::ratelog::per_kind();
                 if let Some(suppressed) = CHAINS.allow() {
                     info!(error = %e, suppressed, "client certificate chain refused before verification");
                 }
+                Err(Refusal::ClientChain)
             } else {
-                ctx.metrics.rejected(Rejection::TlsHandshakeFailed);
                 debug!(error = %e, "TLS handshake failed");
+                Err(Refusal::TlsFailed)
             }
-            None
         }
         Ok(Ok(done)) => {
             ctx.metrics.handshake(HandshakeResult::Ok);
             ctx.metrics
                 .handshake_duration
                 .observe(started.elapsed().as_secs_f64());
-            Some(done)
+            Ok(done)
         }
     }
 }
@@ -188,20 +196,11 @@ async fn serve_websocket<S>(
             if let Some(suppressed) = REFUSED.allow() {
                 info!(reason = %refusal, suppressed, "WebSocket upgrade refused");
             }
-            ctx.metrics.rejected(match refusal {
-                websocket::Refusal::Status(..) => Rejection::WebSocketRefused,
-                websocket::Refusal::Closed => Rejection::ClosedBeforeConnect,
-                websocket::Refusal::Io(_) => Rejection::ClientError,
-            });
-            if let Some(response) = refusal.response() {
-                answer_and_close(stream, response).await;
-            }
-            return;
+            return refuse(ctx, stream, Refusal::Upgrade(refusal)).await;
         }
         Err(_) => {
-            ctx.metrics.rejected(Rejection::WebSocketTimeout);
             debug!(timeout = ?ws.upgrade_timeout, "no complete WebSocket upgrade request before the deadline");
-            return;
+            return refuse(ctx, stream, Refusal::UpgradeTimeout).await;
         }
     };
     match ws.to {
@@ -246,12 +245,7 @@ async fn serve_client<S>(
     let hello = match &ctx.mqtt {
         Some(mqtt) => match read_connect(ctx, mqtt, client, tls).await {
             Ok(h) => h,
-            Err(reason) => {
-                ctx.metrics.rejected(reason);
-                // Best effort: the client may already be gone.
-                answer_and_close(client, b"").await;
-                return;
-            }
+            Err(refusal) => return refuse(ctx, client, refusal).await,
         },
         None => ClientHello {
             buffered: preread,
@@ -263,7 +257,6 @@ async fn serve_client<S>(
         },
     };
     if let (true, Some(protocol)) = (hello.mismatch, hello.protocol) {
-        ctx.metrics.rejected(Rejection::ClientIdMismatch);
         static MISMATCH: LogLimiter = crate::ratelog::per_kind();
         if let Some(suppressed) = MISMATCH.allow() {
             info!(
@@ -271,19 +264,16 @@ async fn serve_client<S>(
                 suppressed, "client id not named by the client certificate; refused"
             );
         }
-        answer_and_close(client, connack_not_authorized(protocol)).await;
-        return;
+        return refuse(ctx, client, Refusal::ClientIdMismatch(protocol)).await;
     }
     if let (Some(id), Some(protocol)) = (hello.client, hello.protocol) {
         if !ctx.state.client_limit.admit(&id) {
             // Refused before any broker is touched.
-            ctx.metrics.rejected(Rejection::ClientRateLimit);
             static STORMS: LogLimiter = crate::ratelog::per_kind();
             if let Some(suppressed) = STORMS.allow() {
                 info!(suppressed, "client id reconnects too often; refused");
             }
-            answer_and_close(client, connack_rate_exceeded(protocol)).await;
-            return;
+            return refuse(ctx, client, Refusal::ClientRateLimit(protocol)).await;
         }
     }
 
@@ -304,15 +294,11 @@ async fn serve_client<S>(
     drop(hello.buffered);
 
     let Some(placed) = place(ctx, &first, hello.protocol, hello.key.as_deref()).await else {
-        ctx.metrics.rejected(Rejection::NoBackend);
         static NONE_UP: LogLimiter = crate::ratelog::per_kind();
         if let Some(suppressed) = NONE_UP.allow() {
             warn!(pool = %ctx.pool.name, suppressed, "no backend available");
         }
-        if let Some(protocol) = hello.protocol {
-            answer_and_close(client, connack_server_unavailable(protocol)).await;
-        }
-        return;
+        return refuse(ctx, client, Refusal::NoBackend(hello.protocol)).await;
     };
     drop(first);
     let Placed {
@@ -390,20 +376,15 @@ async fn serve_client<S>(
     ctx.metrics.closed(how);
 }
 
-/// How long a refused client gets to take its answer before the close.
-const REFUSAL_WRITE: Duration = Duration::from_secs(1);
-
-/// Write a refused client its answer (a CONNACK refusal, an HTTP error, or
-/// nothing) and close its side, best effort: it may already be gone.
-async fn answer_and_close<S>(client: &mut S, answer: &[u8])
+/// Every refused connection ends here: counted under its reason, and the
+/// client given its answer.
+async fn refuse<S>(ctx: &ListenerCtx, client: &mut S, refusal: Refusal)
 where
     S: AsyncWrite + Unpin,
 {
-    let _ = timeout(REFUSAL_WRITE, async {
-        client.write_all(answer).await?;
-        client.shutdown().await
-    })
-    .await;
+    let (reason, answer) = refusal.verdict();
+    ctx.metrics.rejected(reason);
+    answer.give(client).await;
 }
 
 /// Read the CONNECT under its deadline and size cap. The cause of a
@@ -413,7 +394,7 @@ async fn read_connect<S>(
     mqtt: &MqttListenerConfig,
     client: &mut S,
     tls: Option<&TlsInfo>,
-) -> Result<ClientHello, Rejection>
+) -> Result<ClientHello, Refusal>
 where
     S: AsyncRead + Unpin,
 {
@@ -436,21 +417,21 @@ where
                     if let Some(suppressed) = REFUSED.allow() {
                         info!(error = %e, suppressed, "first packet refused");
                     }
-                    return Err(Rejection::from(&e));
+                    return Err(Refusal::BadConnect(e));
                 }
             }
             let Some(free) = buf.get_mut(filled..) else {
-                return Err(Rejection::ClientError);
+                return Err(Refusal::ReadError);
             };
             match client.read(free).await {
                 Ok(0) => {
                     debug!("client left before sending a CONNECT");
-                    return Err(Rejection::ClosedBeforeConnect);
+                    return Err(Refusal::ClosedBeforeConnect);
                 }
                 Ok(n) => filled += n,
                 Err(e) => {
                     debug!(error = %e, "read error before CONNECT");
-                    return Err(Rejection::ClientError);
+                    return Err(Refusal::ReadError);
                 }
             }
         }
@@ -462,7 +443,7 @@ where
             if let Some(suppressed) = LATE.allow() {
                 info!(timeout = ?mqtt.connect_timeout, received = filled, suppressed, "no complete CONNECT before the deadline");
             }
-            return Err(Rejection::ConnectTimeout);
+            return Err(Refusal::ConnectTimeout);
         }
     };
     buf.truncate(filled);
