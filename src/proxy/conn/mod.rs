@@ -1,5 +1,5 @@
 //! One client connection, from accept to close, as three stages of one
-//! [`Conn`]:
+//! `Conn`:
 //!
 //! * **admit** (`admit.rs`) — TLS handshake (deadline), the WebSocket
 //!   upgrade on WebSocket listeners, then read the MQTT CONNECT (deadline,
@@ -11,8 +11,8 @@
 //! * **relay** (`relay.rs`) — forward the CONNACK, splice both ways (idle
 //!   timeout from the client's keep-alive) → close, or a drain kick.
 //!
-//! A stage that refuses the client returns a [`Refusal`] (`refusal.rs`),
-//! which names its metric reason and its answer; [`Conn::refuse`] is where
+//! A stage that refuses the client returns a `Refusal` (`refusal.rs`),
+//! which names its metric reason and its answer; `Conn::refuse` is where
 //! every refused connection ends. When no backend can take an MQTT client,
 //! it reads a CONNACK "server unavailable" rather than a bare reset.
 //!
