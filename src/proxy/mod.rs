@@ -30,7 +30,9 @@
 //! * this file — the shared state, build/bind/run, backend status;
 //! * `accept` — listening sockets and what happens to each accepted
 //!   connection (permit, counters, spawn);
-//! * [`conn`] — one connection's life; [`splice`] — the relay;
+//! * [`conn`] — one connection's life: a `Conn` and its stages admit →
+//!   place → relay, every refusal ending in one place; [`splice`] — the
+//!   copy both ways;
 //! * `reload` — configuration generations, with the diff they apply;
 //! * `drain` — draining a backend and pacing its clients' moves;
 //! * `handover` — listeners from inherited sockets, and the running

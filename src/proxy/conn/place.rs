@@ -1,0 +1,230 @@
+//! Placement: offer the admitted client to the pool's candidates in order
+//! until one takes it. Each gets one write (PROXY header + the client's
+//! bytes, built once) and, on MQTT listeners, must answer it with a CONNACK
+//! within `connack_timeout`; a node that does not is a *miss*: counted,
+//! recorded against its health, and the next candidate gets the same bytes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+use tracing::{Span, debug, warn};
+
+use super::admit::Hello;
+use super::{Conn, Refusal};
+use crate::balance::{ActiveGuard, Backend, Pool};
+use crate::mqtt::ProtocolVersion;
+use crate::mqtt::packets::{ConnackHead, ConnackVerdict, connack_head, connack_verdict};
+use crate::proxy_protocol as header;
+use crate::ratelog::LogLimiter;
+
+/// Read size while waiting for a broker's CONNACK: its head needs at most 7
+/// bytes; a broker may send queued messages right behind it, which the
+/// splice carries on with.
+const CONNACK_READ: usize = 512;
+
+/// A backend that took the client: what the relay starts from.
+pub(super) struct Placed {
+    pub backend: Arc<Backend>,
+    pub upstream: TcpStream,
+    /// Counts the connection on the backend from the TCP connect on, so
+    /// least-connections sees clients still waiting for their CONNACK.
+    pub active: ActiveGuard,
+    /// What the backend already sent (MQTT listeners: the head of its
+    /// CONNACK and whatever followed in the same reads); empty otherwise.
+    pub answer: Vec<u8>,
+    /// From admission: the client's protocol (`None`: pass-through) and
+    /// idle timeout.
+    pub protocol: Option<ProtocolVersion>,
+    pub idle: Duration,
+}
+
+/// Why one candidate did not take the client. Every one of these counts
+/// against the node's health (passive check) and sends the client's
+/// CONNECT to the next candidate.
+#[derive(Debug, thiserror::Error)]
+enum Miss {
+    #[error("TCP connect failed: {0}")]
+    Connect(std::io::Error),
+    #[error("TCP connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("no CONNACK within {0:?}")]
+    ConnackTimeout(Duration),
+    #[error("closed without answering the CONNECT")]
+    Closed,
+    #[error("I/O error before the CONNACK: {0}")]
+    Io(std::io::Error),
+    #[error("answered with something other than a CONNACK")]
+    Malformed,
+    #[error("answered CONNACK {0:#04x}: server unavailable or busy")]
+    Unavailable(u8),
+}
+
+impl Conn {
+    /// Offer the client to the candidates in order until one takes it: a
+    /// TCP connect, then (MQTT listeners) a CONNACK answering the CONNECT
+    /// within `connack_timeout`. A CONNACK refusing the client is the
+    /// broker's answer and is forwarded; a node that does not answer,
+    /// closes first or says "server unavailable" fails this client over to
+    /// the next candidate with the same bytes, and the miss counts towards
+    /// the node's `fall`. None left: [`Refusal::NoBackend`].
+    pub(super) async fn place(&self, hello: Hello) -> Result<Placed, Refusal> {
+        let ctx = &self.ctx;
+        let first = self.first_write(&hello.bytes);
+        let client_bytes = hello.bytes.len() as u64;
+        drop(hello.bytes);
+        for backend in ctx.pool.candidates(hello.key.as_deref()) {
+            match attempt(&ctx.pool, &backend, &first, hello.protocol).await {
+                Ok((upstream, active, answer)) => {
+                    Span::current().record("backend", backend.name.as_str());
+                    // The client's bytes read before routing count as
+                    // upstream traffic too.
+                    ctx.metrics.upstream_bytes.inc_by(client_bytes);
+                    return Ok(Placed {
+                        backend,
+                        upstream,
+                        active,
+                        answer,
+                        protocol: hello.protocol,
+                        idle: hello.idle,
+                    });
+                }
+                Err(miss) => {
+                    static MISSES: LogLimiter = crate::ratelog::per_kind();
+                    if let Some(suppressed) = MISSES.allow() {
+                        warn!(backend = %backend.name, addr = %backend.addr, error = %miss, suppressed, "backend did not take the client; trying the next");
+                    }
+                    backend.metrics.connect_errors.inc();
+                    backend.observe_passive(false);
+                }
+            }
+        }
+        static NONE_UP: LogLimiter = crate::ratelog::per_kind();
+        if let Some(suppressed) = NONE_UP.allow() {
+            warn!(pool = %ctx.pool.name, suppressed, "no backend available");
+        }
+        Err(Refusal::NoBackend(hello.protocol))
+    }
+
+    /// One write per attempt: the PROXY header followed by the bytes
+    /// already read. Built once; every candidate gets the same bytes.
+    fn first_write(&self, client_bytes: &[u8]) -> Vec<u8> {
+        let mut first = Vec::with_capacity(128 + client_bytes.len());
+        header::encode(
+            self.ctx.pool.proxy_protocol,
+            self.peer,
+            self.local,
+            self.tls.as_ref(),
+            &self.ctx.pool.identity,
+            &unique_id(self.ctx.instance_nonce, self.id),
+            &mut first,
+        );
+        first.extend_from_slice(client_bytes);
+        first
+    }
+}
+
+/// One candidate: connect, send `first`, and for an MQTT client wait for
+/// the CONNACK.
+async fn attempt(
+    pool: &Pool,
+    backend: &Arc<Backend>,
+    first: &[u8],
+    protocol: Option<ProtocolVersion>,
+) -> Result<(TcpStream, ActiveGuard, Vec<u8>), Miss> {
+    let started = Instant::now();
+    let mut stream = match timeout(pool.connect_timeout, TcpStream::connect(backend.addr)).await {
+        Err(_) => return Err(Miss::ConnectTimeout(pool.connect_timeout)),
+        Ok(Err(e)) => return Err(Miss::Connect(e)),
+        Ok(Ok(stream)) => stream,
+    };
+    backend
+        .metrics
+        .connect_duration
+        .observe(started.elapsed().as_secs_f64());
+    let _ = stream.set_nodelay(true);
+    let active = backend.connection();
+    let Some(protocol) = protocol else {
+        // Pass-through: a TCP connect is all the evidence there is.
+        if !first.is_empty() {
+            stream.write_all(first).await.map_err(Miss::Io)?;
+        }
+        backend.observe_passive(true);
+        return Ok((stream, active, Vec::new()));
+    };
+    let started = Instant::now();
+    let m = &backend.metrics.connacks;
+    let exchange = async {
+        stream.write_all(first).await.map_err(Miss::Io)?;
+        read_connack(&mut stream).await
+    };
+    let (code, answer) = match timeout(pool.connack_timeout, exchange).await {
+        Ok(Ok(answered)) => answered,
+        Ok(Err(miss)) => {
+            match miss {
+                Miss::Malformed => m.malformed.inc(),
+                _ => m.closed.inc(),
+            };
+            return Err(miss);
+        }
+        Err(_) => {
+            m.timeout.inc();
+            return Err(Miss::ConnackTimeout(pool.connack_timeout));
+        }
+    };
+    backend
+        .metrics
+        .connack_duration
+        .observe(started.elapsed().as_secs_f64());
+    match connack_verdict(protocol, code) {
+        ConnackVerdict::Accepted => m.accepted.inc(),
+        ConnackVerdict::Refused => {
+            debug!(
+                code,
+                "the broker refused the client; forwarding its CONNACK"
+            );
+            m.refused.inc()
+        }
+        ConnackVerdict::Unavailable => {
+            m.unavailable.inc();
+            return Err(Miss::Unavailable(code));
+        }
+    };
+    backend.observe_passive(true);
+    Ok((stream, active, answer))
+}
+
+/// Read from a backend until the head of its first packet shows a CONNACK.
+/// Returns the code and every byte read (the CONNACK head, possibly more).
+async fn read_connack(stream: &mut TcpStream) -> Result<(u8, Vec<u8>), Miss> {
+    let mut buf = vec![0u8; CONNACK_READ];
+    let mut filled = 0;
+    loop {
+        let Some(free) = buf.get_mut(filled..).filter(|f| !f.is_empty()) else {
+            return Err(Miss::Malformed);
+        };
+        let n = stream.read(free).await.map_err(Miss::Io)?;
+        if n == 0 {
+            return Err(Miss::Closed);
+        }
+        filled += n;
+        match connack_head(buf.get(..filled).unwrap_or_default()) {
+            ConnackHead::Incomplete => {}
+            ConnackHead::Malformed => return Err(Miss::Malformed),
+            ConnackHead::Complete { code, .. } => {
+                buf.truncate(filled);
+                return Ok((code, buf));
+            }
+        }
+    }
+}
+
+/// 16-byte PROXY v2 unique id: process nonce and connection number.
+fn unique_id(nonce: u64, conn_id: u64) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&nonce.to_be_bytes());
+    id[8..].copy_from_slice(&conn_id.to_be_bytes());
+    id
+}
