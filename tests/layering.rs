@@ -147,6 +147,10 @@ const ROOMS: &[(&str, &[(&str, u8)])] = &[
         ],
     ),
     ("proxy/websocket", &[("frame", 0)]),
+    (
+        "proxy/conn",
+        &[("refusal", 0), ("admit", 1), ("place", 2), ("relay", 3)],
+    ),
 ];
 
 /// Sibling files a room's file uses, outside `#[cfg(test)]` code.
