@@ -48,6 +48,24 @@ fn params(cn: &str, sans: Vec<SanType>) -> CertificateParams {
     p
 }
 
+/// `mqttlb certs`: write a development CA, server and client certificate
+/// to `out`; the exit code (0, or 1 with the reason on stderr).
+pub fn main(out: &Path, hosts: &[String]) -> u8 {
+    match DevCerts::generate(hosts, CLIENT_CN).and_then(|c| c.write(out)) {
+        Ok(()) => {
+            println!(
+                "wrote {0}/ca.pem ca.key server.pem server.key client.pem client.key (development only)",
+                out.display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("mqttlb certs: {e}");
+            1
+        }
+    }
+}
+
 impl DevCerts {
     /// Generate a CA, a server certificate for `localhost`, `127.0.0.1`,
     /// `::1` and every name in `hosts`, and a client certificate with CN

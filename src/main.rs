@@ -15,7 +15,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mqttlb::admin::{AdminServer, AdminSettings, Role};
-use mqttlb::certs::{CLIENT_CN, DevCerts};
 use mqttlb::config::ConfigErrors;
 use mqttlb::demo::{Demo, DemoError, DemoOptions};
 use mqttlb::launch::{BrokerArgs, LaunchError, ProxyArgs, ProxyLaunch};
@@ -119,21 +118,7 @@ fn main() -> ExitCode {
     };
     init_logging(cli.log_format);
     match cli.command {
-        Command::Certs { out, hosts } => {
-            match DevCerts::generate(&hosts, CLIENT_CN).and_then(|c| c.write(&out)) {
-                Ok(()) => {
-                    println!(
-                        "wrote {0}/ca.pem ca.key server.pem server.key client.pem client.key (development only)",
-                        out.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("mqttlb certs: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Certs { out, hosts } => ExitCode::from(mqttlb::certs::main(&out, &hosts)),
         Command::Check { config } => match mqttlb::check::check(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
