@@ -109,6 +109,7 @@ const ROOMS: &[(&str, &[(&str, u8)])] = &[
         &[
             ("config", 0),
             ("state", 0),
+            ("route", 0),
             ("strategy", 1),
             ("discovery", 1),
             ("health", 1),

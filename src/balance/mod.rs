@@ -5,12 +5,14 @@
 //! timeouts, PROXY header), rebuilt by every reload; its [`NodeSet`]
 //! ([`nodes`]) is long-lived, handed from generation to generation, and
 //! owns the nodes, their health-check tasks and the selection state;
-//! [`discovery`] changes it in place.
+//! [`discovery`] changes it in place. [`route`] says which pool a client
+//! goes to (`[[listener.route]]`: rules and matching, pure).
 
 pub mod config;
 pub mod discovery;
 pub mod health;
 pub mod nodes;
+pub mod route;
 pub mod state;
 pub mod strategy;
 
