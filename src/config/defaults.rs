@@ -82,3 +82,11 @@ pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest `upgrade.socket` path: a Unix socket address holds 108 bytes
 /// on Linux (104 on macOS and the BSDs) with the terminating NUL.
 pub const MAX_UNIX_SOCKET_PATH: usize = 103;
+/// `[[listener.route]]` rules per listener: each is tried in order for
+/// every client, and each is a `route` label value.
+pub const MAX_ROUTES: usize = 256;
+/// Bytes of a route's `client_id_prefix`, `username_prefix` or
+/// `cert_cn_prefix` (a CN is at most 64 characters; ids are longer).
+pub const MAX_ROUTE_PREFIX: usize = 256;
+/// Length of a route's `name` (a metric label value).
+pub const MAX_ROUTE_NAME: usize = 64;

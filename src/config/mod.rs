@@ -11,12 +11,14 @@
 //! * this file — the typed proxy configuration, errors, loading;
 //! * [`raw`] — the file schema; [`template`] — configurations built in code;
 //! * `overrides` — the flags; `validate` — raw values to typed ones;
+//!   `routes` — a listener's `[[listener.route]]` rules;
 //! * [`defaults`] — defaults and bounds; [`broker`] — `mqttlb broker`'s file.
 
 pub mod broker;
 pub mod defaults;
 mod overrides;
 pub mod raw;
+mod routes;
 pub mod template;
 mod validate;
 
@@ -39,6 +41,7 @@ pub use crate::balance::config::{
     DnsServerConfig, HashKey, HealthCheckKind, HealthConfig, PoolConfig, ResolverConfig,
     ServerConfig, Strategy,
 };
+pub use crate::balance::route::{RouteConfig, RouteMatch, SniPattern};
 pub use crate::proxy_protocol::{ProxyCommand, ProxyProtocol};
 pub use crate::secret::Secret;
 pub use crate::tls::{CertKeyPaths, ClientAuth, TlsConfig, TlsVersion};
@@ -175,6 +178,9 @@ pub struct ListenerConfig {
     pub mqtt: Option<MqttListenerConfig>,
     /// `Some` = clients speak MQTT over WebSockets (after TLS, if any).
     pub websocket: Option<WebSocketConfig>,
+    /// `[[listener.route]]`, in order: the first that matches names the
+    /// client's pool; none → `pool`.
+    pub routes: Vec<RouteConfig>,
     /// Key path of this listener in the file, for later error messages.
     pub key: String,
 }

@@ -59,6 +59,20 @@ pub struct RawListener {
     pub tls: Option<RawTls>,
     pub mqtt: Option<RawMqtt>,
     pub websocket: Option<RawWebSocket>,
+    #[serde(default)]
+    pub route: Vec<RawRoute>,
+}
+
+/// `[[listener.route]]`: send matching clients to another pool.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    pub sni: Option<String>,
+    pub client_id_prefix: Option<String>,
+    pub username_prefix: Option<String>,
+    pub cert_cn_prefix: Option<String>,
+    pub pool: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

@@ -699,6 +699,14 @@ impl Cx {
                 }
             }
         }
+        let scope = super::routes::RouteScope {
+            key: &k,
+            tls: tls.as_ref(),
+            mqtt: mqtt.is_some(),
+            pool: &pool,
+            ws_forward: websocket.as_ref().is_some_and(|w| w.to == WsForward::Ws),
+        };
+        let routes = self.routes(&scope, raw.route, pools);
         ListenerConfig {
             name,
             listen,
@@ -708,6 +716,7 @@ impl Cx {
             tls,
             mqtt,
             websocket,
+            routes,
             key: k,
         }
     }

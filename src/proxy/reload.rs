@@ -280,6 +280,7 @@ mod tests {
             tls: None,
             mqtt: None,
             websocket: None,
+            routes: Vec::new(),
             key: format!("listener[{name}]"),
         }
     }
