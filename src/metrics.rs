@@ -195,6 +195,15 @@ pub struct CertLabel {
     pub cert: String,
 }
 
+/// A listener's route and the pool it sends to (`route="default"`: no
+/// rule matched, the listener's own pool).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub listener: String,
+    pub route: String,
+    pub pool: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabel {
     pub pool: String,
@@ -240,6 +249,7 @@ pub struct Metrics {
     pub tls_handshakes: Family<ResultLabel, Counter>,
     pub tls_handshake_duration: Family<ListenerLabel, Histogram>,
     pub mqtt_connects: Family<ProtocolLabel, Counter>,
+    pub connections_routed: Family<RouteLabel, Counter>,
     pub backend_up: Family<BackendLabel, Gauge>,
     pub backend_connections_active: Family<BackendLabel, Gauge>,
     pub backend_connect_errors: Family<BackendLabel, Counter>,
@@ -256,6 +266,8 @@ pub struct Metrics {
     /// reload can remove the ones that went away. A std Mutex: held for a
     /// set difference, never across an await.
     certificates: Arc<std::sync::Mutex<BTreeSet<CertLabel>>>,
+    /// The label sets of `connections_routed` configured now (same use).
+    routes: Arc<std::sync::Mutex<BTreeSet<RouteLabel>>>,
 }
 
 impl Metrics {
@@ -268,6 +280,7 @@ impl Metrics {
             tls_handshakes: Family::default(),
             tls_handshake_duration: Family::new_with_constructor(latency_histogram),
             mqtt_connects: Family::default(),
+            connections_routed: Family::default(),
             backend_up: Family::default(),
             backend_connections_active: Family::default(),
             backend_connect_errors: Family::default(),
@@ -281,6 +294,7 @@ impl Metrics {
             config_reloads: Family::default(),
             tls_certificate_not_after: Family::default(),
             certificates: Arc::default(),
+            routes: Arc::default(),
         };
         let r = registry.sub_registry_with_prefix("mqttlb");
         r.register(
@@ -318,6 +332,11 @@ impl Metrics {
             "mqtt_connects",
             "MQTT CONNECT packets read, by protocol version",
             m.mqtt_connects.clone(),
+        );
+        r.register(
+            "connections_routed",
+            "Client connections handed to a pool, by listener, the route that chose it (route=\"default\": no [[listener.route]] matched, the listener's pool) and that pool",
+            m.connections_routed.clone(),
         );
         r.register(
             "backend_up",
@@ -417,6 +436,29 @@ impl Metrics {
             self.tls_certificate_not_after.remove(gone);
         }
         *exported = now;
+    }
+
+    /// Export exactly these routes (every listener's rules and its
+    /// `default`), each from 0: series of routes no longer configured (a
+    /// rule renamed, removed or sent to another pool) are removed.
+    pub fn set_routes(&self, routes: impl IntoIterator<Item = RouteLabel>) {
+        // A poisoned lock only means a panic elsewhere while holding it;
+        // the set is still the one last exported.
+        let mut exported = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let now: BTreeSet<RouteLabel> = routes.into_iter().collect();
+        for label in &now {
+            let _ = self.connections_routed.get_or_create(label);
+        }
+        for gone in exported.difference(&now) {
+            self.connections_routed.remove(gone);
+        }
+        *exported = now;
+    }
+
+    /// The counter of one route, resolved when a listener's context is
+    /// built (never per connection).
+    pub fn route(&self, label: &RouteLabel) -> Counter {
+        self.connections_routed.get_or_create_owned(label)
     }
 
     /// Stop exporting the gauges of a backend removed by a reload (its
@@ -701,6 +743,32 @@ mod tests {
             text.contains("{listener=\"b\",cert=\"/x.pem\"} 300"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn routes_are_exported_from_zero_and_replaced_as_a_set() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let label = |route: &str, pool: &str| RouteLabel {
+            listener: "l".into(),
+            route: route.into(),
+            pool: pool.into(),
+        };
+        m.set_routes([label("default", "main"), label("tenant-a", "a")]);
+        m.route(&label("tenant-a", "a")).inc();
+        let text = encode(&registry);
+        let sample = |route: &str, pool: &str, n: u32| {
+            format!(
+                "mqttlb_connections_routed_total{{listener=\"l\",route=\"{route}\",pool=\"{pool}\"}} {n}"
+            )
+        };
+        assert!(text.contains(&sample("default", "main", 0)), "{text}");
+        assert!(text.contains(&sample("tenant-a", "a", 1)), "{text}");
+        // A reload sends the rule to another pool.
+        m.set_routes([label("default", "main"), label("tenant-a", "b")]);
+        let text = encode(&registry);
+        assert!(!text.contains("pool=\"a\""), "stale series removed: {text}");
+        assert!(text.contains(&sample("tenant-a", "b", 0)), "{text}");
     }
 
     #[test]

@@ -33,6 +33,8 @@
 //! * [`conn`] — one connection's life: a `Conn` and its stages admit →
 //!   place → relay, every refusal ending in one place; [`splice`] — the
 //!   copy both ways;
+//! * [`route`] — a listener's `[[listener.route]]` rules over this
+//!   generation's pools;
 //! * `reload` — configuration generations, with the diff they apply;
 //! * `drain` — draining a backend and pacing its clients' moves;
 //! * `handover` — listeners from inherited sockets, and the running
@@ -43,6 +45,7 @@ pub mod conn;
 mod drain;
 mod handover;
 mod reload;
+pub mod route;
 pub mod splice;
 pub mod websocket;
 
@@ -73,6 +76,7 @@ use crate::sys::ListenerSockets;
 use crate::tls::TlsAcceptor;
 use accept::bind_listener;
 use reload::load_tls;
+use route::Routes;
 
 /// Everything a connection task needs from its listener.
 pub struct ListenerCtx {
@@ -81,10 +85,11 @@ pub struct ListenerCtx {
     pub tls: Option<TlsAcceptor>,
     pub mqtt: Option<MqttListenerConfig>,
     pub websocket: Option<WebSocketConfig>,
-    /// What the handshake reads from client certificates (the pool's
-    /// identity TLVs, the client-id rule).
+    /// What the handshake reads from client certificates (the identity
+    /// TLVs of every pool a client can be routed to, the client-id rule).
     pub identity: crate::tls::IdentityRequest,
-    pub pool: Arc<Pool>,
+    /// The listener's pool and its `[[listener.route]]` rules.
+    pub routes: Routes,
     pub limits: Limits,
     pub metrics: ListenerMetrics,
     /// Random per process; first half of PROXY v2 unique ids.
@@ -220,6 +225,7 @@ impl Proxy {
             source: std::sync::Mutex::new(None),
         });
         state.export_certificates(&state.current.load());
+        state.export_routes(&state.current.load());
         // A weak reference: the registry may outlive the proxy (then the
         // family is empty).
         let weak = Arc::downgrade(&state);
@@ -346,8 +352,8 @@ impl ProxyState {
         local_addr: SocketAddr,
         tls: Option<TlsAcceptor>,
     ) -> Option<ListenerCtx> {
-        // Config conversion guarantees every listener's pool exists.
-        let pool = generation.pools.get(&cfg.pool)?.clone();
+        // Config conversion guarantees every pool a listener names exists.
+        let routes = Routes::new(cfg, &generation.pools, &self.metrics)?;
         let state = lock(&self.listener_states)
             .entry(cfg.name.clone())
             .or_insert_with(|| Arc::new(ListenerState::new(&generation.config.limits)))
@@ -358,8 +364,8 @@ impl ProxyState {
             tls,
             mqtt: cfg.mqtt.clone(),
             websocket: cfg.websocket.clone(),
-            identity: identity_request(cfg, &pool),
-            pool,
+            identity: identity_request(cfg, &routes),
+            routes,
             limits: generation.config.limits.clone(),
             metrics: self.metrics.listener(&cfg.name),
             instance_nonce: self.instance_nonce,
@@ -382,6 +388,17 @@ impl ProxyState {
                     .map(|c| (l.name.clone(), c.cert.display().to_string(), c.not_after))
             });
         self.metrics.set_certificates(certs);
+    }
+
+    /// Export every listener's routes (each from 0); series of routes no
+    /// longer configured go.
+    fn export_routes(&self, generation: &Generation) {
+        let labels = generation
+            .config
+            .listeners
+            .iter()
+            .flat_map(route::route_labels);
+        self.metrics.set_routes(labels);
     }
 
     /// Backends in rotation per pool of the running generation.
@@ -465,12 +482,20 @@ fn instance_nonce() -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(&t.to_le_bytes(), u64::from(std::process::id()))
 }
 
-/// What a listener's handshakes must read from client certificates.
-fn identity_request(cfg: &ListenerConfig, pool: &Pool) -> crate::tls::IdentityRequest {
-    let mut want = match pool.proxy_protocol {
-        crate::config::ProxyProtocol::V2 => pool.identity.request(),
-        _ => crate::tls::IdentityRequest::default(),
-    };
+/// What a listener's handshakes must read from client certificates: the
+/// route is chosen after the handshake, so whatever any pool the listener
+/// reaches puts in its headers.
+fn identity_request(cfg: &ListenerConfig, routes: &Routes) -> crate::tls::IdentityRequest {
+    let mut want = crate::tls::IdentityRequest::default();
+    for pool in routes.pools() {
+        if pool.proxy_protocol == crate::config::ProxyProtocol::V2 {
+            let more = pool.identity.request();
+            want.subject |= more.subject;
+            want.sans |= more.sans;
+            want.fingerprint |= more.fingerprint;
+            want.der |= more.der;
+        }
+    }
     if cfg
         .mqtt
         .as_ref()

@@ -170,6 +170,7 @@ impl ProxyHandle {
         let generation = Arc::new(Generation { config, pools, tls });
         state.current.store(generation.clone());
         state.export_certificates(&generation);
+        state.export_routes(&generation);
         lock(&state.listener_states).retain(|name, listener| {
             let keep = generation.config.listeners.iter().any(|l| &l.name == name);
             if keep {

@@ -1,7 +1,15 @@
 //! Admission: the TLS handshake, the WebSocket upgrade, then the CONNECT
 //! read under its deadline and size cap and the checks on it (client-id
-//! rule, client-id rate). What is refused here never touches a broker; the
-//! cause of each refusal is logged where it is found.
+//! rule, client-id rate), and the route. What is refused here never
+//! touches a broker; the cause of each refusal is logged where it is found.
+//!
+//! The route is chosen once, when everything a rule may look at is known:
+//! on pass-through listeners right after the handshake (SNI, client
+//! certificate CN: rules there can use nothing else), on MQTT-aware
+//! listeners after the CONNECT. An SNI or CN rule decides the same there as
+//! it would at the handshake (rules are pure functions of the facts, and
+//! nothing between the two depends on the pool), while a client-id rule
+//! ahead of it keeps its precedence.
 
 use std::time::Duration;
 
@@ -10,8 +18,10 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tracing::{Span, debug, info};
 
+use super::super::route::Route;
 use super::super::websocket::{self, Upgrade};
 use super::{Conn, Refusal};
+use crate::balance::route::{ConnectFacts, Facts};
 use crate::config::{ClientIdMatch, HashKey, MqttListenerConfig, WebSocketConfig};
 use crate::metrics::HandshakeResult;
 use crate::mqtt::{Connect, Peek, ProtocolVersion, peek_connect};
@@ -24,7 +34,9 @@ const INITIAL_CONNECT_READ: usize = 256;
 
 /// What admission learned from the client: the bytes to forward, and what
 /// routing and the relay need.
-pub(super) struct Hello {
+pub(super) struct Hello<'c> {
+    /// The route that chose the client's pool.
+    pub route: &'c Route,
     /// Bytes read from the client (the CONNECT and anything pipelined
     /// after it; on pass-through listeners a forwarded upgrade request, or
     /// nothing), forwarded verbatim to the backend.
@@ -32,7 +44,8 @@ pub(super) struct Hello {
     /// The CONNECT's protocol version; `None` on pass-through listeners
     /// (no CONNECT read, no CONNACK to wait for or to answer with).
     pub protocol: Option<ProtocolVersion>,
-    /// The strategy's hash key (client id, username or certificate CN).
+    /// The strategy's hash key (client id, username or certificate CN) of
+    /// the route's pool.
     pub key: Option<Vec<u8>>,
     /// The relay's idle timeout.
     pub idle: Duration,
@@ -133,13 +146,18 @@ impl Conn {
 
     /// Admit the client on its MQTT byte stream: on MQTT listeners, read
     /// the CONNECT and check it; pass-through listeners forward `preread`.
-    pub(super) async fn admit<S>(&self, client: &mut S, preread: Vec<u8>) -> Result<Hello, Refusal>
+    pub(super) async fn admit<S>(
+        &self,
+        client: &mut S,
+        preread: Vec<u8>,
+    ) -> Result<Hello<'_>, Refusal>
     where
         S: AsyncRead + Unpin,
     {
         match &self.ctx.mqtt {
             Some(mqtt) => self.read_connect(mqtt, client).await,
             None => Ok(Hello {
+                route: self.route(None),
                 bytes: preread,
                 protocol: None,
                 key: None,
@@ -153,7 +171,7 @@ impl Conn {
         &self,
         mqtt: &MqttListenerConfig,
         client: &mut S,
-    ) -> Result<Hello, Refusal>
+    ) -> Result<Hello<'_>, Refusal>
     where
         S: AsyncRead + Unpin,
     {
@@ -209,9 +227,13 @@ impl Conn {
     }
 
     /// Count and log a complete CONNECT, check it against the client-id
-    /// rule and rate, and take its routing facts. The bytes are the
-    /// caller's to add.
-    fn check(&self, mqtt: &MqttListenerConfig, connect: &Connect<'_>) -> Result<Hello, Refusal> {
+    /// rule and rate, choose its route and take its hash key. The bytes are
+    /// the caller's to add.
+    fn check(
+        &self,
+        mqtt: &MqttListenerConfig,
+        connect: &Connect<'_>,
+    ) -> Result<Hello<'_>, Refusal> {
         let ctx = &self.ctx;
         let tls = self.tls.as_ref();
         ctx.metrics.mqtt_connect(connect.protocol);
@@ -244,7 +266,11 @@ impl Conn {
             }
             return Err(Refusal::ClientRateLimit(connect.protocol));
         }
-        let key = match ctx.pool.hash_key {
+        let route = self.route(Some(ConnectFacts {
+            client_id: connect.client_id,
+            username: connect.username,
+        }));
+        let key = match route.pool.hash_key {
             HashKey::ClientId => Some(connect.client_id.as_bytes().to_vec()),
             HashKey::Username => connect.username.map(|u| u.as_bytes().to_vec()),
             HashKey::CertCn => tls
@@ -252,10 +278,22 @@ impl Conn {
                 .map(|cn| cn.as_bytes().to_vec()),
         };
         Ok(Hello {
+            route,
             bytes: Vec::new(),
             protocol: Some(connect.protocol),
             key,
             idle: idle_timeout(mqtt, connect.keep_alive, ctx.limits.idle_timeout),
+        })
+    }
+
+    /// The client's route: the first rule its handshake facts and CONNECT
+    /// (`None` on pass-through listeners) match, else the listener's pool.
+    fn route(&self, connect: Option<ConnectFacts<'_>>) -> &Route {
+        let tls = self.tls.as_ref();
+        self.ctx.routes.choose(&Facts {
+            sni: tls.and_then(|t| t.sni.as_deref()),
+            cert_cn: tls.and_then(|t| t.client_cn.as_deref()),
+            connect,
         })
     }
 }

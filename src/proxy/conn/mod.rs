@@ -3,9 +3,11 @@
 //!
 //! * **admit** (`admit.rs`) — TLS handshake (deadline), the WebSocket
 //!   upgrade on WebSocket listeners, then read the MQTT CONNECT (deadline,
-//!   size cap) and check it (client-id rule, client-id rate);
-//! * **place** (`place.rs`) — choose a backend (strategy over the healthy
-//!   set) → PROXY header + buffered CONNECT → wait for the node's CONNACK
+//!   size cap) and check it (client-id rule, client-id rate); choose the
+//!   route (`[[listener.route]]`, first match, else the listener's pool)
+//!   once every fact it may look at is known;
+//! * **place** (`place.rs`) — choose a backend of the route's pool
+//!   (strategy over the healthy set) → PROXY header + buffered CONNECT → wait for the node's CONNACK
 //!   (deadline; none, a close or "server unavailable" → the next candidate
 //!   gets the same bytes and the node's miss counts towards its health);
 //! * **relay** (`relay.rs`) — forward the CONNACK, splice both ways (idle
@@ -36,7 +38,7 @@ use tracing::{Instrument, field};
 
 use super::ListenerCtx;
 use super::websocket;
-use crate::config::{ProxyProtocol, WebSocketConfig, WsForward};
+use crate::config::{WebSocketConfig, WsForward};
 use crate::tls::TlsInfo;
 use refusal::Refusal;
 
@@ -65,6 +67,7 @@ pub async fn handle(ctx: Arc<ListenerCtx>, tcp: TcpStream, peer: SocketAddr, id:
         client.addr = %peer,
         listener = %ctx.name,
         client_id = field::Empty,
+        route = field::Empty,
         backend = field::Empty,
     );
     async move {
@@ -101,8 +104,8 @@ pub async fn handle(ctx: Arc<ListenerCtx>, tcp: TcpStream, peer: SocketAddr, id:
 impl Conn {
     fn new(ctx: Arc<ListenerCtx>, tcp: &TcpStream, peer: SocketAddr, id: u64) -> Conn {
         // The local address only goes into a PROXY header: skip the
-        // getsockname(2) when no header is sent.
-        let local = if ctx.pool.proxy_protocol == ProxyProtocol::Off {
+        // getsockname(2) when no pool the listener reaches sends one.
+        let local = if !ctx.routes.sends_proxy_header() {
             ctx.local_addr
         } else {
             tcp.local_addr().unwrap_or(ctx.local_addr)

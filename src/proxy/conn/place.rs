@@ -1,4 +1,4 @@
-//! Placement: offer the admitted client to the pool's candidates in order
+//! Placement: offer the admitted client to its route's pool's candidates in order
 //! until one takes it. Each gets one write (PROXY header + the client's
 //! bytes, built once) and, on MQTT listeners, must answer it with a CONNACK
 //! within `connack_timeout`; a node that does not is a *miss*: counted,
@@ -39,6 +39,8 @@ pub(super) struct Placed {
     /// idle timeout.
     pub protocol: Option<ProtocolVersion>,
     pub idle: Duration,
+    /// The pool's: how long the client has to take the CONNACK.
+    pub connack_timeout: Duration,
 }
 
 /// Why one candidate did not take the client. Every one of these counts
@@ -69,14 +71,21 @@ impl Conn {
     /// broker's answer and is forwarded; a node that does not answer,
     /// closes first or says "server unavailable" fails this client over to
     /// the next candidate with the same bytes, and the miss counts towards
-    /// the node's `fall`. None left: [`Refusal::NoBackend`].
-    pub(super) async fn place(&self, hello: Hello) -> Result<Placed, Refusal> {
+    /// the node's `fall`. None left: [`Refusal::NoBackend`]. The route's
+    /// pool decides everything here: candidates, PROXY header, timeouts.
+    pub(super) async fn place(&self, hello: Hello<'_>) -> Result<Placed, Refusal> {
         let ctx = &self.ctx;
-        let first = self.first_write(&hello.bytes);
+        let route = hello.route;
+        let pool = &route.pool;
+        route.routed.inc();
+        if ctx.routes.any() {
+            Span::current().record("route", route.name.as_str());
+        }
+        let first = self.first_write(pool, &hello.bytes);
         let client_bytes = hello.bytes.len() as u64;
         drop(hello.bytes);
-        for backend in ctx.pool.candidates(hello.key.as_deref()) {
-            match attempt(&ctx.pool, &backend, &first, hello.protocol).await {
+        for backend in pool.candidates(hello.key.as_deref()) {
+            match attempt(pool, &backend, &first, hello.protocol).await {
                 Ok((upstream, active, answer)) => {
                     Span::current().record("backend", backend.name.as_str());
                     // The client's bytes read before routing count as
@@ -89,6 +98,7 @@ impl Conn {
                         answer,
                         protocol: hello.protocol,
                         idle: hello.idle,
+                        connack_timeout: pool.connack_timeout,
                     });
                 }
                 Err(miss) => {
@@ -103,21 +113,21 @@ impl Conn {
         }
         static NONE_UP: LogLimiter = crate::ratelog::per_kind();
         if let Some(suppressed) = NONE_UP.allow() {
-            warn!(pool = %ctx.pool.name, suppressed, "no backend available");
+            warn!(pool = %pool.name, suppressed, "no backend available");
         }
         Err(Refusal::NoBackend(hello.protocol))
     }
 
-    /// One write per attempt: the PROXY header followed by the bytes
+    /// One write per attempt: `pool`'s PROXY header followed by the bytes
     /// already read. Built once; every candidate gets the same bytes.
-    fn first_write(&self, client_bytes: &[u8]) -> Vec<u8> {
+    fn first_write(&self, pool: &Pool, client_bytes: &[u8]) -> Vec<u8> {
         let mut first = Vec::with_capacity(128 + client_bytes.len());
         header::encode(
-            self.ctx.pool.proxy_protocol,
+            pool.proxy_protocol,
             self.peer,
             self.local,
             self.tls.as_ref(),
-            &self.ctx.pool.identity,
+            &pool.identity,
             &unique_id(self.ctx.instance_nonce, self.id),
             &mut first,
         );

@@ -27,6 +27,7 @@ impl Conn {
             answer,
             protocol,
             idle,
+            connack_timeout,
         } = placed;
 
         // The broker's answer (its CONNACK, and whatever it sent right
@@ -36,7 +37,7 @@ impl Conn {
         let mut downstream = FrameTracker::default();
         if !answer.is_empty() {
             downstream.advance(&answer, false);
-            let forwarded = timeout(ctx.pool.connack_timeout, async {
+            let forwarded = timeout(connack_timeout, async {
                 client.write_all(&answer).await?;
                 client.flush().await
             })
