@@ -26,7 +26,7 @@ use crate::ratelog::LogLimiter;
 const CONNACK_READ: usize = 512;
 
 /// A backend that took the client: what the relay starts from.
-pub(super) struct Placed {
+pub(super) struct Placed<'c> {
     pub backend: Arc<Backend>,
     pub upstream: TcpStream,
     /// Counts the connection on the backend from the TCP connect on, so
@@ -39,8 +39,9 @@ pub(super) struct Placed {
     /// idle timeout.
     pub protocol: Option<ProtocolVersion>,
     pub idle: Duration,
-    /// The pool's: how long the client has to take the CONNACK.
-    pub connack_timeout: Duration,
+    /// The route's pool (the client has its `connack_timeout` to take the
+    /// CONNACK).
+    pub pool: &'c Pool,
 }
 
 /// Why one candidate did not take the client. Every one of these counts
@@ -73,7 +74,7 @@ impl Conn {
     /// the next candidate with the same bytes, and the miss counts towards
     /// the node's `fall`. None left: [`Refusal::NoBackend`]. The route's
     /// pool decides everything here: candidates, PROXY header, timeouts.
-    pub(super) async fn place(&self, hello: Hello<'_>) -> Result<Placed, Refusal> {
+    pub(super) async fn place<'c>(&'c self, hello: Hello<'c>) -> Result<Placed<'c>, Refusal> {
         let ctx = &self.ctx;
         let route = hello.route;
         let pool = &route.pool;
@@ -98,7 +99,7 @@ impl Conn {
                         answer,
                         protocol: hello.protocol,
                         idle: hello.idle,
-                        connack_timeout: pool.connack_timeout,
+                        pool,
                     });
                 }
                 Err(miss) => {

@@ -15,40 +15,42 @@ use crate::mqtt::framing::FrameTracker;
 
 impl Conn {
     /// Relay a placed client until the connection ends.
-    pub(super) async fn relay<S>(&self, client: &mut S, placed: Placed)
+    pub(super) async fn relay<S>(&self, client: &mut S, placed: Placed<'_>)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let ctx = &self.ctx;
-        let Placed {
-            backend,
-            mut upstream,
-            active: _active,
-            answer,
-            protocol,
-            idle,
-            connack_timeout,
-        } = placed;
-
         // The broker's answer (its CONNACK, and whatever it sent right
-        // after) goes to the client before the splice; the frame tracker
-        // learns where the stream stands so a drain kick still lands on a
-        // packet boundary.
-        let mut downstream = FrameTracker::default();
-        if !answer.is_empty() {
-            downstream.advance(&answer, false);
-            let forwarded = timeout(connack_timeout, async {
-                client.write_all(&answer).await?;
-                client.flush().await
-            })
-            .await;
-            if !matches!(forwarded, Ok(Ok(()))) {
-                debug!("client left before its CONNACK was forwarded");
-                return;
+        // after) goes to the client before the splice, within the pool's
+        // `connack_timeout`; the frame tracker learns where the stream
+        // stands so a drain kick still lands on a packet boundary. (A
+        // block: what only this step uses is not kept across the splice.)
+        let (backend, mut upstream, _active, protocol, idle, downstream) = {
+            let Placed {
+                backend,
+                upstream,
+                active,
+                answer,
+                protocol,
+                idle,
+                pool,
+            } = placed;
+            let mut downstream = FrameTracker::default();
+            if !answer.is_empty() {
+                downstream.advance(&answer, false);
+                let forwarded = timeout(pool.connack_timeout, async {
+                    client.write_all(&answer).await?;
+                    client.flush().await
+                })
+                .await;
+                if !matches!(forwarded, Ok(Ok(()))) {
+                    debug!("client left before its CONNACK was forwarded");
+                    return;
+                }
+                ctx.metrics.downstream_bytes.inc_by(answer.len() as u64);
             }
-            ctx.metrics.downstream_bytes.inc_by(answer.len() as u64);
-        }
-        drop(answer);
+            (backend, upstream, active, protocol, idle, downstream)
+        };
 
         // MQTT 5 clients can be asked to move when their backend drains.
         let kickable = (protocol == Some(ProtocolVersion::V5)).then(|| backend.kickable(self.id));
