@@ -40,6 +40,18 @@ pub async fn tls_connect_as(
     certs: &Certs,
     identity: Option<&str>,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_connect_named(addr, source, certs, identity, "localhost").await
+}
+
+/// [`tls_connect_as`] for `server_name` (sent as SNI; the proxy's
+/// certificate must name it).
+pub async fn tls_connect_named(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    certs: &Certs,
+    identity: Option<&str>,
+    server_name: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let provider = mqttlb::tls::provider();
@@ -78,7 +90,7 @@ pub async fn tls_connect_as(
             socket.connect(addr).await?
         }
     };
-    let name = ServerName::try_from("localhost").expect("name").to_owned();
+    let name = ServerName::try_from(server_name.to_string()).expect("server name");
     connector.connect(name, tcp).await
 }
 
