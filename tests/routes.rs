@@ -141,8 +141,14 @@ async fn sni_client_id_username_and_cn_rules_route_to_their_pools() {
     let tenant = BrokerUnderTest::start(|_| {}).await;
     let factory = BrokerUnderTest::start(|_| {}).await;
     let ops = BrokerUnderTest::start(|_| {}).await;
-    let devices = BrokerUnderTest::start(|_| {}).await;
-    let raw = routed_config(
+    // The devices pool sends PROXY v2 (the listener's own pool sends none):
+    // its broker requires one and takes the certificate CN from it.
+    let devices = BrokerUnderTest::start(|c| {
+        c.proxy_protocol = mqttlb::config::broker::ProxyIn::Required;
+        c.cn_as_username = true;
+    })
+    .await;
+    let mut raw = routed_config(
         &certs,
         main.addr,
         &[
@@ -166,6 +172,7 @@ async fn sni_client_id_username_and_cn_rules_route_to_their_pools() {
             }),
         ],
     );
+    raw.pool_mut("devices").proxy_protocol = Some("v2".into());
     let proxy = ProxyUnderTest::start(&raw.to_toml(), certs.dir.path()).await;
     let nodes = [
         ("main", &main),
@@ -208,6 +215,11 @@ async fn sni_client_id_username_and_cn_rules_route_to_their_pools() {
             "{client_id} via {sni}"
         );
     }
+    assert_eq!(
+        devices.broker.username_of("d-1").as_deref(),
+        Some("dev-42"),
+        "the routed pool's own PROXY header, with the client's CN"
+    );
     assert_eq!(routed(&proxy, "tenant-a", "tenant-a"), 3.0);
     assert_eq!(
         routed(&proxy, "route1", "factory"),
