@@ -103,8 +103,8 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
                     let pod = &doc["spec"]["template"]["spec"];
                     assert_eq!(
                         str_at(
-                            &pod["affinity"]["podAntiAffinity"]
-                                ["preferredDuringSchedulingIgnoredDuringExecution"][0],
+                            &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+                                [0],
                             &["podAffinityTerm", "topologyKey"]
                         ),
                         "kubernetes.io/hostname"
@@ -115,7 +115,10 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
                         .iter()
                         .find(|v| v["name"].as_str() == Some("ticket-keys"))
                         .expect("ticket-keys volume");
-                    assert_eq!(str_at(keys, &["secret", "secretName"]), "mqttlb-ticket-keys");
+                    assert_eq!(
+                        str_at(keys, &["secret", "secretName"]),
+                        "mqttlb-ticket-keys"
+                    );
                     assert_eq!(keys["secret"]["defaultMode"].as_i64(), Some(0o400));
                 }
                 _ => {}
