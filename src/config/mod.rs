@@ -568,6 +568,23 @@ mod tests {
     }
 
     #[test]
+    fn pass_tlvs_need_v2_and_a_client_tlv() {
+        let pool = |keys: &str| MINIMAL.replace("strategy =", &format!("{keys}\nstrategy ="));
+        let c = load_str(&pool(
+            "proxy_protocol = \"v2\"\nidentity = { pass_tlvs = [0xEA, 0x02] }",
+        ))
+        .expect("valid");
+        let pass = c.pools["b"].identity.pass;
+        assert!(pass.contains(0xEA) && pass.contains(0x02) && !pass.contains(0xE1));
+        let e = load_str(&pool(
+            "proxy_protocol = \"v1\"\nidentity = { pass_tlvs = [0x03, 0xEA] }",
+        ))
+        .unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["pool.b.identity.pass_tlvs[0]", "pool.b.identity"]);
+    }
+
+    #[test]
     fn health_and_connack_keys() {
         let c = load_str(MINIMAL).expect("valid");
         let p = &c.pools["b"];

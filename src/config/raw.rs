@@ -140,6 +140,7 @@ pub struct RawIdentity {
     pub fingerprint: Option<bool>,
     pub cert: Option<bool>,
     pub cert_type: Option<u8>,
+    pub pass_tlvs: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

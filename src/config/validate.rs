@@ -732,6 +732,18 @@ impl Cx {
                 "only meaningful with cert = true",
             );
         }
+        let pass_tlvs = raw.pass_tlvs.unwrap_or_default();
+        for (i, kind) in pass_tlvs.iter().enumerate() {
+            // Both describe the balancer's header itself, not the client.
+            if matches!(kind, 0x03 | 0x04) {
+                self.err(
+                    &format!("{k}.pass_tlvs[{i}]"),
+                    &format!(
+                        "{kind:#04x} (CRC32C, NOOP) describes the balancer's header, not the client: it cannot be passed on"
+                    ),
+                );
+            }
+        }
         IdentityTlvs {
             cn: raw.cn.unwrap_or(d.cn),
             cipher: raw.cipher.unwrap_or(d.cipher),
@@ -739,6 +751,10 @@ impl Cx {
             sans: raw.san.unwrap_or(d.sans),
             fingerprint: raw.fingerprint.unwrap_or(d.fingerprint),
             cert: raw.cert.unwrap_or(false).then_some(cert_type),
+            pass: pass_tlvs
+                .into_iter()
+                .filter(|kind| !matches!(kind, 0x03 | 0x04))
+                .collect(),
         }
     }
 

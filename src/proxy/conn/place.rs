@@ -119,6 +119,7 @@ impl Conn {
             self.tls.as_ref(),
             &self.ctx.pool.identity,
             &unique_id(self.ctx.instance_nonce, self.id),
+            None,
             &mut first,
         );
         first.extend_from_slice(client_bytes);
