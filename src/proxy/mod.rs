@@ -65,7 +65,8 @@ use tracing::{info, warn};
 
 use crate::balance::{LastCheck, Pool, discovery};
 use crate::config::{
-    Config, ConfigErrors, Limits, ListenerConfig, MqttListenerConfig, Overrides, WebSocketConfig,
+    Config, ConfigErrors, InboundProxy, Limits, ListenerConfig, MqttListenerConfig, Overrides,
+    TlvTypes, WebSocketConfig,
 };
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::ratelimit::KeyedLimiter;
@@ -85,6 +86,11 @@ pub struct ListenerCtx {
     /// identity TLVs, the client-id rule).
     pub identity: crate::tls::IdentityRequest,
     pub pool: Arc<Pool>,
+    /// `Some`: a PROXY header from a trusted balancer comes first.
+    pub proxy_protocol: Option<InboundProxy>,
+    /// TLV types of an inbound header worth keeping: those some pool
+    /// passes on (`pass_tlvs`).
+    pub keep_tlvs: TlvTypes,
     pub limits: Limits,
     pub metrics: ListenerMetrics,
     /// Random per process; first half of PROXY v2 unique ids.
@@ -360,6 +366,15 @@ impl ProxyState {
             websocket: cfg.websocket.clone(),
             identity: identity_request(cfg, &pool),
             pool,
+            proxy_protocol: cfg.proxy_protocol.clone(),
+            // A listener may route to any pool: keep what any passes on.
+            keep_tlvs: match cfg.proxy_protocol {
+                Some(_) => generation
+                    .pools
+                    .values()
+                    .fold(TlvTypes::default(), |all, p| all.union(p.identity.pass)),
+                None => TlvTypes::default(),
+            },
             limits: generation.config.limits.clone(),
             metrics: self.metrics.listener(&cfg.name),
             instance_nonce: self.instance_nonce,

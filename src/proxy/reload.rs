@@ -280,6 +280,7 @@ mod tests {
             tls: None,
             mqtt: None,
             websocket: None,
+            proxy_protocol: None,
             key: format!("listener[{name}]"),
         }
     }
