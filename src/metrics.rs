@@ -112,6 +112,16 @@ label_enum! {
         WebSocketRefused => "websocket_refused",
         /// No complete upgrade request within `websocket.upgrade_timeout`.
         WebSocketTimeout => "websocket_timeout",
+        /// `listener.proxy_protocol` on: the peer is not in
+        /// `proxy_protocol_from` (header or not).
+        ProxyUntrusted => "proxy_untrusted",
+        /// `proxy_protocol = "required"`: a trusted peer sent no header.
+        ProxyHeaderMissing => "proxy_header_missing",
+        /// A malformed or oversized inbound PROXY header.
+        ProxyHeaderInvalid => "proxy_header_invalid",
+        /// No complete inbound PROXY header within
+        /// `listener.proxy_protocol_timeout`.
+        ProxyHeaderTimeout => "proxy_header_timeout",
     }
 }
 

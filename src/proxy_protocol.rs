@@ -6,7 +6,15 @@
 //! TLV (client used TLS, presented and verified a certificate, TLS version,
 //! cipher, certificate CN), a unique connection id, and — per pool, when
 //! asked — more of the client certificate in TLVs of the custom range
-//! (`[pool.NAME.identity]`; types in [`IdentityTlvs`]).
+//! (`[pool.NAME.identity]`; types in [`IdentityTlvs`]) and the TLVs a
+//! balancer in front of mqttlb sent that the pool passes on.
+//!
+//! [`inbound`]: headers received (listeners behind a balancer, and
+//! `mqttlb broker` behind mqttlb).
+
+pub mod inbound;
+
+pub use inbound::{InboundProxy, PassedTlvs, TlvTypes, Trusted};
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -44,6 +52,9 @@ pub struct IdentityTlvs {
     pub fingerprint: bool,
     /// The DER certificate in a TLV of this type (0xE0-0xEF), if set.
     pub cert: Option<u8>,
+    /// TLVs of these types received from a balancer (`pass_tlvs`), passed
+    /// on unless mqttlb writes a TLV of that type itself.
+    pub pass: TlvTypes,
 }
 
 impl Default for IdentityTlvs {
@@ -55,6 +66,7 @@ impl Default for IdentityTlvs {
             sans: false,
             fingerprint: false,
             cert: None,
+            pass: TlvTypes::default(),
         }
     }
 }
@@ -91,7 +103,9 @@ pub enum ProxyProtocol {
     V2,
 }
 
-/// Append the header for a proxied client connection to `out`.
+/// Append the header for a proxied client connection to `out`. `passed`:
+/// TLVs a balancer sent (v2 only; those of `identity.pass` types go on).
+#[allow(clippy::too_many_arguments)] // one header, described by all of them
 pub fn encode(
     version: ProxyProtocol,
     client: SocketAddr,
@@ -99,6 +113,7 @@ pub fn encode(
     tls: Option<&TlsInfo>,
     identity: &IdentityTlvs,
     unique_id: &[u8],
+    passed: Option<&PassedTlvs>,
     out: &mut Vec<u8>,
 ) {
     let (client, local) = same_family(client, local);
@@ -155,6 +170,16 @@ pub fn encode(
             if !unique_id.is_empty() {
                 tlvs.push(Tlv::UniqueId(unique_id.into()));
             }
+            // The balancer's TLVs, unless mqttlb says the same itself.
+            for (kind, value) in passed.into_iter().flat_map(PassedTlvs::iter) {
+                let own = |t: &Tlv<'_>| t.kind() == kind;
+                if identity.pass.contains(kind)
+                    && !tlvs.iter().any(own)
+                    && certificate.as_ref().is_none_or(|c| !own(c))
+                {
+                    tlvs.push(Tlv::Custom(kind, value.into()));
+                }
+            }
             let mark = out.len();
             if let Some(cert) = certificate {
                 let with_cert = tlvs.iter().cloned().chain(std::iter::once(cert));
@@ -192,6 +217,7 @@ pub fn encode_check(
             None,
             &IdentityTlvs::default(),
             &[],
+            None,
             out,
         ),
         ProxyCommand::Local => encode_local(version, out),
@@ -288,6 +314,7 @@ mod tests {
             Some(info),
             tlvs,
             b"",
+            None,
             &mut out,
         );
         tlvs_of(&out)
@@ -369,6 +396,7 @@ mod tests {
             Some(&tls()),
             &IdentityTlvs::default(),
             b"0123456789abcdef",
+            None,
             &mut out,
         );
         let header = ppp::v2::Header::try_from(out.as_slice()).expect("ppp parses our v2 header");
@@ -402,6 +430,77 @@ mod tests {
         assert_eq!(kinds, [0x01, 0x02, 0x20, 0x05]);
     }
 
+    /// A balancer's TLVs go on when the pool passes their type and mqttlb
+    /// does not write that type itself (its SNI beats the balancer's
+    /// authority); an independent parser reads them.
+    #[test]
+    fn passed_tlvs_go_on_unless_mqttlb_says_the_same() {
+        let mut from_balancer = Vec::new();
+        let addrs = ProxiedAddress::stream(
+            "203.0.113.9:40000".parse().unwrap(),
+            "10.0.0.1:8883".parse().unwrap(),
+        );
+        let sent = [
+            Tlv::Custom(0xEA, Cow::from(&b"\x01vpce-0abc"[..])),
+            Tlv::Authority("balancer.example".into()),
+            Tlv::Custom(0xE7, Cow::from(&b"not passed"[..])),
+        ];
+        ProxyHeader::with_tlvs(Some(addrs), sent)
+            .encode_v2(&mut from_balancer)
+            .unwrap();
+        let types: TlvTypes = [0xEA, 0x02].into_iter().collect();
+        let passed = inbound::parse(&from_balancer)
+            .unwrap()
+            .keep(&types)
+            .unwrap();
+        let identity = IdentityTlvs {
+            pass: types,
+            ..IdentityTlvs::default()
+        };
+        let header = |tls: Option<&TlsInfo>| {
+            let mut out = Vec::new();
+            encode(
+                ProxyProtocol::V2,
+                "203.0.113.9:40000".parse().unwrap(),
+                "10.0.0.1:8883".parse().unwrap(),
+                tls,
+                &identity,
+                b"",
+                Some(&passed),
+                &mut out,
+            );
+            tlvs_of(&out)
+        };
+        let value = |got: &[(u8, Vec<u8>)], kind: u8| -> Vec<Vec<u8>> {
+            got.iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        // Plain listener: both passed TLVs, nothing else.
+        let plain = header(None);
+        assert_eq!(value(&plain, 0xEA), [b"\x01vpce-0abc".to_vec()]);
+        assert_eq!(value(&plain, 0x02), [b"balancer.example".to_vec()]);
+        assert!(value(&plain, 0xE7).is_empty());
+        // TLS listener: mqttlb's own authority (the SNI) only.
+        let tls = header(Some(&tls()));
+        assert_eq!(value(&tls, 0x02), [b"mqtt.example.com".to_vec()]);
+        assert_eq!(value(&tls, 0xEA), [b"\x01vpce-0abc".to_vec()]);
+        // A pool that passes nothing sends none of them.
+        let mut out = Vec::new();
+        encode(
+            ProxyProtocol::V2,
+            "203.0.113.9:40000".parse().unwrap(),
+            "10.0.0.1:8883".parse().unwrap(),
+            None,
+            &IdentityTlvs::default(),
+            b"",
+            Some(&passed),
+            &mut out,
+        );
+        assert!(tlvs_of(&out).is_empty());
+    }
+
     #[test]
     fn v1_and_mapped_addresses() {
         let mut out = Vec::new();
@@ -414,6 +513,7 @@ mod tests {
             None,
             &IdentityTlvs::default(),
             b"",
+            None,
             &mut out,
         );
         assert_eq!(out, b"PROXY TCP4 10.1.2.3 10.0.0.1 4000 8883\r\n");

@@ -484,7 +484,7 @@ async fn kubernetes_manifests_validate_against_the_api_schemas() {
         .filter(|p| !p.ends_with("kustomization.yaml"))
         .collect();
     files.sort();
-    assert_eq!(files.len(), 5, "{files:?}");
+    assert_eq!(files.len(), 7, "{files:?}");
     let validate = |files: &[PathBuf]| {
         let mut cmd = Command::new("python3");
         cmd.args(["-m", "kubernetes_validate", "--strict", "-k", "1.30.0"])
@@ -496,8 +496,8 @@ async fn kubernetes_manifests_validate_against_the_api_schemas() {
         ok,
         "kubernetes-validate (pip install kubernetes-validate; scripts/test installs it): {out}"
     );
-    // Six resources (the Service file holds two), each passed.
-    assert_eq!(out.matches(" passed ").count(), 6, "{out}");
+    // Eight resources (the Service file holds two), each passed.
+    assert_eq!(out.matches(" passed ").count(), 8, "{out}");
 
     // The validator does check: a wrong type and an unknown field fail.
     let broken = tempfile::tempdir().expect("tempdir");

@@ -44,7 +44,7 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert_eq!(resources.len(), 5);
+    assert_eq!(resources.len(), 7);
     let mut kinds = BTreeSet::new();
     let mut checked = 0;
     for file in resources {
@@ -97,6 +97,29 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
                         .as_i64()
                         .expect("grace period");
                     assert!(grace > 30, "longer than drain_timeout");
+                    // A fleet: several replicas, spread over nodes, with
+                    // the shared ticket keys mounted owner-read-only.
+                    assert!(doc["spec"]["replicas"].as_i64().unwrap_or(0) >= 2);
+                    let pod = &doc["spec"]["template"]["spec"];
+                    assert_eq!(
+                        str_at(
+                            &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+                                [0],
+                            &["podAffinityTerm", "topologyKey"]
+                        ),
+                        "kubernetes.io/hostname"
+                    );
+                    let keys = pod["volumes"]
+                        .as_sequence()
+                        .expect("volumes")
+                        .iter()
+                        .find(|v| v["name"].as_str() == Some("ticket-keys"))
+                        .expect("ticket-keys volume");
+                    assert_eq!(
+                        str_at(keys, &["secret", "secretName"]),
+                        "mqttlb-ticket-keys"
+                    );
+                    assert_eq!(keys["secret"]["defaultMode"].as_i64(), Some(0o400));
                 }
                 _ => {}
             }
@@ -104,13 +127,14 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 6);
+    assert_eq!(checked, 8);
     assert_eq!(
         kinds.into_iter().collect::<Vec<_>>(),
         [
             "ConfigMap",
             "Deployment",
             "NetworkPolicy",
+            "PodDisruptionBudget",
             "Secret",
             "Service"
         ]

@@ -150,8 +150,15 @@ const ROOMS: &[(&str, &[(&str, u8)])] = &[
     ("proxy/websocket", &[("frame", 0)]),
     (
         "proxy/conn",
-        &[("refusal", 0), ("admit", 1), ("place", 2), ("relay", 3)],
+        &[
+            ("refusal", 0),
+            ("inbound", 1),
+            ("admit", 1),
+            ("place", 2),
+            ("relay", 3),
+        ],
     ),
+    ("proxy_protocol", &[("inbound", 0)]),
 ];
 
 /// Sibling files a room's file uses, outside `#[cfg(test)]` code.

@@ -1,18 +1,22 @@
-//! PROXY headers: the parser the broker uses (`proxy-header`) never panics
-//! on arbitrary bytes, and every v1/v2 header mqttlb writes from arbitrary
-//! addresses and TLS facts is read back by an independent parser (`ppp`)
-//! with the same addresses.
+//! PROXY headers: the inbound scan and parse the proxy's listeners and the
+//! broker use (`mqttlb::proxy_protocol::inbound`, over `proxy-header`)
+//! never panic on arbitrary bytes nor claim a header past them, and every
+//! v1/v2 header mqttlb writes from arbitrary addresses and TLS facts is
+//! read back by an independent parser (`ppp`) with the same addresses.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
-use mqttlb::proxy_protocol::{ProxyProtocol, encode};
+use mqttlb::proxy_protocol::inbound::{self, MAX_HEADER, Scan};
+use mqttlb::proxy_protocol::{IdentityTlvs, ProxyProtocol, encode};
 use mqttlb::tls::TlsInfo;
-use proxy_header::{ParseConfig, ProxyHeader};
 
 fuzz_target!(|data: &[u8]| {
-    let _ = ProxyHeader::parse(data, ParseConfig::default());
+    if let Scan::Complete(len) = inbound::scan(data, MAX_HEADER) {
+        assert!(len <= data.len());
+        let _ = inbound::parse(&data[..len]);
+    }
 
     if data.len() < 12 {
         return;
@@ -28,9 +32,11 @@ fuzz_target!(|data: &[u8]| {
         version: "TLSv1.3",
         client_cert: !text.is_empty(),
         client_cn: Some(text.to_string()),
+        ..TlsInfo::default()
     };
+    let identity = IdentityTlvs::default();
     let mut v2 = Vec::new();
-    encode(ProxyProtocol::V2, client, local, Some(&tls), rest, &mut v2);
+    encode(ProxyProtocol::V2, client, local, Some(&tls), &identity, rest, None, &mut v2);
     let header = ppp::v2::Header::try_from(v2.as_slice()).expect("ppp reads our v2 header");
     match header.addresses {
         ppp::v2::Addresses::IPv4(a) => {
@@ -40,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
         other => panic!("{other:?}"),
     }
     let mut v1 = Vec::new();
-    encode(ProxyProtocol::V1, client, local, None, &[], &mut v1);
+    encode(ProxyProtocol::V1, client, local, None, &identity, &[], None, &mut v1);
     let text = std::str::from_utf8(&v1).expect("v1 is text");
     assert!(ppp::v1::Header::try_from(text).is_ok(), "ppp reads our v1 header: {text}");
 });

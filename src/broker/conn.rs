@@ -146,41 +146,42 @@ fn mesh_link_allowed(broker: &Broker, c: &ConnectPacket, addr: SocketAddr, p: &P
     }
 }
 
-/// Read an optional or required PROXY v1/v2 header.
+/// Read an optional or required PROXY v1/v2 header (parsed by
+/// `proxy_protocol::inbound`, as the proxy's listeners do). Bytes read
+/// past it stay in `rbuf` for the CONNECT.
 async fn read_proxy_header(
     broker: &Broker,
     rd: &mut OwnedReadHalf,
     rbuf: &mut BytesMut,
     deadline: Instant,
 ) -> Result<Proxied, Refusal> {
-    use proxy_header::{Error, ParseConfig, ProxyHeader};
+    use crate::proxy_protocol::inbound::{self, MAX_HEADER, Scan};
     let mode = broker.config.proxy_protocol;
     if mode == ProxyIn::Off {
         return Ok(Proxied::default());
     }
     loop {
-        if !rbuf.is_empty() {
-            // What has arrived so far is a prefix of a v1 or v2 signature.
-            let starts = |sig: &[u8]| rbuf.iter().zip(sig).all(|(a, b)| a == b);
-            let looks_like_proxy = starts(b"PROXY ") || starts(b"\r\n\r\n\0\r\nQUIT\n");
-            if !looks_like_proxy {
+        // mqttlb's own headers may carry a client certificate: the
+        // protocol's own bound, not a listener's.
+        match inbound::scan(rbuf, MAX_HEADER) {
+            Scan::Absent => {
                 return match mode {
                     ProxyIn::Required => Err(Refusal::ProxyHeaderMissing),
                     _ => Ok(Proxied::default()),
                 };
             }
-            match ProxyHeader::parse(&rbuf[..], ParseConfig::default()) {
-                Ok((h, used)) => {
-                    if let Some(a) = h.proxied_address() {
-                        tracing::Span::current().record("proxied.addr", field::display(a.source));
-                    }
-                    let cn = h.ssl().and_then(|s| s.cn().map(str::to_owned));
-                    rbuf.advance(used);
-                    return Ok(Proxied { present: true, cn });
+            Scan::Complete(len) => {
+                let header = rbuf.get(..len).unwrap_or_default();
+                let h = inbound::parse(header).map_err(|_| Refusal::ProxyHeaderInvalid)?;
+                if let Some((source, _)) = h.addresses() {
+                    tracing::Span::current().record("proxied.addr", field::display(source));
                 }
-                Err(Error::BufferTooShort) if rbuf.len() < 536 => {}
-                Err(_) => return Err(Refusal::ProxyHeaderInvalid),
+                let cn = h.ssl_cn();
+                rbuf.advance(len);
+                return Ok(Proxied { present: true, cn });
             }
+            Scan::Invalid(_) => return Err(Refusal::ProxyHeaderInvalid),
+            Scan::Partial { .. } => {}
         }
         match timeout_at(deadline, rd.read_buf(rbuf)).await {
             Some(Ok(0)) | Some(Err(_)) => return Err(Refusal::ClosedBeforeConnect),

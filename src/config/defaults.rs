@@ -82,6 +82,13 @@ pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest `upgrade.socket` path: a Unix socket address holds 108 bytes
 /// on Linux (104 on macOS and the BSDs) with the terminating NUL.
 pub const MAX_UNIX_SOCKET_PATH: usize = 103;
+/// `listener.proxy_protocol_timeout`: from accept to a complete inbound
+/// PROXY header. A balancer sends its header first thing; longer only
+/// holds sockets open.
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+pub const MAX_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+/// `listener.proxy_protocol_from`: CIDR blocks, at most this many.
+pub const MAX_PROXY_FROM: usize = 256;
 /// `[[listener.route]]` rules per listener: each is tried in order for
 /// every client, and each is a `route` label value.
 pub const MAX_ROUTES: usize = 256;

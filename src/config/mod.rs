@@ -42,7 +42,7 @@ pub use crate::balance::config::{
     ServerConfig, Strategy,
 };
 pub use crate::balance::route::{RouteConfig, RouteMatch, SniPattern};
-pub use crate::proxy_protocol::{ProxyCommand, ProxyProtocol};
+pub use crate::proxy_protocol::{InboundProxy, ProxyCommand, ProxyProtocol, TlvTypes, Trusted};
 pub use crate::secret::Secret;
 pub use crate::tls::{CertKeyPaths, ClientAuth, TlsConfig, TlsVersion};
 use raw::RawConfig;
@@ -178,6 +178,9 @@ pub struct ListenerConfig {
     pub mqtt: Option<MqttListenerConfig>,
     /// `Some` = clients speak MQTT over WebSockets (after TLS, if any).
     pub websocket: Option<WebSocketConfig>,
+    /// `Some` = read a PROXY header from the peer first (`optional` or
+    /// `required`), and only from `proxy_protocol_from`.
+    pub proxy_protocol: Option<InboundProxy>,
     /// `[[listener.route]]`, in order: the first that matches names the
     /// client's pool; none → `pool`.
     pub routes: Vec<RouteConfig>,
@@ -571,6 +574,90 @@ mod tests {
             e.to_string()
                 .starts_with("test.toml: pool.b.strategy: expected one of round-robin")
         );
+    }
+
+    #[test]
+    fn inbound_proxy_protocol_keys() {
+        let c = load_str(MINIMAL).expect("valid");
+        assert!(c.listeners[0].proxy_protocol.is_none(), "off by default");
+        let with = |keys: &str| MINIMAL.replace("pool = \"b\"", &format!("pool = \"b\"\n{keys}"));
+        let c = load_str(&with(
+            "proxy_protocol = \"required\"\nproxy_protocol_from = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]",
+        ))
+        .expect("valid");
+        let p = c.listeners[0].proxy_protocol.as_ref().expect("on");
+        assert!(p.required);
+        assert_eq!(p.timeout, defaults::PROXY_HEADER_TIMEOUT);
+        assert_eq!(p.from.len(), 3);
+        assert!(p.from.contains("192.0.2.7".parse().unwrap()));
+        assert!(!p.from.contains("192.0.2.8".parse().unwrap()));
+
+        let keys = |text: &str| -> Vec<String> {
+            load_str(text)
+                .expect_err("invalid")
+                .0
+                .into_iter()
+                .map(|e| format!("{}: {}", e.key, e.reason))
+                .collect()
+        };
+        let e = keys(&with(
+            "proxy_protocol = \"optional\"\nproxy_protocol_from = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\nproxy_protocol_timeout = \"2m\"",
+        ));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(
+            e[0],
+            "listener[0].proxy_protocol_from[1]: \"10.0.0.0/33\" is not a CIDR block or an IP address \
+             (e.g. \"10.0.0.0/8\", \"2001:db8::/32\")"
+        );
+        assert!(
+            e[1].starts_with("listener[0].proxy_protocol_timeout: at most"),
+            "{e:?}"
+        );
+        let e = keys(&with("proxy_protocol = \"required\""));
+        assert!(
+            e[0].starts_with("listener[0].proxy_protocol_from: expected 1 to 256"),
+            "{e:?}"
+        );
+        let many: Vec<String> = (0..257)
+            .map(|i| format!("\"10.0.{}.{}\"", i / 256, i % 256))
+            .collect();
+        let e = keys(&with(&format!(
+            "proxy_protocol = \"optional\"\nproxy_protocol_from = [{}]",
+            many.join(", ")
+        )));
+        assert_eq!(e.len(), 1, "{e:?}");
+        let e = keys(&with(
+            "proxy_protocol = \"sometimes\"\nproxy_protocol_from = [\"10.0.0.0/8\"]",
+        ));
+        assert!(
+            e[0].starts_with(
+                "listener[0].proxy_protocol: expected one of off | optional | required"
+            )
+        );
+        let e = keys(&with("proxy_protocol_from = [\"10.0.0.0/8\"]"));
+        assert_eq!(
+            e,
+            [
+                "listener[0].proxy_protocol_from: only meaningful with proxy_protocol = \"optional\" or \"required\""
+            ]
+        );
+    }
+
+    #[test]
+    fn pass_tlvs_need_v2_and_a_client_tlv() {
+        let pool = |keys: &str| MINIMAL.replace("strategy =", &format!("{keys}\nstrategy ="));
+        let c = load_str(&pool(
+            "proxy_protocol = \"v2\"\nidentity = { pass_tlvs = [0xEA, 0x02] }",
+        ))
+        .expect("valid");
+        let pass = c.pools["b"].identity.pass;
+        assert!(pass.contains(0xEA) && pass.contains(0x02) && !pass.contains(0xE1));
+        let e = load_str(&pool(
+            "proxy_protocol = \"v1\"\nidentity = { pass_tlvs = [0x03, 0xEA] }",
+        ))
+        .unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["pool.b.identity.pass_tlvs[0]", "pool.b.identity"]);
     }
 
     #[test]

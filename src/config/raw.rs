@@ -59,6 +59,9 @@ pub struct RawListener {
     pub tls: Option<RawTls>,
     pub mqtt: Option<RawMqtt>,
     pub websocket: Option<RawWebSocket>,
+    pub proxy_protocol: Option<String>,
+    pub proxy_protocol_from: Option<Vec<String>>,
+    pub proxy_protocol_timeout: Option<String>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
 }
@@ -154,6 +157,7 @@ pub struct RawIdentity {
     pub fingerprint: Option<bool>,
     pub cert: Option<bool>,
     pub cert_type: Option<u8>,
+    pub pass_tlvs: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

@@ -621,6 +621,12 @@ impl Cx {
             defaults::MAX_ACCEPT_SOCKETS,
             "one per worker thread",
         );
+        let proxy_protocol = self.inbound_proxy(
+            &k,
+            raw.proxy_protocol.as_deref(),
+            raw.proxy_protocol_from.as_deref(),
+            raw.proxy_protocol_timeout.as_deref(),
+        );
         let tls = raw.tls.map(|t| self.tls(&format!("{k}.tls"), t));
         let mqtt = raw.mqtt.map(|m| {
             let mk = format!("{k}.mqtt");
@@ -716,9 +722,82 @@ impl Cx {
             tls,
             mqtt,
             websocket,
+            proxy_protocol,
             routes,
             key: k,
         }
+    }
+
+    /// `proxy_protocol`, `proxy_protocol_from`, `proxy_protocol_timeout`:
+    /// the inbound PROXY header of a listener; `None` when off.
+    fn inbound_proxy(
+        &mut self,
+        k: &str,
+        mode: Option<&str>,
+        from: Option<&[String]>,
+        timeout: Option<&str>,
+    ) -> Option<InboundProxy> {
+        let mode = self.choice(
+            &format!("{k}.proxy_protocol"),
+            mode,
+            None,
+            &[
+                ("off", None),
+                ("optional", Some(false)),
+                ("required", Some(true)),
+            ],
+        );
+        let fk = format!("{k}.proxy_protocol_from");
+        let tk = format!("{k}.proxy_protocol_timeout");
+        let Some(required) = mode else {
+            for (set, key) in [(from.is_some(), &fk), (timeout.is_some(), &tk)] {
+                if set {
+                    self.err(
+                        key,
+                        "only meaningful with proxy_protocol = \"optional\" or \"required\"",
+                    );
+                }
+            }
+            return None;
+        };
+        let list = from.unwrap_or_default();
+        if list.is_empty() || list.len() > defaults::MAX_PROXY_FROM {
+            self.err(
+                &fk,
+                &format!(
+                    "expected 1 to {} CIDR blocks: the balancers allowed to send a PROXY header \
+                     (everyone else is refused)",
+                    defaults::MAX_PROXY_FROM
+                ),
+            );
+        }
+        let mut nets = Vec::new();
+        for (i, text) in list.iter().enumerate() {
+            match crate::proxy_protocol::inbound::parse_cidr(text) {
+                Some(net) => nets.push(net),
+                None => self.err(
+                    &format!("{fk}[{i}]"),
+                    &format!(
+                        "{text:?} is not a CIDR block or an IP address (e.g. \"10.0.0.0/8\", \"2001:db8::/32\")"
+                    ),
+                ),
+            }
+        }
+        let timeout = self.duration(&tk, timeout, defaults::PROXY_HEADER_TIMEOUT);
+        let timeout = if timeout > defaults::MAX_PROXY_HEADER_TIMEOUT {
+            self.err(
+                &tk,
+                &format!("at most {:?}", defaults::MAX_PROXY_HEADER_TIMEOUT),
+            );
+            defaults::PROXY_HEADER_TIMEOUT
+        } else {
+            timeout
+        };
+        Some(InboundProxy {
+            required,
+            from: Trusted::new(nets),
+            timeout,
+        })
     }
 
     fn identity(&mut self, k: &str, raw: RawIdentity) -> IdentityTlvs {
@@ -741,6 +820,18 @@ impl Cx {
                 "only meaningful with cert = true",
             );
         }
+        let pass_tlvs = raw.pass_tlvs.unwrap_or_default();
+        for (i, kind) in pass_tlvs.iter().enumerate() {
+            // Both describe the balancer's header itself, not the client.
+            if matches!(kind, 0x03 | 0x04) {
+                self.err(
+                    &format!("{k}.pass_tlvs[{i}]"),
+                    &format!(
+                        "{kind:#04x} (CRC32C, NOOP) describes the balancer's header, not the client: it cannot be passed on"
+                    ),
+                );
+            }
+        }
         IdentityTlvs {
             cn: raw.cn.unwrap_or(d.cn),
             cipher: raw.cipher.unwrap_or(d.cipher),
@@ -748,6 +839,10 @@ impl Cx {
             sans: raw.san.unwrap_or(d.sans),
             fingerprint: raw.fingerprint.unwrap_or(d.fingerprint),
             cert: raw.cert.unwrap_or(false).then_some(cert_type),
+            pass: pass_tlvs
+                .into_iter()
+                .filter(|kind| !matches!(kind, 0x03 | 0x04))
+                .collect(),
         }
     }
 

@@ -72,9 +72,10 @@ impl ProxyState {
 async fn accept_loop(listener: TcpListener, slot: Arc<ListenerSlot>, state: Arc<ProxyState>) {
     let on_accept = |tcp: tokio::net::TcpStream, peer: SocketAddr| {
         let ctx = slot.ctx.load_full();
-        if !ctx.state.source_limit.admit(&peer.ip()) {
-            // Before any TLS work: a reconnect storm costs an accept and a
-            // close.
+        // Before any TLS work: a reconnect storm costs an accept and a
+        // close. Behind a balancer (inbound PROXY header) the peer is the
+        // balancer: the connection task checks the client's address.
+        if ctx.proxy_protocol.is_none() && !ctx.state.source_limit.admit(&peer.ip()) {
             ctx.metrics.rejected(Rejection::SourceRateLimit);
             return;
         }

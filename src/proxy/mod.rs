@@ -68,7 +68,8 @@ use tracing::{info, warn};
 
 use crate::balance::{LastCheck, Pool, discovery};
 use crate::config::{
-    Config, ConfigErrors, Limits, ListenerConfig, MqttListenerConfig, Overrides, WebSocketConfig,
+    Config, ConfigErrors, InboundProxy, Limits, ListenerConfig, MqttListenerConfig, Overrides,
+    TlvTypes, WebSocketConfig,
 };
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::ratelimit::KeyedLimiter;
@@ -90,6 +91,11 @@ pub struct ListenerCtx {
     pub identity: crate::tls::IdentityRequest,
     /// The listener's pool and its `[[listener.route]]` rules.
     pub routes: Routes,
+    /// `Some`: a PROXY header from a trusted balancer comes first.
+    pub proxy_protocol: Option<InboundProxy>,
+    /// TLV types of an inbound header worth keeping: those some pool
+    /// the listener reaches passes on (`pass_tlvs`).
+    pub keep_tlvs: TlvTypes,
     pub limits: Limits,
     pub metrics: ListenerMetrics,
     /// Random per process; first half of PROXY v2 unique ids.
@@ -365,6 +371,14 @@ impl ProxyState {
             mqtt: cfg.mqtt.clone(),
             websocket: cfg.websocket.clone(),
             identity: identity_request(cfg, &routes),
+            proxy_protocol: cfg.proxy_protocol.clone(),
+            // What any pool the listener routes to passes on.
+            keep_tlvs: match cfg.proxy_protocol {
+                Some(_) => routes
+                    .pools()
+                    .fold(TlvTypes::default(), |all, p| all.union(p.identity.pass)),
+                None => TlvTypes::default(),
+            },
             routes,
             limits: generation.config.limits.clone(),
             metrics: self.metrics.listener(&cfg.name),

@@ -281,6 +281,7 @@ mod tests {
             tls: None,
             mqtt: None,
             websocket: None,
+            proxy_protocol: None,
             routes: Vec::new(),
             key: format!("listener[{name}]"),
         }

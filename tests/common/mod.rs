@@ -8,6 +8,8 @@
 //! - `proxy`: mqttlb's proxy in-process ([`ProxyUnderTest`], [`config`])
 //!   and its admin API;
 //! - `broker`: mqttlb's broker in-process ([`BrokerUnderTest`], meshes);
+//! - `haproxy`: a real HAProxy as an L4 balancer sending PROXY headers
+//!   ([`HaProxy`]);
 //! - `clients`: MQTT and TLS clients (rumqttc 3.1.1 and 5, raw codec, raw
 //!   TLS);
 //! - `rabbitmq`: a RabbitMQ cluster (used as `common::rabbitmq`).
@@ -17,13 +19,14 @@ mod broker;
 mod clients;
 #[cfg(unix)]
 pub mod dnsmasq;
+mod haproxy;
 mod mosquitto;
 mod proxy;
 pub mod rabbitmq;
 
 // Each test binary uses a subset of the harness.
 #[allow(unused_imports)]
-pub use {broker::*, clients::*, mosquitto::*, proxy::*};
+pub use {broker::*, clients::*, haproxy::*, mosquitto::*, proxy::*};
 
 use std::future::Future;
 use std::net::TcpListener as StdListener;

@@ -228,8 +228,7 @@ impl RabbitCluster {
         // One node at a time: see the module documentation.
         let end = Instant::now() + START_DEADLINE;
         for i in 0..nodes {
-            cluster.spawn_node(i);
-            cluster.wait_mqtt_ready(i, end).await;
+            cluster.start_node(i, end).await;
         }
         cluster.wait_clustered(end).await;
         // Once clustered, MQTT client ids are registered cluster-wide (a
@@ -481,6 +480,60 @@ impl RabbitCluster {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()));
         self.nodes[i].child = Some(child);
+    }
+
+    /// Spawn node `i` and wait until it serves MQTT. Its ports were found
+    /// free, but another process may take one before the VM binds it: then
+    /// the node exits at boot, and it is started again on fresh ports (at
+    /// most three times).
+    async fn start_node(&mut self, i: usize, end: Instant) {
+        for attempt in 1..=3 {
+            self.spawn_node(i);
+            loop {
+                if let Some(log) = self.exited(i) {
+                    let taken = log.contains("eaddrinuse")
+                        || log.contains("could not bind")
+                        || log.contains("Failed to start Ranch listener");
+                    if taken && attempt < 3 {
+                        eprintln!("RabbitMQ node {i}: a port was taken meanwhile; new ports");
+                        let node = &mut self.nodes[i];
+                        node.mqtt_port = free_port();
+                        node.web_mqtt_port = free_port();
+                        node.amqp_port = free_port();
+                        node.dist_port = free_port();
+                        break;
+                    }
+                    panic!("RabbitMQ node {i} exited during start\n{log}");
+                }
+                match self.probe(i).await {
+                    Ok(()) => return,
+                    Err(error) if Instant::now() >= end => {
+                        let node = &self.nodes[i];
+                        panic!(
+                            "RabbitMQ cluster not ready within {START_DEADLINE:?}: node {i} ({}) did \
+                             not accept an MQTT CONNECT behind a PROXY v2 header on {} (last error: \
+                             {error})\n{}",
+                            node.name,
+                            node.mqtt_addr(),
+                            node.log_tail()
+                        );
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+    }
+
+    /// The node's log when its VM already exited (it is then forgotten).
+    fn exited(&mut self, i: usize) -> Option<String> {
+        let node = &mut self.nodes[i];
+        match node.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => {
+                node.child = None;
+                Some(format!("({}, {status})\n{}", node.name, node.log_tail()))
+            }
+            _ => None,
+        }
     }
 
     /// Panic with the node's log when its VM already exited.

@@ -1,15 +1,19 @@
 //! One client connection, from accept to close, as three stages of one
 //! `Conn`:
 //!
+//! * on listeners behind a balancer, first the inbound PROXY header
+//!   (`inbound.rs`): trusted peers only, exactly the header's bytes, and
+//!   the client's real address from then on;
 //! * **admit** (`admit.rs`) — TLS handshake (deadline), the WebSocket
 //!   upgrade on WebSocket listeners, then read the MQTT CONNECT (deadline,
 //!   size cap) and check it (client-id rule, client-id rate); choose the
 //!   route (`[[listener.route]]`, first match, else the listener's pool)
 //!   once every fact it may look at is known;
 //! * **place** (`place.rs`) — choose a backend of the route's pool
-//!   (strategy over the healthy set) → PROXY header + buffered CONNECT → wait for the node's CONNACK
-//!   (deadline; none, a close or "server unavailable" → the next candidate
-//!   gets the same bytes and the node's miss counts towards its health);
+//!   (strategy over the healthy set) → PROXY header + buffered CONNECT →
+//!   wait for the node's CONNACK (deadline; none, a close or "server
+//!   unavailable" → the next candidate gets the same bytes and the node's
+//!   miss counts towards its health);
 //! * **relay** (`relay.rs`) — forward the CONNACK, splice both ways (idle
 //!   timeout from the client's keep-alive) → close, or a drain kick.
 //!
@@ -23,6 +27,7 @@
 //! rust-lang/rust#62958: +1.2 KiB per idle TLS connection, measured).
 
 mod admit;
+mod inbound;
 mod place;
 mod refusal;
 mod relay;
@@ -39,6 +44,7 @@ use tracing::{Instrument, field};
 use super::ListenerCtx;
 use super::websocket;
 use crate::config::{WebSocketConfig, WsForward};
+use crate::proxy_protocol::PassedTlvs;
 use crate::tls::TlsInfo;
 use refusal::Refusal;
 
@@ -48,15 +54,19 @@ use refusal::Refusal;
 struct Conn {
     /// The listener's context as it was when the connection was accepted.
     ctx: Arc<ListenerCtx>,
-    /// The client's address.
+    /// The client's address: the peer's, or the one its balancer's PROXY
+    /// header names.
     peer: SocketAddr,
-    /// The proxy's address on this connection (only a PROXY header uses it).
+    /// The proxy's address on this connection, or the one the client
+    /// reached per its balancer's header (only a PROXY header uses it).
     local: SocketAddr,
     /// The connection's number: PROXY v2 unique id, drain kicks.
     id: u64,
     /// What the TLS handshake learned (SNI, ALPN, version, cipher, client
     /// identity); `None` on plain listeners.
     tls: Option<TlsInfo>,
+    /// TLVs from the balancer's header that a pool passes on (bounded).
+    tlvs: Option<Box<PassedTlvs>>,
 }
 
 /// Handle one accepted TCP connection. Runs inside its own task.
@@ -64,15 +74,37 @@ pub async fn handle(ctx: Arc<ListenerCtx>, tcp: TcpStream, peer: SocketAddr, id:
     let span = tracing::info_span!(
         "conn",
         id,
-        client.addr = %peer,
+        client.addr = field::Empty,
+        proxy.addr = field::Empty,
         listener = %ctx.name,
         client_id = field::Empty,
         route = field::Empty,
         backend = field::Empty,
     );
+    // Behind a balancer, the client's address is known after its header.
+    if ctx.proxy_protocol.is_none() {
+        span.record("client.addr", field::display(peer));
+    }
     async move {
         let _ = tcp.set_nodelay(true);
         let mut conn = Conn::new(ctx, &tcp, peer, id);
+        if conn.ctx.proxy_protocol.is_some() {
+            // Boxed, like the handshake below: its state lives on the heap
+            // only while it runs. A refusal is answered by closing the
+            // socket; there is nothing to say before TLS.
+            let admitted = Box::pin(async {
+                match conn.proxy_header(&tcp).await {
+                    Ok(()) => true,
+                    Err(refusal) => {
+                        conn.refuse(&mut tokio::io::sink(), refusal).await;
+                        false
+                    }
+                }
+            });
+            if !admitted.await {
+                return;
+            }
+        }
         let Some(acceptor) = &conn.ctx.tls else {
             let mut tcp = tcp;
             return conn.serve(&mut tcp).await;
@@ -116,6 +148,7 @@ impl Conn {
             local,
             id,
             tls: None,
+            tlvs: None,
         }
     }
 

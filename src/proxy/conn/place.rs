@@ -130,6 +130,7 @@ impl Conn {
             self.tls.as_ref(),
             &pool.identity,
             &unique_id(self.ctx.instance_nonce, self.id),
+            self.tlvs.as_deref(),
             &mut first,
         );
         first.extend_from_slice(client_bytes);

@@ -23,6 +23,18 @@ use crate::mqtt::packets::{
 /// Why a client was refused before its connection was relayed.
 #[derive(Debug)]
 pub enum Refusal {
+    /// `listener.proxy_protocol` on and the peer is not in
+    /// `proxy_protocol_from`, header or not.
+    ProxyUntrusted,
+    /// `proxy_protocol = "required"` and the trusted peer sent no header.
+    ProxyHeaderMissing,
+    /// The inbound PROXY header is malformed or too large.
+    ProxyHeaderInvalid,
+    /// No complete inbound PROXY header within `proxy_protocol_timeout`.
+    ProxyHeaderTimeout,
+    /// `limits.source_connect_rate`, on the client's address from a PROXY
+    /// header (other listeners check it in the accept loop).
+    SourceRateLimit,
     /// No TLS handshake within `tls_handshake_timeout`.
     TlsTimeout,
     /// The TLS handshake failed.
@@ -71,6 +83,13 @@ impl Refusal {
     pub fn verdict(&self) -> (Rejection, Answer) {
         use Answer::{Close, Drop};
         match self {
+            // Before TLS, on a balancer's connection: nothing to say, the
+            // socket is closed.
+            Refusal::ProxyUntrusted => (Rejection::ProxyUntrusted, Drop),
+            Refusal::ProxyHeaderMissing => (Rejection::ProxyHeaderMissing, Drop),
+            Refusal::ProxyHeaderInvalid => (Rejection::ProxyHeaderInvalid, Drop),
+            Refusal::ProxyHeaderTimeout => (Rejection::ProxyHeaderTimeout, Drop),
+            Refusal::SourceRateLimit => (Rejection::SourceRateLimit, Drop),
             Refusal::TlsTimeout => (Rejection::TlsHandshakeTimeout, Drop),
             Refusal::TlsFailed => (Rejection::TlsHandshakeFailed, Drop),
             Refusal::ClientChain => (Rejection::ClientChainRefused, Drop),
@@ -136,6 +155,23 @@ mod tests {
             b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
         let close = Answer::Close(b"");
         let cases: Vec<(Refusal, &str, Answer)> = vec![
+            (Refusal::ProxyUntrusted, "proxy_untrusted", Answer::Drop),
+            (
+                Refusal::ProxyHeaderMissing,
+                "proxy_header_missing",
+                Answer::Drop,
+            ),
+            (
+                Refusal::ProxyHeaderInvalid,
+                "proxy_header_invalid",
+                Answer::Drop,
+            ),
+            (
+                Refusal::ProxyHeaderTimeout,
+                "proxy_header_timeout",
+                Answer::Drop,
+            ),
+            (Refusal::SourceRateLimit, "source_rate_limit", Answer::Drop),
             (Refusal::TlsTimeout, "tls_handshake_timeout", Answer::Drop),
             (Refusal::TlsFailed, "tls_handshake_failed", Answer::Drop),
             (Refusal::ClientChain, "client_chain_refused", Answer::Drop),
@@ -212,7 +248,7 @@ mod tests {
             ),
             (Refusal::NoBackend(None), "no_backend", Answer::Drop),
         ];
-        assert_eq!(cases.len(), 23);
+        assert_eq!(cases.len(), 28);
         for (refusal, reason, want) in cases {
             let (got_reason, got) = refusal.verdict();
             assert_eq!(got_reason.as_str(), reason, "{refusal:?}");
