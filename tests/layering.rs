@@ -58,17 +58,19 @@ fn module_of(rel: &Path) -> Option<String> {
     (!matches!(name, "lib" | "main")).then(|| name.to_string())
 }
 
+/// Lines of code before the first `#[cfg(test)]`, comments left out,
+/// trimmed at the start.
+fn code_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(str::trim_start)
+        .take_while(|code| !code.starts_with("#[cfg(test)]"))
+        .filter(|code| !code.starts_with("//"))
+}
+
 /// Every `crate::NAME` outside comments and `#[cfg(test)]` code.
 fn crate_refs(text: &str) -> Vec<String> {
     let mut refs = Vec::new();
-    for line in text.lines() {
-        let code = line.trim_start();
-        if code.starts_with("#[cfg(test)]") {
-            break;
-        }
-        if code.starts_with("//") {
-            continue;
-        }
+    for code in code_lines(text) {
         let mut rest = code;
         while let Some(i) = rest.find("crate::") {
             let after = &rest[i + "crate::".len()..];
@@ -165,14 +167,7 @@ const ROOMS: &[(&str, &[(&str, u8)])] = &[
 fn sibling_refs(text: &str, folder: &str, siblings: &[&str]) -> Vec<String> {
     let path = format!("crate::{}::", folder.replace('/', "::"));
     let mut refs = Vec::new();
-    for line in text.lines() {
-        let code = line.trim_start();
-        if code.starts_with("#[cfg(test)]") {
-            break;
-        }
-        if code.starts_with("//") {
-            continue;
-        }
+    for code in code_lines(text) {
         for prefix in ["super::", path.as_str()] {
             let mut rest = code;
             while let Some(i) = rest.find(prefix) {

@@ -507,17 +507,7 @@ impl RabbitCluster {
                 }
                 match self.probe(i).await {
                     Ok(()) => return,
-                    Err(error) if Instant::now() >= end => {
-                        let node = &self.nodes[i];
-                        panic!(
-                            "RabbitMQ cluster not ready within {START_DEADLINE:?}: node {i} ({}) did \
-                             not accept an MQTT CONNECT behind a PROXY v2 header on {} (last error: \
-                             {error})\n{}",
-                            node.name,
-                            node.mqtt_addr(),
-                            node.log_tail()
-                        );
-                    }
+                    Err(error) if Instant::now() >= end => self.not_ready(i, &error),
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
@@ -538,15 +528,21 @@ impl RabbitCluster {
 
     /// Panic with the node's log when its VM already exited.
     fn check_alive(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        if let Some(Ok(Some(status))) = node.child.as_mut().map(|c| c.try_wait()) {
-            node.child = None;
-            panic!(
-                "RabbitMQ node {i} ({}) exited during start ({status})\n{}",
-                node.name,
-                node.log_tail()
-            );
+        if let Some(log) = self.exited(i) {
+            panic!("RabbitMQ node {i} exited during start\n{log}");
         }
+    }
+
+    /// Panic: node `i` did not serve MQTT by the start deadline.
+    fn not_ready(&self, i: usize, error: &str) -> ! {
+        let node = &self.nodes[i];
+        panic!(
+            "RabbitMQ cluster not ready within {START_DEADLINE:?}: node {i} ({}) did not accept \
+             an MQTT CONNECT behind a PROXY v2 header on {} (last error: {error})\n{}",
+            node.name,
+            node.mqtt_addr(),
+            node.log_tail()
+        );
     }
 
     /// Wait until node `i` answers a probe with CONNACK accepted.
@@ -558,15 +554,7 @@ impl RabbitCluster {
                 Err(e) => e,
             };
             if Instant::now() >= end {
-                let node = &self.nodes[i];
-                panic!(
-                    "RabbitMQ cluster not ready within {START_DEADLINE:?}: node {i} ({}) did \
-                     not accept an MQTT CONNECT behind a PROXY v2 header on {} (last error: \
-                     {error})\n{}",
-                    node.name,
-                    node.mqtt_addr(),
-                    node.log_tail()
-                );
+                self.not_ready(i, &error);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
