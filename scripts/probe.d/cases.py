@@ -140,8 +140,8 @@ async def tls_stall(ctx: Ctx) -> Outcome:
     port = st.port("mqtts")
 
     async def one(i):
+        t = loop.time()  # before the connect, as in ws_half_open
         r, w = await wire.open_tcp("127.0.0.1", port, wire.src_addr(i), 5)
-        t = loop.time()
         if i < half:
             w.write(hello[: len(hello) // 2])
         return r, w, t
@@ -548,11 +548,13 @@ async def ws_half_open(ctx: Ctx) -> Outcome:
     tls = ctx.tls()
 
     async def one(i):
+        # The clock starts before the connect: the proxy's starts at its
+        # accept, which a busy probe may see long after it happened.
+        t = loop.time()
         if i < n_tls:
             r, w = await wire.open_tls(st.port("wss"), tls, wire.src_addr(50000 + i))
         else:
             r, w = await wire.open_tcp("127.0.0.1", st.port("ws"), wire.src_addr(50000 + i), 5)
-        t = loop.time()
         w.write(head)
         return r, w, t
 
@@ -1166,8 +1168,145 @@ async def sighup_reloads(ctx: Ctx) -> Outcome:
     )
 
 
-async def proxy_header_na(ctx: Ctx) -> Outcome:
-    return Outcome(True, "n/a until issue 20")
+async def proxy_header(ctx: Ctx) -> Outcome:
+    """The "pp" listener (TLS, proxy_protocol = "required", only 127.0.0.1
+    may send a header): stalled and half headers, malformed ones, none at
+    all, headers from an untrusted peer, and valid ones stuffed with TLVs
+    that must still lead to a session."""
+    st, loop = ctx.stack, asyncio.get_running_loop()
+    port, name, pt = st.port("pp"), "pp", st.proxy_header_timeout
+    bal = st.balancer
+    n_stall, n_bad, n_untrusted, n_valid = ctx.n(500, 100), ctx.n(40, 10), ctx.n(100, 20), ctx.n(50, 10)
+    reasons = ("proxy_header_timeout", "proxy_header_invalid", "proxy_header_missing", "proxy_untrusted")
+    m0 = {r: await st.rejected(name, r) for r in reasons}
+    base = ctx.snap()
+    mark = ctx.bystander.mark()
+
+    # 1. From the balancer's address: nothing, or 10 bytes of a v2 header.
+    half = wire.proxy_v2("203.0.113.9", 40000)[:10]
+
+    async def stall(i):
+        t = loop.time()  # before the connect, as in ws_half_open
+        r, w = await wire.open_tcp("127.0.0.1", port, bal, 5)
+        if i % 5 == 0:
+            w.write(half)
+        return r, w, t
+
+    conns = await gather_limited([stall(i) for i in range(n_stall)], 250)
+    opened = [c for c in conns if isinstance(c, tuple)]
+
+    async def watch(c):
+        r, _, t = c
+        _, how = await wire.read_until_close(r, t + pt + 3, limit=0)
+        return None if how == "timeout" else loop.time() - t
+
+    closes = await asyncio.gather(*(watch(c) for c in opened))
+    stall_growth = ctx.rss_growth(base)
+    abort_all(opened)
+    in_window = sum(1 for c in closes if c is not None and pt - 0.3 <= c <= pt + 2)
+
+    # 2. Malformed headers from the balancer, 4 kinds; 3. a ClientHello
+    # with no header; each must be closed at once.
+    bad = {
+        "v2 declaring 65535 bytes": wire.proxy_v2("203.0.113.9", 1, declared=65535) + os.urandom(2048),
+        "v2 version 3": wire.proxy_v2("203.0.113.9", 1, version_command=0x31),
+        "v1 without CRLF, 200 bytes": b"PROXY TCP4 " + b"1" * 189,
+        "v1 garbage addresses": b"PROXY TCP4 999.1.1.1 nope 1 2\r\n",
+    }
+
+    async def refused(payload, src):
+        r, w = await wire.open_tcp("127.0.0.1", port, src, 5)
+        t = loop.time()
+        try:
+            w.write(payload)
+            _, how = await wire.read_until_close(r, t + pt + 3, limit=0)
+            return None if how == "timeout" else loop.time() - t
+        finally:
+            wire.close_writer(w)
+
+    bad_res = {}
+    for label, payload in bad.items():
+        bad_res[label] = await gather_limited([refused(payload, bal) for _ in range(n_bad)], 50)
+    missing = await gather_limited([refused(wire.client_hello(), bal) for _ in range(n_bad)], 50)
+
+    # 4. Valid headers from addresses the listener does not trust.
+    good_header = wire.proxy_v2("203.0.113.10", 40001)
+    untrusted = await gather_limited(
+        [refused(good_header, wire.src_addr(90000 + i)) for i in range(n_untrusted)], 50
+    )
+
+    # 5. Valid headers from the balancer, stuffed with ~4 KiB of TLVs (the
+    # listener's bound is 4096 bytes), then TLS and a CONNECT: served.
+    stuffing = b"".join(wire.tlv(0xEA, os.urandom(9)) for _ in range(330))
+    tls = ctx.tls()
+
+    async def valid(i):
+        hdr = wire.proxy_v2(f"198.51.100.{1 + i % 250}", 30000 + i, tlvs=stuffing)
+        r, w = await wire.open_tls_after(port, tls, hdr, bal)
+        try:
+            w.write(wire.connect_packet(f"probe-pp-{i}"))
+            ack = await wire.read_exactly(r, 4, 5)
+            return wire.connack_code(ack) == 0, len(hdr)
+        finally:
+            wire.close_writer(w)
+
+    valid_res = await gather_limited([valid(i) for i in range(n_valid)], 25)
+    growth = ctx.rss_growth(base)
+    fds_ok, fds, _ = await ctx.wait_fds(base[1])
+    counted = {}
+    want = {
+        "proxy_header_timeout": n_stall,
+        "proxy_header_invalid": n_bad * len(bad),
+        "proxy_header_missing": n_bad,
+        "proxy_untrusted": n_untrusted,
+    }
+    for r in reasons:
+        counted[r] = await st.rejected_settled(name, r, m0[r] + want[r]) - m0[r]
+    missing_msgs = await asyncio.to_thread(ctx.bystander.wait_caught_up, None, 10.0)
+    by = ctx.bystander.since(mark)
+
+    def quick(res):
+        ok = [x for x in res if isinstance(x, float)]
+        return len(ok) == len(res) and all(x < 1.0 for x in ok), ok
+
+    parts, ok = [], True
+    stall_ok = len(opened) == n_stall and in_window == n_stall and stall_growth / max(1, n_stall) < 40
+    ok &= stall_ok
+    parts.append(
+        f"stalled/half headers: {len(opened)}/{n_stall} opened, closed after {stats(closes)}, {in_window} in "
+        f"[{pt - 0.3:g}, {pt + 2:g}] s, peak RSS +{mib(stall_growth)} ({stall_growth / max(1, n_stall):.1f} KiB/conn) "
+        f"{'✓' if stall_ok else '✗'}"
+    )
+    for label, res in list(bad_res.items()) + [("a ClientHello with no header", missing),
+                                               ("a valid header from an untrusted peer", untrusted)]:
+        fine, xs = quick(res)
+        ok &= fine
+        parts.append(f"{label}: {len(xs)}/{len(res)} closed, max {max(xs, default=0):.2f} s {'✓' if fine else '✗'}")
+    served = sum(1 for x in valid_res if isinstance(x, tuple) and x[0])
+    hdr_len = next((x[1] for x in valid_res if isinstance(x, tuple)), 0)
+    ok &= served == n_valid
+    parts.append(f"valid {hdr_len}-byte headers (330 TLVs) then TLS + CONNECT: {served}/{n_valid} served "
+                 f"{'✓' if served == n_valid else '✗'}")
+    counts_ok = all(counted[r] >= want[r] for r in reasons)
+    ok &= counts_ok and fds_ok and not missing_msgs and by["disconnects"] == 0
+    parts.append(
+        "counted " + ", ".join(f"{r} +{counted[r]:.0f} (want {want[r]})" for r in reasons)
+        + f"; peak RSS +{mib(growth)}; fds back to {fds} (baseline {base[1]}); bystander: {by['disconnects']} "
+        f"disconnects, {len(missing_msgs)} missing"
+    )
+    return Outcome(
+        ok,
+        "; ".join(parts),
+        attack=f"on a TLS listener with proxy_protocol = required from {bal}/32: {n_stall} connections from the "
+        f"balancer sending nothing ({n_stall // 5} of them 10 bytes of a v2 header); {n_bad} each of 4 malformed "
+        f"headers (v2 declaring 65535 bytes, v2 version 3, a 200-byte v1 line, v1 with garbage addresses) and of a "
+        f"ClientHello with no header; {n_untrusted} valid v2 headers from 127.0.x.y; {n_valid} valid v2 headers "
+        "carrying 330 TLVs (~4 KiB) followed by TLS and a CONNECT",
+        bound=f"stalls closed at proxy_protocol_timeout ({pt:g} s, window −0.3/+2 s), RSS growth < 40 KiB/conn; "
+        "every malformed, missing or untrusted header closed < 1 s; each counted under its reason "
+        "(proxy_header_timeout / _invalid / _missing, proxy_untrusted); every valid one served; fds back to "
+        "baseline; bystander: nothing lost",
+    )
 
 
 # ================================================================ registry
@@ -1195,5 +1334,5 @@ REGISTRY = [
          "§11.1: case-insensitive); unknown path 404", admin_auth),
     Case(15, "upgrade-socket", "upgrade socket", "hostile peers, then a real takeover", "", "", upgrade_socket, 120),
     Case(16, "sighup-reloads", "reloads", "SIGHUP reloads under churn", "", "", sighup_reloads, 240),
-    Case(17, "proxy-header", "inbound PROXY header", "inbound PROXY header", "–", "–", proxy_header_na),
+    Case(17, "proxy-header", "inbound PROXY header", "hostile and stalled PROXY headers", "", "", proxy_header),
 ]

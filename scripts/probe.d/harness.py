@@ -204,7 +204,7 @@ def metric_value(samples, name: str, **labels) -> float:
 
 # ---------------------------------------------------------------- the stack
 
-LISTENERS = ("mqtts", "mqtt", "ws", "wss")
+LISTENERS = ("mqtts", "mqtt", "ws", "wss", "pp")
 
 
 class Stack:
@@ -232,6 +232,10 @@ class Stack:
         self.upgrade_timeout = 2.0
         self.drain_timeout = 2.0
         self.upgrade_socket_timeout = 3.0
+        # The "pp" listener: TLS behind a balancer at 127.0.0.1 only,
+        # a PROXY header required.
+        self.proxy_header_timeout = 2.0
+        self.balancer = "127.0.0.1"
 
     # ------------------------------------------------------------ setup
 
@@ -299,6 +303,16 @@ pool = "brokers"
 {tls}[listener.mqtt]
 {mqtt}[listener.websocket]
 {ws}
+[[listener]]
+name = "pp"
+listen = "127.0.0.1:{p['pp']}"
+pool = "brokers"
+proxy_protocol = "required"
+proxy_protocol_from = ["{self.balancer}/32"]
+proxy_protocol_timeout = "{self.proxy_header_timeout:g}s"
+[listener.tls]
+{tls}[listener.mqtt]
+{mqtt}
 [pool.brokers]
 strategy = "client-id"
 connect_timeout = "2s"

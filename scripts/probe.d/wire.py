@@ -6,6 +6,7 @@ deadline."""
 import asyncio
 import base64
 import os
+import socket
 import ssl
 import struct
 import time
@@ -208,6 +209,34 @@ def client_context(ca: str, cert: str | None = None, key: str | None = None) -> 
     if cert:
         ctx.load_cert_chain(cert, key)
     return ctx
+
+
+# ---------------------------------------------------------------- PROXY headers
+
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_v2(src: str, sport: int, dst: str = "127.0.0.1", dport: int = 8883, tlvs: bytes = b"",
+             version_command: int = 0x21, declared: int | None = None) -> bytes:
+    """A PROXY v2 header (PROXY command, TCP over IPv4) naming `src`:`sport`;
+    `declared` overrides the length field (to lie about it)."""
+    body = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack(">HH", sport, dport) + tlvs
+    length = len(body) if declared is None else declared
+    return PROXY_V2_SIGNATURE + bytes([version_command, 0x11]) + struct.pack(">H", length) + body
+
+
+def tlv(kind: int, value: bytes) -> bytes:
+    return bytes([kind]) + struct.pack(">H", len(value)) + value
+
+
+async def open_tls_after(port: int, ctx: ssl.SSLContext, first: bytes, src: str | None = None,
+                         timeout: float = 10.0):
+    """TCP to `port`, `first` in the clear (a PROXY header), then TLS."""
+    r, w = await open_tcp("127.0.0.1", port, src, timeout)
+    w.write(first)
+    await w.drain()
+    await asyncio.wait_for(w.start_tls(ctx, server_hostname="localhost"), timeout)
+    return r, w
 
 
 # ---------------------------------------------------------------- sockets
