@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::mqtt::ProtocolVersion;
+use crate::proxy_protocol::ProxyProtocol;
 use net::{Connector, TlsOptions};
 pub use report::Summary;
 use report::{Connections, Generator, Handshakes, Messages};
@@ -68,6 +69,14 @@ pub enum Protocol {
     V311,
     #[value(name = "5.0")]
     V5,
+}
+
+/// `--proxy-protocol`: the PROXY header sent before anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProxyHeader {
+    Off,
+    V1,
+    V2,
 }
 
 /// Flags of `mqttlb bench`.
@@ -106,6 +115,11 @@ pub struct BenchArgs {
     /// TLS session resumption across a client's reconnects.
     #[arg(long)]
     pub tls_resumption: bool,
+    /// Send a PROXY header (v1 or v2, naming the connection's own
+    /// addresses) before anything else, as a cloud balancer does in front
+    /// of a listener with `proxy_protocol`.
+    #[arg(long, value_enum, default_value = "off")]
+    pub proxy_protocol: ProxyHeader,
     /// Source addresses: list or IPv4 range, e.g. 127.0.0.2-127.0.0.50
     /// (each gives a full ephemeral port range).
     #[arg(long)]
@@ -373,7 +387,12 @@ async fn run(a: &BenchArgs, threads: usize) -> Result<Summary, String> {
         alpn: a.alpn.clone(),
         resumption: a.tls_resumption,
     });
-    let connector = Connector::new(target, &host, tls.as_ref(), sources, a.connect_timeout)?;
+    let connector = Connector::new(target, &host, tls.as_ref(), sources, a.connect_timeout)?
+        .with_proxy_header(match a.proxy_protocol {
+            ProxyHeader::Off => ProxyProtocol::Off,
+            ProxyHeader::V1 => ProxyProtocol::V1,
+            ProxyHeader::V2 => ProxyProtocol::V2,
+        });
     let protocol = match a.protocol {
         Protocol::V311 => ProtocolVersion::V311,
         Protocol::V5 => ProtocolVersion::V5,

@@ -1,7 +1,9 @@
 //! How a bench client reaches its target: optional source address (bound
 //! with `IP_BIND_ADDRESS_NO_PORT` so the kernel picks the port at connect
 //! time, per 4-tuple), TCP, optional TLS (tokio-rustls, with or without
-//! session resumption, SNI, ALPN, client certificate, `--insecure`).
+//! session resumption, SNI, ALPN, client certificate, `--insecure`), and
+//! optionally a PROXY header first, as a cloud balancer in front of a
+//! listener with `proxy_protocol` sends one (`--proxy-protocol`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -10,11 +12,12 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls_pki_types::pem::PemObject;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
 use super::stats::ErrorKind;
+use crate::proxy_protocol::{self, ProxyCommand, ProxyProtocol};
 
 /// A client byte stream: plain TCP or TLS over TCP.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -38,6 +41,7 @@ pub struct Connector {
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     sources: Vec<IpAddr>,
     connect_timeout: Duration,
+    proxy_header: ProxyProtocol,
 }
 
 impl Connector {
@@ -63,7 +67,16 @@ impl Connector {
             tls,
             sources,
             connect_timeout,
+            proxy_header: ProxyProtocol::Off,
         })
+    }
+
+    /// Send a PROXY header of `version` on each connection before anything
+    /// else, naming the connection's own addresses (what a balancer in
+    /// front of the target would send).
+    pub fn with_proxy_header(mut self, version: ProxyProtocol) -> Connector {
+        self.proxy_header = version;
+        self
     }
 
     pub fn is_tls(&self) -> bool {
@@ -82,6 +95,24 @@ impl Connector {
             .map_err(|_| ErrorKind::ConnectTimeout)?
             .map_err(|e| ErrorKind::from_connect(&e))?;
         let _ = tcp.set_nodelay(true);
+        let mut tcp = tcp;
+        if self.proxy_header != ProxyProtocol::Off {
+            let (Ok(local), Ok(peer)) = (tcp.local_addr(), tcp.peer_addr()) else {
+                return Err(ErrorKind::Connect);
+            };
+            let mut header = Vec::with_capacity(64);
+            proxy_protocol::encode_check(
+                self.proxy_header,
+                ProxyCommand::Proxy,
+                local,
+                peer,
+                &mut header,
+            );
+            timeout(self.connect_timeout, tcp.write_all(&header))
+                .await
+                .map_err(|_| ErrorKind::ConnectTimeout)?
+                .map_err(|e| ErrorKind::from_connect(&e))?;
+        }
         match &self.tls {
             None => Ok(Box::new(tcp)),
             Some((connector, name)) => {
