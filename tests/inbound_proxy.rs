@@ -5,7 +5,8 @@
 //! Only `proxy_protocol_from` may connect; `optional` serves trusted
 //! direct clients, `required` refuses them; LOCAL keeps the peer's
 //! address; malformed, late and untrusted headers are refused and counted;
-//! a balancer's TLVs go on to the brokers when the pool passes them.
+//! a balancer's TLVs go on to the brokers when the pool passes them; a
+//! WebSocket listener reads the header before the upgrade.
 
 mod common;
 
@@ -507,4 +508,59 @@ async fn a_reload_applies_to_new_connections() {
         Some("198.51.100.8:6000".parse().unwrap())
     );
     drop(open);
+}
+
+/// A WebSocket listener (`to = "tcp"`) reads the header before the HTTP
+/// upgrade: the upgrade, the CONNECT in a binary frame and the CONNACK go
+/// through, and the broker sees the address the balancer named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_listener_reads_the_header_before_the_upgrade() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    let certs = Certs::new();
+    let (backend, log) = recording_backend().await;
+    let toml = replica(&certs, backend, "required", &["127.0.0.0/8"], "v2", |raw| {
+        raw.listener[0].tls = None;
+        raw.listener[0].websocket = Some(mqttlb::config::raw::RawWebSocket {
+            to: Some("tcp".into()),
+            ..Default::default()
+        });
+    });
+    let proxy = ProxyUnderTest::start(&toml, certs.dir.path()).await;
+
+    let mut tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    let device: SocketAddr = "198.51.100.9:7777".parse().unwrap();
+    tcp.write_all(&v2_header(device, "10.0.0.1:443".parse().unwrap(), &[]))
+        .await
+        .expect("header");
+    let mut req = format!("ws://{}/mqtt", proxy.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("the upgrade is accepted after the PROXY header");
+    ws.send(Message::binary(connect_packet(4, "ws-behind-nlb")))
+        .await
+        .expect("send CONNECT");
+    let answer = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .expect("an answer in time")
+        .expect("a message")
+        .expect("no error");
+    assert_eq!(answer, Message::binary(vec![0x20u8, 2, 0, 0]));
+    assert_eq!(seen(&log, "ws-behind-nlb").await.source, Some(device));
+
+    // Without a header the same listener refuses before the upgrade.
+    let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    let req = format!("ws://{}/mqtt", proxy.addr)
+        .into_client_request()
+        .expect("request");
+    assert!(tokio_tungstenite::client_async(req, tcp).await.is_err());
+    wait_until("proxy_header_missing counted", DEADLINE, || async {
+        proxy.rejected("proxy_header_missing") == 1.0
+    })
+    .await;
 }
