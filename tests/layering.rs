@@ -125,6 +125,7 @@ const ROOMS: &[(&str, &[(&str, u8)])] = &[
             ("files", 0),
             ("identity", 0),
             ("sni", 1),
+            ("tickets", 1),
             ("acceptor", 2),
         ],
     ),
