@@ -126,6 +126,7 @@ const ROOMS: &[(&str, &[(&str, u8)])] = &[
             ("identity", 0),
             ("sni", 1),
             ("tickets", 1),
+            ("session_keys", 2),
             ("acceptor", 2),
         ],
     ),

@@ -50,12 +50,13 @@ pub(super) fn load_tls(
     session_keys: &SessionKeys,
 ) -> Result<Vec<Option<TlsAcceptor>>, ConfigErrors> {
     let mut errors = Vec::new();
+    let own_keys = session_keys.ring();
     let tls = config
         .listeners
         .iter()
         .map(|l| {
             l.tls.as_ref().and_then(|t| {
-                TlsAcceptor::from_config(&format!("{}.tls", l.key), &l.name, t, session_keys)
+                TlsAcceptor::from_config(&format!("{}.tls", l.key), &l.name, t, &own_keys)
                     .map_err(|e| errors.push(ConfigError::tls(&config.source, e)))
                     .ok()
             })

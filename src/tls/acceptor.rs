@@ -19,7 +19,7 @@ use super::client_chain;
 use super::files::{CertificateExpiry, read_certs, read_crls};
 use super::identity::{CertIdentity, IdentityRequest, common_name};
 use super::sni::SniResolver;
-use super::tickets::{self, SessionKeys, TicketKeys, Ticketer};
+use super::tickets::{self, KeyRing, TicketKeys, Ticketer};
 use super::{ALPN_MQTT, ClientAuth, TlsConfig, TlsSetupError, TlsVersion, listener_provider};
 
 /// Everything a listener needs to terminate TLS, built once per (re)load.
@@ -64,13 +64,13 @@ pub enum HandshakeError {
 impl TlsAcceptor {
     /// Load certificates, keys, CA, CRL and ticket keys named by `cfg` of
     /// listener `listener` (key paths under `key`, e.g. `listener[0].tls`).
-    /// Without a `ticket_keys` file, tickets are sealed with `session_keys`,
-    /// the process's own.
+    /// Without a `ticket_keys` file, tickets are sealed with `own_keys`,
+    /// the process's (`SessionKeys::ring`).
     pub fn from_config(
         key: &str,
         listener: &str,
         cfg: &TlsConfig,
-        session_keys: &SessionKeys,
+        own_keys: &KeyRing,
     ) -> Result<TlsAcceptor, TlsSetupError> {
         let provider = listener_provider(key, cfg)?;
         let (resolver, certificates) = SniResolver::load(key, cfg, &provider)?;
@@ -128,7 +128,7 @@ impl TlsAcceptor {
                 &format!("{key}.ticket_keys"),
                 path,
             )?)),
-            None => session_keys.ring(),
+            None => own_keys.clone(),
         };
         let ca: Vec<&[u8]> = ca_ders.iter().map(Vec::as_slice).collect();
         let crls: Vec<&[u8]> = crl_ders.iter().map(Vec::as_slice).collect();
@@ -227,7 +227,7 @@ mod tests {
         let mut c = cfg(None, None);
         c.default_cert = pair("default", "lb.example", (2031, 1, 2));
         c.sni = vec![pair("other", "other.example", (2030, 6, 1))];
-        let keys = SessionKeys::generate_now().unwrap();
+        let keys = crate::tls::SessionKeys::generate_now().unwrap().ring();
         let acceptor = TlsAcceptor::from_config("l.tls", "l", &c, &keys).unwrap();
         assert_eq!(
             acceptor.certificates(),

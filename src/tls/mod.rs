@@ -17,9 +17,10 @@
 //! * `identity` — facts of a client certificate: its CN, RFC 4514 subject,
 //!   subject alternative names, fingerprint;
 //! * `sni` — which certificate an SNI name gets (uses `files`, `identity`);
-//! * `tickets` — session tickets: mqttlb's own ticketer over keys from a
-//!   `ticket_keys` file or the process's own [`SessionKeys`] (uses
-//!   `files`);
+//! * `tickets` — session tickets: mqttlb's own ticketer, and the key sets
+//!   it seals with, as a `ticket_keys` file holds them (uses `files`);
+//! * `session_keys` — the process's own keys for listeners without
+//!   `ticket_keys` ([`SessionKeys`]: rotation, takeover; uses `tickets`);
 //! * `acceptor` — the rustls configurations built from all of the above,
 //!   and the handshake.
 
@@ -32,6 +33,7 @@ mod acceptor;
 pub mod client_chain;
 mod files;
 mod identity;
+mod session_keys;
 mod sni;
 mod tickets;
 
@@ -39,8 +41,9 @@ pub use acceptor::{HandshakeError, TlsAcceptor, TlsInfo};
 pub use client_chain::ChainLimits;
 pub use files::{CertificateExpiry, MAX_OCSP_RESPONSE, key_readable_by_others};
 pub use identity::{CertIdentity, IdentityRequest, common_name};
+pub use session_keys::{KeyState, SessionKeys};
 pub use sni::SniResolver;
-pub use tickets::{KeyState, SessionKeys, TicketKey, TicketKeys, Ticketer};
+pub use tickets::{KeyRing, TicketKey, TicketKeys, Ticketer};
 
 /// Whether and how clients present certificates (mutual TLS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
