@@ -35,6 +35,13 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
         .unwrap_or_else(|| panic!("{} is not a string", path.join(".")))
 }
 
+/// The entry called `name` of a list of named things (volumes, mounts).
+fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_sequence()
+        .and_then(|l| l.iter().find(|v| v["name"].as_str() == Some(name)))
+        .unwrap_or_else(|| panic!("no {name:?} in {list:?}"))
+}
+
 #[test]
 fn kubernetes_manifests_parse_and_match_the_binary() {
     let kustomization = &documents("kustomization.yaml")[0];
@@ -122,12 +129,7 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
                         ),
                         "kubernetes.io/hostname"
                     );
-                    let keys = pod["volumes"]
-                        .as_sequence()
-                        .expect("volumes")
-                        .iter()
-                        .find(|v| v["name"].as_str() == Some("ticket-keys"))
-                        .expect("ticket-keys volume");
+                    let keys = named(&pod["volumes"], "ticket-keys");
                     assert_eq!(
                         str_at(keys, &["secret", "secretName"]),
                         "mqttlb-ticket-keys"
@@ -138,12 +140,7 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
                     assert_eq!(security["runAsGroup"].as_i64(), Some(65532));
                     // Mounted as a directory (Secret updates reach it) where
                     // the ConfigMap's ticket_keys looks for the Secret's key.
-                    let mount = c["volumeMounts"]
-                        .as_sequence()
-                        .expect("volumeMounts")
-                        .iter()
-                        .find(|m| m["name"].as_str() == Some("ticket-keys"))
-                        .expect("ticket-keys mount");
+                    let mount = named(&c["volumeMounts"], "ticket-keys");
                     assert!(mount.get("subPath").is_none());
                     mounted_keys = Some(str_at(mount, &["mountPath"]).to_string());
                 }
