@@ -1,7 +1,7 @@
 //! The process's own session-ticket keys, for listeners without
 //! `ticket_keys`: one random key at start, a new one every
-//! [`ROTATE_EVERY`], each kept while a ticket it sealed can still be valid
-//! ([`LIFETIME`]), and the whole schedule handed to the process that takes
+//! `ROTATE_EVERY`, each kept while a ticket it sealed can still be valid
+//! (`LIFETIME`), and the whole schedule handed to the process that takes
 //! over. The proxy owns the one [`SessionKeys`]; acceptors only read its
 //! [`KeyRing`], so a reload never changes them.
 
@@ -38,7 +38,7 @@ struct Scheduled {
 }
 
 /// The process's own keys, for listeners without `ticket_keys`: made once
-/// at start, rotated every [`ROTATE_EVERY`] (a new key first; a key goes
+/// at start, rotated every `ROTATE_EVERY` (a new key first; a key goes
 /// once no ticket it sealed can still be valid), kept across reloads and
 /// handed over on `--takeover`. Owned by the proxy, not by an acceptor.
 pub struct SessionKeys {
@@ -108,7 +108,7 @@ impl SessionKeys {
     }
 
     /// Rotate if due at `now`: a new key seals, the old one retires, and
-    /// keys retired more than [`LIFETIME`] ago go. `Ok(true)`: rotated.
+    /// keys retired more than `LIFETIME` ago go. `Ok(true)`: rotated.
     pub fn rotate(&self, now: u64) -> Result<bool, String> {
         let mut schedule = self.lock();
         let due = schedule

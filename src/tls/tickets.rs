@@ -13,12 +13,12 @@
 //! first 16 are its *name*, sent in clear at the head of every ticket it
 //! seals; the AES-256-GCM key is derived from the other 64 by HKDF-SHA256.
 //! A key set is ordered: the first key seals new tickets, every key opens
-//! the tickets that name it. At most [`MAX_KEYS`].
+//! the tickets that name it. At most `MAX_KEYS`.
 //!
 //! Keys come from the `ticket_keys` file ([`TicketKeys::read`], re-read
 //! on every reload) or, without one, from the process's own
 //! `SessionKeys` (`session_keys.rs`): random at start, rotated every
-//! [`ROTATE_EVERY`], kept across reloads and handed to the process that
+//! `ROTATE_EVERY`, kept across reloads and handed to the process that
 //! takes over.
 //!
 //! # Tickets
@@ -31,7 +31,7 @@
 //! The context ([`context`]) is the listener's name, its `client_auth` mode
 //! and its CA and CRL contents: a ticket issued where one client CA
 //! vouched for the client does not resume on a listener that trusts
-//! another (or none). A ticket older than [`LIFETIME`] is refused even if
+//! another (or none). A ticket older than `LIFETIME` is refused even if
 //! its key is still held.
 
 use std::fmt;
@@ -129,7 +129,7 @@ impl TicketKey {
 }
 
 /// An ordered key set: the first seals, all open. Never empty, at most
-/// [`MAX_KEYS`].
+/// `MAX_KEYS`.
 #[derive(Clone)]
 pub struct TicketKeys {
     keys: Vec<Arc<TicketKey>>,
@@ -142,7 +142,7 @@ impl fmt::Debug for TicketKeys {
 }
 
 impl TicketKeys {
-    /// `keys`, first sealing; `None` when empty (beyond [`MAX_KEYS`] the
+    /// `keys`, first sealing; `None` when empty (beyond `MAX_KEYS` the
     /// oldest go).
     pub fn new(mut keys: Vec<Arc<TicketKey>>) -> Option<TicketKeys> {
         keys.truncate(MAX_KEYS);
@@ -330,7 +330,7 @@ impl Ticketer {
     }
 
     /// Open a ticket at Unix time `now`: `None` for an unknown key name, a
-    /// forgery, another context, or a ticket past [`LIFETIME`].
+    /// forgery, another context, or a ticket past `LIFETIME`.
     pub fn open(&self, ticket: &[u8], now: u64) -> Option<Vec<u8>> {
         let (name, rest) = ticket.split_first_chunk::<NAME_LEN>()?;
         let (nonce, sealed) = rest.split_first_chunk::<NONCE_LEN>()?;
