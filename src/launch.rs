@@ -24,7 +24,8 @@
 //!    matches, bound afresh otherwise; a fresh start owns the upgrade
 //!    socket before serving;
 //! 5. accept; after a takeover, confirm — the old process stops accepting
-//!    and drains — and only then own the upgrade socket;
+//!    and drains, and hands its session-ticket keys over, which this one
+//!    adopts — and only then own the upgrade socket;
 //! 6. tell the service manager `READY=1` (and `MAINPID` after a takeover).
 
 use std::net::SocketAddr;
@@ -359,7 +360,11 @@ pub async fn proxy(launch: ProxyLaunch) -> Result<Launched, LaunchError> {
     let took_over = handover.is_some();
     if let Some(h) = handover {
         match tokio::task::spawn_blocking(move || h.confirm()).await {
-            Ok(Ok(())) => info!("serving; the previous process stops accepting and drains"),
+            Ok(Ok(keys)) => {
+                info!("serving; the previous process stops accepting and drains");
+                // Its clients' tickets resume here from now on.
+                handle.adopt_session_keys(&keys);
+            }
             Ok(Err(e)) => {
                 warn!(error = %e, "the previous process did not acknowledge the takeover")
             }

@@ -257,6 +257,7 @@ pub struct Metrics {
     pub connections_rejected: Family<RejectLabel, Counter>,
     pub connections_closed: Family<RejectLabel, Counter>,
     pub tls_handshakes: Family<ResultLabel, Counter>,
+    pub tls_resumptions: Family<ListenerLabel, Counter>,
     pub tls_handshake_duration: Family<ListenerLabel, Histogram>,
     pub mqtt_connects: Family<ProtocolLabel, Counter>,
     pub connections_routed: Family<RouteLabel, Counter>,
@@ -288,6 +289,7 @@ impl Metrics {
             connections_rejected: Family::default(),
             connections_closed: Family::default(),
             tls_handshakes: Family::default(),
+            tls_resumptions: Family::default(),
             tls_handshake_duration: Family::new_with_constructor(latency_histogram),
             mqtt_connects: Family::default(),
             connections_routed: Family::default(),
@@ -331,6 +333,11 @@ impl Metrics {
             "tls_handshakes",
             "TLS handshakes by result",
             m.tls_handshakes.clone(),
+        );
+        r.register(
+            "tls_resumptions",
+            "Successful TLS handshakes that resumed a session (a session ticket, or a TLS 1.2 session id) instead of a full handshake; part of tls_handshakes_total{result=\"ok\"}",
+            m.tls_resumptions.clone(),
         );
         r.register_with_unit(
             "tls_handshake_duration",
@@ -489,6 +496,7 @@ impl Metrics {
         ListenerMetrics {
             active: self.connections_active.get_or_create_owned(&label),
             total: self.connections_total.get_or_create_owned(&label),
+            resumed: self.tls_resumptions.get_or_create_owned(&label),
             handshake_duration: self.tls_handshake_duration.get_or_create_owned(&label),
             upstream_bytes: self.bytes.get_or_create_owned(&DirectionLabel {
                 direction: Direction::upstream,
@@ -571,6 +579,8 @@ impl Metrics {
 pub struct ListenerMetrics {
     pub active: Gauge,
     pub total: Counter,
+    /// `mqttlb_tls_resumptions_total`: handshakes that resumed a session.
+    pub resumed: Counter,
     pub handshake_duration: Histogram,
     pub upstream_bytes: Counter,
     pub downstream_bytes: Counter,

@@ -269,6 +269,7 @@ mod tests {
             alpn: Some(b"mqtt".to_vec()),
             version: "TLSv1.3",
             client_cert: true,
+            resumed: false,
             client_cn: Some("device-42".into()),
             cipher: "TLS13_AES_128_GCM_SHA256",
             identity: Some(Box::new(crate::tls::CertIdentity {

@@ -35,6 +35,13 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
         .unwrap_or_else(|| panic!("{} is not a string", path.join(".")))
 }
 
+/// The entry called `name` of a list of named things (volumes, mounts).
+fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_sequence()
+        .and_then(|l| l.iter().find(|v| v["name"].as_str() == Some(name)))
+        .unwrap_or_else(|| panic!("no {name:?} in {list:?}"))
+}
+
 #[test]
 fn kubernetes_manifests_parse_and_match_the_binary() {
     let kustomization = &documents("kustomization.yaml")[0];
@@ -47,6 +54,7 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
     assert_eq!(resources.len(), 7);
     let mut kinds = BTreeSet::new();
     let mut checked = 0;
+    let (mut ticket_keys, mut mounted_keys, mut secret_keys) = (None, None, Vec::new());
     for file in resources {
         for doc in documents(file) {
             let kind = str_at(&doc, &["kind"]).to_string();
@@ -63,6 +71,15 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
                         toml.contains("listen = \"0.0.0.0:9100\""),
                         "admin reachable by probes"
                     );
+                    let raw = mqttlb::config::parse_toml::<mqttlb::config::raw::RawConfig>(
+                        "configmap",
+                        toml,
+                    )
+                    .expect("parses");
+                    ticket_keys = raw.listener[0]
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.ticket_keys.clone());
                 }
                 "Deployment" => {
                     let c = &doc["spec"]["template"]["spec"]["containers"][0];
@@ -98,7 +115,10 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
                         .expect("grace period");
                     assert!(grace > 30, "longer than drain_timeout");
                     // A fleet: several replicas, spread over nodes, with
-                    // the shared ticket keys mounted owner-read-only.
+                    // the shared ticket keys mounted readable by the pod's
+                    // group only: the file is root-owned with the fsGroup
+                    // as group (0400 would rely on kubelet adding the group
+                    // bit), and mqttlb's own group reading it is no warning.
                     assert!(doc["spec"]["replicas"].as_i64().unwrap_or(0) >= 2);
                     let pod = &doc["spec"]["template"]["spec"];
                     assert_eq!(
@@ -109,17 +129,29 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
                         ),
                         "kubernetes.io/hostname"
                     );
-                    let keys = pod["volumes"]
-                        .as_sequence()
-                        .expect("volumes")
-                        .iter()
-                        .find(|v| v["name"].as_str() == Some("ticket-keys"))
-                        .expect("ticket-keys volume");
+                    let keys = named(&pod["volumes"], "ticket-keys");
                     assert_eq!(
                         str_at(keys, &["secret", "secretName"]),
                         "mqttlb-ticket-keys"
                     );
-                    assert_eq!(keys["secret"]["defaultMode"].as_i64(), Some(0o400));
+                    assert_eq!(keys["secret"]["defaultMode"].as_i64(), Some(0o440));
+                    let security = &pod["securityContext"];
+                    assert_eq!(security["fsGroup"].as_i64(), Some(65532));
+                    assert_eq!(security["runAsGroup"].as_i64(), Some(65532));
+                    // Mounted as a directory (Secret updates reach it) where
+                    // the ConfigMap's ticket_keys looks for the Secret's key.
+                    let mount = named(&c["volumeMounts"], "ticket-keys");
+                    assert!(mount.get("subPath").is_none());
+                    mounted_keys = Some(str_at(mount, &["mountPath"]).to_string());
+                }
+                "Secret" if str_at(&doc, &["metadata", "name"]) == "mqttlb-ticket-keys" => {
+                    secret_keys = doc["stringData"]
+                        .as_mapping()
+                        .expect("stringData")
+                        .keys()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect();
                 }
                 _ => {}
             }
@@ -128,6 +160,13 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
         }
     }
     assert_eq!(checked, 8);
+    // The configured ticket_keys file is the Secret's one key, where the
+    // Deployment mounts it.
+    assert_eq!(secret_keys, ["keys"]);
+    assert_eq!(
+        ticket_keys,
+        mounted_keys.map(|dir| format!("{dir}/{}", secret_keys[0]))
+    );
     assert_eq!(
         kinds.into_iter().collect::<Vec<_>>(),
         [

@@ -125,6 +125,8 @@ const ROOMS: &[(&str, &[(&str, u8)])] = &[
             ("files", 0),
             ("identity", 0),
             ("sni", 1),
+            ("tickets", 1),
+            ("session_keys", 2),
             ("acceptor", 2),
         ],
     ),

@@ -109,6 +109,7 @@ pub struct RawTls {
     pub kx_groups: Option<Vec<String>>,
     pub prefer_server_order: Option<bool>,
     pub session_tickets: Option<u8>,
+    pub ticket_keys: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

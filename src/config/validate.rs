@@ -997,6 +997,11 @@ impl Cx {
             .crl
             .as_deref()
             .map(|p| self.path(&format!("{k}.crl"), p));
+        // Read (and its lines checked) when the listener's TLS is built.
+        let ticket_keys = raw
+            .ticket_keys
+            .as_deref()
+            .map(|p| self.path(&format!("{k}.ticket_keys"), p));
         if crl.is_some() && client_auth == ClientAuth::None {
             self.err(
                 &format!("{k}.crl"),
@@ -1068,6 +1073,7 @@ impl Cx {
                 Some(n) => n,
                 None => defaults::SESSION_TICKETS,
             },
+            ticket_keys,
         }
     }
 }

@@ -11,7 +11,7 @@ use super::accept::bind_listener;
 use super::{Proxy, ProxyHandle, lock};
 use crate::config::UpgradeConfig;
 use crate::sys::ListenerSockets;
-use crate::upgrade::{Assignment, InheritedListener, Offer, UpgradeError, assign};
+use crate::upgrade::{Assignment, InheritedListener, Offer, Offers, UpgradeError, assign};
 
 impl Proxy {
     /// Like [`Proxy::bind`], but a listener whose sockets were inherited
@@ -94,7 +94,8 @@ impl ProxyHandle {
 
 impl ProxyHandle {
     /// Offer this proxy's listening sockets (and `admin`, the admin
-    /// listener's) on `cfg.socket` until a new process takes them over
+    /// listener's), then its session-ticket keys, on `cfg.socket` until a
+    /// new process takes them over
     /// — then cancel `shutdown`: stop accepting and drain, as on SIGTERM —
     /// or the proxy stops. `replace` takes the socket path over even if
     /// something answers there (the process this one just took over from).
@@ -129,7 +130,10 @@ impl ProxyHandle {
                             _ => warn!("cannot duplicate the admin socket for the hand-over"),
                         }
                     }
-                    offers
+                    Offers {
+                        sockets: offers,
+                        ticket_keys: handle.session_keys(),
+                    }
                 };
                 if socket.serve(offers, timeout, &stop).await.is_some() {
                     shutdown.cancel();

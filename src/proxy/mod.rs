@@ -38,7 +38,10 @@
 //! * `reload` — configuration generations, with the diff they apply;
 //! * `drain` — draining a backend and pacing its clients' moves;
 //! * `handover` — listeners from inherited sockets, and the running
-//!   listeners' sockets offered to a process that takes over.
+//!   listeners' sockets offered to a process that takes over;
+//! * `session_keys` — the process's own session-ticket keys (listeners
+//!   without `ticket_keys`): rotated here, kept by every reload, handed
+//!   over and adopted on `--takeover`.
 
 mod accept;
 pub mod conn;
@@ -46,6 +49,7 @@ mod drain;
 mod handover;
 mod reload;
 pub mod route;
+mod session_keys;
 pub mod splice;
 pub mod websocket;
 
@@ -74,7 +78,7 @@ use crate::config::{
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::ratelimit::KeyedLimiter;
 use crate::sys::ListenerSockets;
-use crate::tls::TlsAcceptor;
+use crate::tls::{SessionKeys, TlsAcceptor};
 use accept::bind_listener;
 use reload::load_tls;
 use route::Routes;
@@ -171,6 +175,9 @@ struct ListenerSlot {
 struct ProxyState {
     metrics: Metrics,
     instance_nonce: u64,
+    /// Session-ticket keys of listeners without `ticket_keys`: the
+    /// process's, not a generation's (every reload keeps them).
+    session_keys: Arc<SessionKeys>,
     conn_ids: AtomicU64,
     current: ArcSwap<Generation>,
     /// Connection permits; resized by reloads of `limits.max_connections`.
@@ -206,7 +213,14 @@ impl Proxy {
     /// Load TLS material and create pools; metrics are registered on
     /// `registry`. Errors name the config key of the failing file.
     pub fn build(config: Config, registry: &mut Registry) -> Result<Proxy, ConfigErrors> {
-        let tls = load_tls(&config)?;
+        let session_keys = Arc::new(SessionKeys::generate_now().map_err(|reason| {
+            ConfigErrors(vec![crate::config::ConfigError {
+                file: config.source.clone(),
+                key: String::new(),
+                reason: format!("session ticket keys: {reason}"),
+            }])
+        })?);
+        let tls = load_tls(&config, &session_keys)?;
         let metrics = Metrics::new(registry);
         let pools = config
             .pools
@@ -217,6 +231,7 @@ impl Proxy {
         let state = Arc::new(ProxyState {
             metrics,
             instance_nonce: instance_nonce(),
+            session_keys,
             conn_ids: AtomicU64::new(0),
             current: ArcSwap::from_pointee(Generation { config, pools, tls }),
             limit: Arc::new(Semaphore::new(max)),
@@ -284,6 +299,10 @@ impl Proxy {
     /// backlog for it). Call inside the runtime.
     pub fn start(self, listeners: Vec<ListenerSockets>) -> Running {
         let state = self.state;
+        state.background.spawn(session_keys::rotate(
+            state.session_keys.clone(),
+            state.shutdown.clone(),
+        ));
         let generation = state.current.load_full();
         for (name, pool) in &generation.pools {
             if let Some(cfg) = generation.config.pools.get(name) {

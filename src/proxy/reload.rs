@@ -20,7 +20,7 @@ use super::{Generation, ListenerSlot, ProxyHandle, lock};
 use crate::balance::{Pool, discovery};
 use crate::config::{Config, ConfigError, ConfigErrors, ListenerConfig};
 use crate::sys::ListenerSockets;
-use crate::tls::TlsAcceptor;
+use crate::tls::{SessionKeys, TlsAcceptor};
 
 /// Why a reload did not apply; the old configuration keeps running.
 #[derive(Debug, thiserror::Error)]
@@ -42,15 +42,21 @@ pub struct ReloadSummary {
     pub backends_removed: Vec<String>,
 }
 
-/// Load TLS material for every listener; errors name the config key.
-pub(super) fn load_tls(config: &Config) -> Result<Vec<Option<TlsAcceptor>>, ConfigErrors> {
+/// Load TLS material for every listener (ticket keys included: a
+/// `ticket_keys` file is read again, `session_keys` are the process's);
+/// errors name the config key.
+pub(super) fn load_tls(
+    config: &Config,
+    session_keys: &SessionKeys,
+) -> Result<Vec<Option<TlsAcceptor>>, ConfigErrors> {
     let mut errors = Vec::new();
+    let own_keys = session_keys.ring();
     let tls = config
         .listeners
         .iter()
         .map(|l| {
             l.tls.as_ref().and_then(|t| {
-                TlsAcceptor::from_config(&format!("{}.tls", l.key), t)
+                TlsAcceptor::from_config(&format!("{}.tls", l.key), &l.name, t, &own_keys)
                     .map_err(|e| errors.push(ConfigError::tls(&config.source, e)))
                     .ok()
             })
@@ -105,7 +111,7 @@ impl ProxyHandle {
         let state = &self.state;
         let _one_at_a_time = state.reload_lock.lock().await;
         let old = state.current.load_full();
-        let tls = load_tls(&config)?;
+        let tls = load_tls(&config, &state.session_keys)?;
 
         // Listeners to open: new names, or a name whose address changed.
         // Bind them all before changing anything, so a busy port refuses

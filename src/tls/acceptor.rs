@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -18,6 +19,7 @@ use super::client_chain;
 use super::files::{CertificateExpiry, read_certs, read_crls};
 use super::identity::{CertIdentity, IdentityRequest, common_name};
 use super::sni::SniResolver;
+use super::tickets::{self, KeyRing, TicketKeys, Ticketer};
 use super::{ALPN_MQTT, ClientAuth, TlsConfig, TlsSetupError, TlsVersion, listener_provider};
 
 /// Everything a listener needs to terminate TLS, built once per (re)load.
@@ -40,6 +42,9 @@ pub struct TlsInfo {
     /// handshake, it verified against the configured CA).
     pub client_cert: bool,
     pub client_cn: Option<String>,
+    /// The handshake resumed a session (a ticket, or a TLS 1.2 session id)
+    /// instead of a full handshake.
+    pub resumed: bool,
     /// The negotiated cipher suite (rustls' name, e.g.
     /// `TLS13_AES_128_GCM_SHA256`).
     pub cipher: &'static str,
@@ -57,9 +62,16 @@ pub enum HandshakeError {
 }
 
 impl TlsAcceptor {
-    /// Load certificates, keys, CA and CRL named by `cfg` (key paths under
-    /// `key`, e.g. `listener[0].tls`).
-    pub fn from_config(key: &str, cfg: &TlsConfig) -> Result<TlsAcceptor, TlsSetupError> {
+    /// Load certificates, keys, CA, CRL and ticket keys named by `cfg` of
+    /// listener `listener` (key paths under `key`, e.g. `listener[0].tls`).
+    /// Without a `ticket_keys` file, tickets are sealed with `own_keys`,
+    /// the process's (`SessionKeys::ring`).
+    pub fn from_config(
+        key: &str,
+        listener: &str,
+        cfg: &TlsConfig,
+        own_keys: &KeyRing,
+    ) -> Result<TlsAcceptor, TlsSetupError> {
         let provider = listener_provider(key, cfg)?;
         let (resolver, certificates) = SniResolver::load(key, cfg, &provider)?;
         let resolver = Arc::new(resolver);
@@ -70,6 +82,10 @@ impl TlsAcceptor {
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(|e| TlsSetupError::new(&format!("{key}.min_version"), e.to_string()))?;
+        // What a resumed session inherits: the listener, its client
+        // authentication and the files behind it (the ticket context).
+        let mut ca_ders = Vec::new();
+        let mut crl_ders = Vec::new();
         let builder = match cfg.client_auth {
             ClientAuth::None => builder.with_no_client_auth(),
             ClientAuth::Optional | ClientAuth::Required => {
@@ -80,6 +96,7 @@ impl TlsAcceptor {
                     .ok_or_else(|| TlsSetupError::new(&ca_key, "missing"))?;
                 let mut roots = RootCertStore::empty();
                 for cert in read_certs(&ca_key, ca_path)? {
+                    ca_ders.push(cert.as_ref().to_vec());
                     roots.add(cert).map_err(|e| {
                         TlsSetupError::new(&ca_key, format!("{}: {e}", ca_path.display()))
                     })?;
@@ -87,7 +104,9 @@ impl TlsAcceptor {
                 let mut vb =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
                 if let Some(crl_path) = &cfg.crl {
-                    vb = vb.with_crls(read_crls(&format!("{key}.crl"), crl_path)?);
+                    let crls = read_crls(&format!("{key}.crl"), crl_path)?;
+                    crl_ders.extend(crls.iter().map(|c| c.as_ref().to_vec()));
+                    vb = vb.with_crls(crls);
                 }
                 if cfg.client_auth == ClientAuth::Optional {
                     vb = vb.allow_unauthenticated();
@@ -103,8 +122,18 @@ impl TlsAcceptor {
         let mut config = builder.with_cert_resolver(resolver);
         config.ignore_client_order = cfg.prefer_server_order;
         config.send_tls13_tickets = usize::from(cfg.session_tickets);
-        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
-            .map_err(|e| TlsSetupError::new(key, format!("session ticketer: {e}")))?;
+        // One ticketer for TLS 1.3 tickets and TLS 1.2 resumption alike.
+        let keys = match &cfg.ticket_keys {
+            Some(path) => Arc::new(ArcSwap::from_pointee(TicketKeys::read(
+                &format!("{key}.ticket_keys"),
+                path,
+            )?)),
+            None => own_keys.clone(),
+        };
+        let ca: Vec<&[u8]> = ca_ders.iter().map(Vec::as_slice).collect();
+        let crls: Vec<&[u8]> = crl_ders.iter().map(Vec::as_slice).collect();
+        let context = tickets::context(listener, cfg.client_auth, &ca, &crls);
+        config.ticketer = Arc::new(Ticketer::new(keys, context));
         config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
         let without_alpn = Arc::new(config.clone());
         config.alpn_protocols = vec![ALPN_MQTT.to_vec()];
@@ -158,6 +187,7 @@ impl TlsAcceptor {
                 _ => "unknown",
             },
             client_cert: client_cert.is_some(),
+            resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
             client_cn: client_cert.and_then(|c| common_name(c)),
             cipher: conn
                 .negotiated_cipher_suite()
@@ -197,7 +227,8 @@ mod tests {
         let mut c = cfg(None, None);
         c.default_cert = pair("default", "lb.example", (2031, 1, 2));
         c.sni = vec![pair("other", "other.example", (2030, 6, 1))];
-        let acceptor = TlsAcceptor::from_config("l.tls", &c).unwrap();
+        let keys = crate::tls::SessionKeys::generate_now().unwrap().ring();
+        let acceptor = TlsAcceptor::from_config("l.tls", "l", &c, &keys).unwrap();
         assert_eq!(
             acceptor.certificates(),
             [

@@ -69,6 +69,30 @@ pub fn key_readable_by_others(_path: &Path) -> bool {
     false
 }
 
+/// The permission bits of a secret file that others can read (`None`: only
+/// its owner and this process's own groups can). Group read by one of the
+/// process's groups is the usual shape, not a leak: Kubernetes mounts a
+/// Secret root-owned with the pod's `fsGroup` as group, 0440.
+#[cfg(unix)]
+pub fn exposed_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let own_group = || {
+        let gid = meta.gid();
+        rustix::process::getegid().as_raw() == gid
+            || rustix::process::getgroups()
+                .is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
+    };
+    (mode & 0o004 != 0 || (mode & 0o040 != 0 && !own_group())).then_some(mode)
+}
+
+/// Windows has ACLs, not mode bits: nothing to check here.
+#[cfg(not(unix))]
+pub fn exposed_mode(_path: &Path) -> Option<u32> {
+    None
+}
+
 /// The `notAfter` of a DER certificate, in Unix seconds.
 fn not_after(der: &CertificateDer<'_>) -> Option<i64> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;

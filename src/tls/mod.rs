@@ -17,6 +17,10 @@
 //! * `identity` — facts of a client certificate: its CN, RFC 4514 subject,
 //!   subject alternative names, fingerprint;
 //! * `sni` — which certificate an SNI name gets (uses `files`, `identity`);
+//! * `tickets` — session tickets: mqttlb's own ticketer, and the key sets
+//!   it seals with, as a `ticket_keys` file holds them (uses `files`);
+//! * `session_keys` — the process's own keys for listeners without
+//!   `ticket_keys` ([`SessionKeys`]: rotation, takeover; uses `tickets`);
 //! * `acceptor` — the rustls configurations built from all of the above,
 //!   and the handshake.
 
@@ -29,13 +33,17 @@ mod acceptor;
 pub mod client_chain;
 mod files;
 mod identity;
+mod session_keys;
 mod sni;
+mod tickets;
 
 pub use acceptor::{HandshakeError, TlsAcceptor, TlsInfo};
 pub use client_chain::ChainLimits;
 pub use files::{CertificateExpiry, MAX_OCSP_RESPONSE, key_readable_by_others};
 pub use identity::{CertIdentity, IdentityRequest, common_name};
+pub use session_keys::{KeyState, SessionKeys};
 pub use sni::SniResolver;
+pub use tickets::{KeyRing, TicketKey, TicketKeys, Ticketer};
 
 /// Whether and how clients present certificates (mutual TLS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +96,10 @@ pub struct TlsConfig {
     /// TLS 1.3 session tickets sent after each full handshake (0: no
     /// resumption by ticket).
     pub session_tickets: u8,
+    /// The ticket keys file (base64 keys, one a line, the first sealing),
+    /// read whenever the acceptor is built; `None`: the process's own
+    /// [`SessionKeys`].
+    pub ticket_keys: Option<PathBuf>,
 }
 
 /// ALPN protocol id registered for MQTT.
@@ -217,6 +229,7 @@ mod tests {
             kx_groups: groups.map(owned),
             prefer_server_order: true,
             session_tickets: 1,
+            ticket_keys: None,
         }
     }
 

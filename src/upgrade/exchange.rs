@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use super::error::UpgradeError;
 use super::inherited::InheritedListener;
+use super::wire::HandedKey;
 #[cfg(unix)]
 use super::wire::{
-    HEADER, MAX_FDS, MAX_FDS_PER_MESSAGE, MAX_MESSAGES, Message, decode_header, decode_payload,
-    encode,
+    HEADER, MAX_FDS, MAX_FDS_PER_MESSAGE, MAX_MESSAGES, MAX_TICKET_KEYS, Message, decode_header,
+    decode_payload, encode,
 };
 
 /// What the running proxy offers: a listener's name, address and
@@ -25,6 +26,14 @@ pub struct Offer {
     pub name: Option<String>,
     pub addr: SocketAddr,
     pub sockets: Vec<socket2::Socket>,
+}
+
+/// Everything the running proxy hands over: its listening sockets, then,
+/// once the new process serves, its own session-ticket keys.
+#[derive(Debug, Default)]
+pub struct Offers {
+    pub sockets: Vec<Offer>,
+    pub ticket_keys: Vec<HandedKey>,
 }
 
 /// What a new process received from the running one.
@@ -91,8 +100,9 @@ mod unix {
 
     impl Handover {
         /// Tell the old process this one serves: it stops accepting and
-        /// drains.
-        pub fn confirm(mut self) -> Result<(), UpgradeError> {
+        /// drains. Returns its session-ticket keys (none from a version
+        /// that does not send them).
+        pub fn confirm(mut self) -> Result<Vec<HandedKey>, UpgradeError> {
             let timeout = left(self.deadline, "confirming the takeover")?;
             self.stream
                 .set_write_timeout(Some(timeout))
@@ -106,16 +116,26 @@ mod unix {
             self.stream
                 .write_all(&msg)
                 .map_err(UpgradeError::io("confirming the takeover"))?;
-            // The old process closes once it has read the answer; wait for
-            // that so the caller knows it was heard.
-            let mut byte = [0u8; 1];
-            let _ = self.stream.set_read_timeout(Some(timeout));
-            match self.stream.read(&mut byte) {
-                Ok(0) => Ok(()),
-                Ok(_) => Err(UpgradeError::Protocol(
-                    "unexpected bytes after the takeover".into(),
-                )),
-                Err(e) => Err(UpgradeError::io("confirming the takeover")(e)),
+            // The old process sends its ticket keys (if its version does)
+            // and closes once it has read the answer; wait for that so the
+            // caller knows it was heard.
+            let mut keys = Vec::new();
+            loop {
+                match receive(&self.stream, self.deadline) {
+                    // Closed: heard.
+                    Err(UpgradeError::Refused(_)) => return Ok(keys),
+                    Ok((Message::TicketKeys { keys: k }, fds))
+                        if keys.is_empty() && fds.is_empty() && k.len() <= MAX_TICKET_KEYS =>
+                    {
+                        keys = k;
+                    }
+                    Ok(_) => {
+                        return Err(UpgradeError::Protocol(
+                            "unexpected message after the takeover".into(),
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
     }
@@ -181,7 +201,7 @@ mod unix {
                     let received = Received { listeners, admin };
                     return Ok((received, Handover { stream, deadline }));
                 }
-                Message::Serving { .. } => {
+                Message::Serving { .. } | Message::TicketKeys { .. } => {
                     return Err(UpgradeError::Protocol("unexpected message".into()));
                 }
             }
@@ -300,9 +320,10 @@ mod unix {
             .map_err(UpgradeError::io("sending sockets"))
     }
 
-    /// The old process's side of one hand-over: send `offers`, then wait
-    /// for the new process to say it serves. `Ok(pid)` = hand over now.
-    fn give(stream: UnixStream, offers: &[Offer], timeout: Duration) -> Result<u32, UpgradeError> {
+    /// The old process's side of one hand-over: send `offers`' sockets,
+    /// then wait for the new process to say it serves, then send the
+    /// ticket keys. `Ok(pid)` = hand over now.
+    fn give(stream: UnixStream, offers: &Offers, timeout: Duration) -> Result<u32, UpgradeError> {
         let deadline = tokio::time::Instant::now() + timeout;
         stream
             .set_nonblocking(false)
@@ -311,7 +332,7 @@ mod unix {
             .set_write_timeout(Some(timeout))
             .map_err(UpgradeError::io("upgrade connection"))?;
         let mut listeners = 0usize;
-        for offer in offers {
+        for offer in &offers.sockets {
             let fds: Vec<_> = offer.sockets.iter().map(|s| s.as_fd()).collect();
             let Some(name) = &offer.name else {
                 let one = fds.get(..1).unwrap_or_default();
@@ -329,10 +350,20 @@ mod unix {
         }
         let n = u32::try_from(listeners).unwrap_or(u32::MAX);
         send(&stream, &Message::Done { listeners: n }, &[])?;
-        match receive(&stream, deadline)? {
-            (Message::Serving { pid }, fds) if fds.is_empty() => Ok(pid),
-            _ => Err(UpgradeError::Protocol("expected \"serving\"".into())),
+        let pid = match receive(&stream, deadline)? {
+            (Message::Serving { pid }, fds) if fds.is_empty() => pid,
+            _ => return Err(UpgradeError::Protocol("expected \"serving\"".into())),
+        };
+        // It serves: whatever happens to the keys, the hand-over is done.
+        if !offers.ticket_keys.is_empty() {
+            let keys = Message::TicketKeys {
+                keys: offers.ticket_keys.clone(),
+            };
+            if let Err(e) = send(&stream, &keys, &[]) {
+                warn!(error = %e, "upgrade: the session ticket keys did not reach the new process; its clients resume only on its own tickets");
+            }
         }
+        Ok(pid)
     }
 
     /// The running proxy's upgrade socket.
@@ -397,7 +428,7 @@ mod unix {
         /// `offers` is called for each attempt (fresh duplicates).
         pub async fn serve(
             self,
-            offers: impl Fn() -> Vec<Offer>,
+            offers: impl Fn() -> Offers,
             timeout: Duration,
             stop: &CancellationToken,
         ) -> Option<u32> {
@@ -477,7 +508,7 @@ pub struct Handover(());
 
 #[cfg(not(unix))]
 impl Handover {
-    pub fn confirm(self) -> Result<(), UpgradeError> {
+    pub fn confirm(self) -> Result<Vec<HandedKey>, UpgradeError> {
         Err(UpgradeError::Unsupported)
     }
 }
@@ -510,8 +541,8 @@ mod tests {
         let addr = tcp.local_addr().unwrap();
         let dup = socket2::Socket::from(tcp.try_clone().unwrap());
         let stop = tokio_util::sync::CancellationToken::new();
-        let offers = move || {
-            vec![
+        let offers = move || Offers {
+            sockets: vec![
                 Offer {
                     name: Some("mqtts".into()),
                     addr,
@@ -522,7 +553,8 @@ mod tests {
                     addr,
                     sockets: vec![dup.try_clone().unwrap()],
                 },
-            ]
+            ],
+            ticket_keys: vec![HandedKey::new(&[9; 80], 10, None)],
         };
         let server = tokio::spawn({
             let stop = stop.clone();
@@ -544,9 +576,10 @@ mod tests {
         drop(tcp);
         let (_, peer) = listeners[0].sockets[0].accept().unwrap();
         assert_eq!(peer.ip(), addr.ip());
-        tokio::task::spawn_blocking(move || handover.confirm().unwrap())
+        let keys = tokio::task::spawn_blocking(move || handover.confirm().unwrap())
             .await
             .unwrap();
+        assert_eq!(keys, [HandedKey::new(&[9; 80], 10, None)]);
         assert_eq!(server.await.unwrap(), Some(std::process::id()));
         // Handed over: the file is left for the new process.
         assert!(path.exists());
@@ -566,7 +599,7 @@ mod tests {
             let stop = stop.clone();
             async move {
                 socket
-                    .serve(Vec::new, Duration::from_millis(500), &stop)
+                    .serve(Offers::default, Duration::from_millis(500), &stop)
                     .await
             }
         });
@@ -588,9 +621,11 @@ mod tests {
         // The next one is served once the hung one timed out.
         let (_, next) = take(path.clone()).await.unwrap().unwrap();
         assert!(!server.is_finished());
-        tokio::task::spawn_blocking(move || next.confirm().unwrap())
+        // No keys offered: none received.
+        let keys = tokio::task::spawn_blocking(move || next.confirm().unwrap())
             .await
             .unwrap();
+        assert!(keys.is_empty());
         assert_eq!(server.await.unwrap(), Some(std::process::id()));
         drop(hung);
     }
@@ -604,7 +639,9 @@ mod tests {
         let stop = tokio_util::sync::CancellationToken::new();
         stop.cancel();
         assert_eq!(
-            socket.serve(Vec::new, Duration::from_secs(1), &stop).await,
+            socket
+                .serve(Offers::default, Duration::from_secs(1), &stop)
+                .await,
             None
         );
         assert!(!path.exists());

@@ -40,6 +40,16 @@
 //! process: a new process that fails, hangs (`upgrade.timeout`) or sends
 //! anything else is disconnected and the old one keeps serving.
 //!
+//! After `serving` the old process sends its own session-ticket keys,
+//! `{"type":"ticket_keys","keys":[{"key":BASE64,"since":S,"retired":R}]}`,
+//! and closes; the new process seals and opens tickets with them, so
+//! clients resume across the takeover. They come last for compatibility
+//! both ways: a new process of an older version reads nothing after
+//! `serving` but the close (it logs the extra bytes and serves on), and
+//! an old process of an older version closes without them (the new
+//! process keeps its own keys). Everything earlier is unchanged, so the
+//! magic stays `MQU1`.
+//!
 //! Everything a peer sends is bounded: header size, payload size
 //! ([`MAX_PAYLOAD`]), descriptors per message and in total
 //! ([`MAX_FDS`]), number of messages, and a deadline for the whole
@@ -73,7 +83,7 @@ mod wire;
 pub use error::UpgradeError;
 #[cfg(unix)]
 pub use exchange::UpgradeSocket;
-pub use exchange::{Handover, Offer, Received, take_over};
+pub use exchange::{Handover, Offer, Offers, Received, take_over};
 pub use inherited::{Assignment, InheritedListener, assign};
 pub use systemd::{fd_names, notify_to, sd_notify, systemd_listeners};
-pub use wire::{MAX_FDS, MAX_FDS_PER_MESSAGE, MAX_MESSAGES, MAX_PAYLOAD};
+pub use wire::{HandedKey, MAX_FDS, MAX_FDS_PER_MESSAGE, MAX_MESSAGES, MAX_PAYLOAD};

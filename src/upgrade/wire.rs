@@ -4,9 +4,12 @@
 //! checked against the bounds before its payload is read; a message over
 //! them is not encoded.
 
+use std::fmt;
 use std::net::SocketAddr;
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
 
 use super::error::UpgradeError;
 
@@ -18,6 +21,8 @@ pub const MAX_FDS: usize = 4096;
 pub const MAX_PAYLOAD: usize = 4096;
 /// Messages in one hand-over.
 pub const MAX_MESSAGES: usize = 1024;
+/// Session-ticket keys in a `ticket_keys` message.
+pub const MAX_TICKET_KEYS: usize = 16;
 
 const MAGIC: &[u8; 4] = b"MQU1";
 pub(super) const HEADER: usize = 12;
@@ -40,6 +45,57 @@ pub(super) enum Message {
     Serving {
         pid: u32,
     },
+    /// The old process's session-ticket keys, sent after `serving` (so a
+    /// new process of a version without this message, which reads nothing
+    /// after `serving`, still takes over; an old process of such a version
+    /// sends none, and the new one keeps its own keys).
+    TicketKeys {
+        keys: Vec<HandedKey>,
+    },
+}
+
+/// A session-ticket key crossing to the new process: its bytes (base64 on
+/// the wire, wiped on drop, never in `Debug`), when it began sealing
+/// tickets and when it stopped (Unix seconds).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandedKey {
+    key: String,
+    pub since: u64,
+    pub retired: Option<u64>,
+}
+
+impl HandedKey {
+    pub fn new(secret: &[u8], since: u64, retired: Option<u64>) -> HandedKey {
+        HandedKey {
+            key: base64::engine::general_purpose::STANDARD.encode(secret),
+            since,
+            retired,
+        }
+    }
+
+    /// The key's bytes.
+    pub fn secret(&self) -> Result<Zeroizing<Vec<u8>>, String> {
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.key)
+            .map(Zeroizing::new)
+            .map_err(|_| "a handed-over ticket key is not base64".to_string())
+    }
+}
+
+impl fmt::Debug for HandedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandedKey")
+            .field("since", &self.since)
+            .field("retired", &self.retired)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for HandedKey {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
 }
 
 pub(super) fn encode(msg: &Message, fds: usize) -> Result<Vec<u8>, UpgradeError> {
@@ -119,5 +175,33 @@ mod tests {
         assert!(decode_payload(b"{\"type\":\"serving\"}").is_err());
         assert!(decode_payload(b"\xff\xfe").is_err());
         assert!(encode(&msg, MAX_FDS_PER_MESSAGE + 1).is_err());
+    }
+
+    #[test]
+    fn ticket_keys_cross_within_bounds_and_never_show() {
+        let keys: Vec<HandedKey> = (0..3u8)
+            .map(|i| HandedKey::new(&[i; 80], 1_700_000_000, Some(1_700_043_200)))
+            .collect();
+        let msg = Message::TicketKeys { keys };
+        let bytes = encode(&msg, 0).unwrap();
+        assert!(bytes.len() < 1024, "{} bytes", bytes.len());
+        let back = decode_payload(&bytes[HEADER..]).unwrap();
+        assert_eq!(back, msg);
+        let Message::TicketKeys { keys } = back else {
+            panic!("ticket keys")
+        };
+        assert_eq!(*keys[2].secret().unwrap(), vec![2u8; 80]);
+        let shown = format!("{msg:?}");
+        assert!(
+            !shown.contains("AAAA") && !shown.contains("key:"),
+            "{shown}"
+        );
+        // The biggest set the new process accepts fits one message.
+        let most = Message::TicketKeys {
+            keys: (0..MAX_TICKET_KEYS)
+                .map(|_| HandedKey::new(&[0xff; 80], u64::MAX, Some(u64::MAX)))
+                .collect(),
+        };
+        assert!(encode(&most, 0).is_ok());
     }
 }

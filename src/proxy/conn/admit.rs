@@ -86,6 +86,9 @@ impl Conn {
             }
             Ok(Ok(done)) => {
                 ctx.metrics.handshake(HandshakeResult::Ok);
+                if done.1.resumed {
+                    ctx.metrics.resumed.inc();
+                }
                 ctx.metrics
                     .handshake_duration
                     .observe(started.elapsed().as_secs_f64());
