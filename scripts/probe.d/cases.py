@@ -109,6 +109,34 @@ async def gather_limited(coros, limit):
     return await asyncio.gather(*(run(c) for c in coros), return_exceptions=True)
 
 
+async def stall_and_watch(port, n, src, first, timeout):
+    """`n` TCP connections to `port` from `src(i)`, each writing `first(i)`
+    (bytes, possibly empty) and then nothing. Returns (opened, closes):
+    the (reader, writer, start) of each opened connection and the seconds
+    until the proxy closed it (None: not within `timeout` + 3 s), timed
+    from before the connect (the proxy's clock starts at its accept, which
+    a busy probe may see long after it happened). The caller aborts them."""
+    loop = asyncio.get_running_loop()
+
+    async def one(i):
+        t = loop.time()
+        r, w = await wire.open_tcp("127.0.0.1", port, src(i), 5)
+        data = first(i)
+        if data:
+            w.write(data)
+        return r, w, t
+
+    conns = await gather_limited([one(i) for i in range(n)], 250)
+    opened = [c for c in conns if isinstance(c, tuple)]
+
+    async def watch(c):
+        r, _, t = c
+        _, how = await wire.read_until_close(r, t + timeout + 3, limit=0)
+        return None if how == "timeout" else loop.time() - t
+
+    return opened, await asyncio.gather(*(watch(c) for c in opened))
+
+
 def stats(xs):
     xs = sorted(x for x in xs if x is not None)
     if not xs:
@@ -139,22 +167,9 @@ async def tls_stall(ctx: Ctx) -> Outcome:
     hello = wire.client_hello()
     port = st.port("mqtts")
 
-    async def one(i):
-        t = loop.time()  # before the connect, as in ws_half_open
-        r, w = await wire.open_tcp("127.0.0.1", port, wire.src_addr(i), 5)
-        if i < half:
-            w.write(hello[: len(hello) // 2])
-        return r, w, t
-
-    conns = await gather_limited([one(i) for i in range(n)], 250)
-    opened = [c for c in conns if isinstance(c, tuple)]
-
-    async def watch(c):
-        r, _, t = c
-        _, how = await wire.read_until_close(r, t + timeout + 3, limit=0)
-        return None if how == "timeout" else loop.time() - t
-
-    closes = await asyncio.gather(*(watch(c) for c in opened))
+    opened, closes = await stall_and_watch(
+        port, n, wire.src_addr, lambda i: hello[: len(hello) // 2] if i < half else b"", timeout
+    )
     growth = ctx.rss_growth(base)
     abort_all(opened)
     fds_ok, fds, waited = await ctx.wait_fds(base[1])
@@ -1185,22 +1200,9 @@ async def proxy_header(ctx: Ctx) -> Outcome:
     # 1. From the balancer's address: nothing, or 10 bytes of a v2 header.
     half = wire.proxy_v2("203.0.113.9", 40000)[:10]
 
-    async def stall(i):
-        t = loop.time()  # before the connect, as in ws_half_open
-        r, w = await wire.open_tcp("127.0.0.1", port, bal, 5)
-        if i % 5 == 0:
-            w.write(half)
-        return r, w, t
-
-    conns = await gather_limited([stall(i) for i in range(n_stall)], 250)
-    opened = [c for c in conns if isinstance(c, tuple)]
-
-    async def watch(c):
-        r, _, t = c
-        _, how = await wire.read_until_close(r, t + pt + 3, limit=0)
-        return None if how == "timeout" else loop.time() - t
-
-    closes = await asyncio.gather(*(watch(c) for c in opened))
+    opened, closes = await stall_and_watch(
+        port, n_stall, lambda _: bal, lambda i: half if i % 5 == 0 else b"", pt
+    )
     stall_growth = ctx.rss_growth(base)
     abort_all(opened)
     in_window = sum(1 for c in closes if c is not None and pt - 0.3 <= c <= pt + 2)
