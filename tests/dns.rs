@@ -21,6 +21,7 @@ async fn a_dns_name_becomes_one_node_per_address() {
         name: Some("brokers".into()),
         addr: format!("localhost:{}", node.addr.port()),
         weight: None,
+        max_connections: None,
     });
     let text = raw.to_toml();
     let proxy = ProxyUnderTest::start(&text, certs.dir.path()).await;
@@ -93,6 +94,7 @@ async fn a_dns_change_touches_only_its_pool_and_only_the_changed_nodes() {
         name: Some("fleet".into()),
         addr: format!("fleet.test:{port}"),
         weight: None,
+        max_connections: None,
     });
     raw.listener.push(
         RawListener::mqtt("other", "127.0.0.1:0", "fixed")

@@ -400,6 +400,7 @@ async fn sighup_reloads_the_configuration_file() {
         name: Some("node2".into()),
         addr: second.addr.to_string(),
         weight: None,
+        max_connections: None,
     });
     let grown = raw.to_toml();
     std::fs::write(&path, grown).expect("rewrite config");

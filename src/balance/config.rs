@@ -64,6 +64,8 @@ pub struct ServerConfig {
     pub name: String,
     pub addr: SocketAddr,
     pub weight: NonZeroU32,
+    /// Client connections the node takes at most (0: no cap).
+    pub max_connections: u32,
 }
 
 /// A server given by DNS name: every address the name resolves to becomes
@@ -75,6 +77,8 @@ pub struct DnsServerConfig {
     pub host: String,
     pub port: u16,
     pub weight: NonZeroU32,
+    /// Each node's cap (0: none).
+    pub max_connections: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +102,22 @@ pub struct PoolConfig {
     pub drain_disconnect: bool,
     /// Spread those DISCONNECTs over this window (no reconnect storm).
     pub drain_window: Duration,
+    pub admission: AdmissionConfig,
+}
+
+/// How a pool lets new clients reach its nodes (`max_connect_rate`,
+/// `queue`; the per-node caps are the servers'): see
+/// [`super::admission`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    /// New client connections per second to the pool's nodes, all
+    /// together (0: no limit).
+    pub max_connect_rate: u32,
+    /// CONNECTs waiting for admission at most (0: none wait, refused at
+    /// once).
+    pub queue_size: usize,
+    /// How long one waits at most.
+    pub queue_timeout: Duration,
 }
 
 /// A pool of `servers` (name, port on 127.0.0.1) with defaults, for tests.
@@ -129,11 +149,17 @@ pub fn test_pool(name: &str, servers: &[(&str, u16)]) -> PoolConfig {
                 name: (*n).into(),
                 addr: SocketAddr::from(([127, 0, 0, 1], *port)),
                 weight: NonZeroU32::MIN,
+                max_connections: 0,
             })
             .collect(),
         dns: Vec::new(),
         resolve_interval: Duration::from_secs(10),
         drain_disconnect: false,
         drain_window: Duration::from_secs(30),
+        admission: AdmissionConfig {
+            max_connect_rate: 0,
+            queue_size: 10_000,
+            queue_timeout: Duration::from_secs(10),
+        },
     }
 }

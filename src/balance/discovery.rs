@@ -37,6 +37,8 @@ pub struct NodeSpec {
     pub name: String,
     pub addr: std::net::SocketAddr,
     pub weight: u32,
+    /// Client connections the node takes at most (0: no cap).
+    pub max_connections: u32,
 }
 
 /// The future a discovery round returns.
@@ -62,6 +64,7 @@ pub fn static_nodes(cfg: &PoolConfig) -> Vec<NodeSpec> {
             name: s.name.clone(),
             addr: s.addr,
             weight: s.weight.get(),
+            max_connections: s.max_connections,
         })
         .collect()
 }
@@ -72,6 +75,7 @@ fn entry_nodes(entry: &DnsServerConfig, ips: &[IpAddr]) -> impl Iterator<Item = 
         name: dns_node_name(&entry.name, *ip),
         addr: SocketAddr::new(*ip, entry.port),
         weight: entry.weight.get(),
+        max_connections: entry.max_connections,
     })
 }
 
@@ -208,6 +212,7 @@ mod tests {
             host: host.into(),
             port,
             weight: NonZeroU32::MIN,
+            max_connections: 0,
         }
     }
 

@@ -97,3 +97,14 @@ pub const MAX_ROUTES: usize = 256;
 pub const MAX_ROUTE_PREFIX: usize = 256;
 /// Length of a route's `name` (a metric label value).
 pub const MAX_ROUTE_NAME: usize = 64;
+/// `pool.queue.size`: CONNECTs waiting for admission to a pool (each holds
+/// its sockets and buffered CONNECT), and its upper bound.
+pub const QUEUE_SIZE: usize = 10_000;
+pub const MAX_QUEUE_SIZE: u64 = 1_000_000;
+/// `pool.queue.timeout`: the longest wait for admission, and its bounds
+/// (clients commonly give up on a CONNACK after 5 to 30 s).
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MIN_QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
+pub const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Upper bound of a server's `max_connections` (0 = no cap).
+pub const MAX_NODE_CONNECTIONS: u32 = 10_000_000;

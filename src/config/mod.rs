@@ -11,9 +11,11 @@
 //! * this file — the typed proxy configuration, errors, loading;
 //! * [`raw`] — the file schema; [`template`] — configurations built in code;
 //! * `overrides` — the flags; `validate` — raw values to typed ones;
-//!   `routes` — a listener's `[[listener.route]]` rules;
+//!   `routes` — a listener's `[[listener.route]]` rules; `admission` — a
+//!   pool's `max_connect_rate`, `queue` and its servers' `max_connections`;
 //! * [`defaults`] — defaults and bounds; [`broker`] — `mqttlb broker`'s file.
 
+mod admission;
 pub mod broker;
 pub mod defaults;
 mod overrides;
@@ -38,7 +40,7 @@ use crate::mqtt::ProtocolVersion;
 // Types a lower layer owns, re-exported: the configuration schema in one
 // place for callers, the definitions beside the code that uses them.
 pub use crate::balance::config::{
-    DnsServerConfig, HashKey, HealthCheckKind, HealthConfig, PoolConfig, ResolverConfig,
+    AdmissionConfig, DnsServerConfig, HashKey, HealthCheckKind, HealthConfig, PoolConfig, ResolverConfig,
     ServerConfig, Strategy,
 };
 pub use crate::balance::route::{RouteConfig, RouteMatch, SniPattern};
@@ -524,6 +526,7 @@ mod tests {
                 host: "brokers.mqtt.svc.cluster.local".into(),
                 port: 1883,
                 weight: NonZeroU32::new(2).unwrap(),
+                max_connections: 0,
             }]
         );
         assert_eq!(p.resolve_interval, defaults::RESOLVE_INTERVAL);

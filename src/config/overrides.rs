@@ -83,6 +83,7 @@ impl Overrides {
                     name: Some(format!("node{}", i + 1)),
                     addr: addr.clone(),
                     weight: None,
+                    max_connections: None,
                 })
                 .collect();
         }

@@ -142,10 +142,20 @@ pub struct RawPool {
     pub resolve_interval: Option<String>,
     pub drain_disconnect: Option<bool>,
     pub drain_window: Option<String>,
+    pub max_connect_rate: Option<u32>,
+    pub queue: Option<RawQueue>,
     pub health: Option<RawHealth>,
     pub identity: Option<RawIdentity>,
     #[serde(default)]
     pub servers: Vec<RawServer>,
+}
+
+/// `queue = { size, timeout }`: CONNECTs waiting for admission to a pool.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    pub size: Option<u64>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -181,6 +191,7 @@ pub struct RawServer {
     pub name: Option<String>,
     pub addr: String,
     pub weight: Option<u32>,
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

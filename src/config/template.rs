@@ -53,6 +53,7 @@ impl RawPool {
                     name: Some((*name).into()),
                     addr: (*addr).into(),
                     weight: None,
+                    max_connections: None,
                 })
                 .collect(),
             ..RawPool::default()

@@ -495,6 +495,7 @@ impl Cx {
             raw.connack_timeout.as_deref(),
             defaults::CONNACK_TIMEOUT,
         );
+        let admission = self.admission(&k, raw.max_connect_rate, raw.queue);
         if raw.servers.is_empty() {
             self.err(&format!("{k}.servers"), "a pool needs at least one server");
         }
@@ -516,11 +517,13 @@ impl Cx {
                             );
                         }
                         let weight = self.nonzero(&format!("{sk}.weight"), s.weight, 1);
+                        let max_connections = self.node_cap(&sk, s.max_connections);
                         dns.push(DnsServerConfig {
                             name,
                             host: host.to_string(),
                             port,
                             weight,
+                            max_connections,
                         });
                         continue;
                     }
@@ -553,7 +556,13 @@ impl Cx {
                 );
             }
             let weight = self.nonzero(&format!("{sk}.weight"), s.weight, 1);
-            servers.push(ServerConfig { name, addr, weight });
+            let max_connections = self.node_cap(&sk, s.max_connections);
+            servers.push(ServerConfig {
+                name,
+                addr,
+                weight,
+                max_connections,
+            });
         }
         PoolConfig {
             name: name.to_string(),
@@ -578,6 +587,7 @@ impl Cx {
                 raw.drain_window.as_deref(),
                 defaults::DRAIN_WINDOW,
             ),
+            admission,
         }
     }
 
