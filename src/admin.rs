@@ -1,5 +1,6 @@
 //! The admin HTTP server (hyper 1): `/metrics`, `/healthz`, `/readyz` and,
-//! for the proxy, `/api/v1/backends`, drain/enable and reload.
+//! for the proxy, `/api/v1/backends`, `/api/v1/pools` (admission),
+//! drain/enable and reload.
 //!
 //! It shares nothing with the data path but read-mostly handles; `main`
 //! runs it on its own thread and runtime, so it answers while the proxy's
@@ -25,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
-use crate::proxy::{BackendStatus, ProxyHandle, ReloadError};
+use crate::proxy::{BackendStatus, PoolStatus, ProxyHandle, ReloadError};
 use crate::ratelog::LogLimiter;
 
 /// What the admin server administers.
@@ -303,7 +304,42 @@ struct BackendJson<'a> {
     state: &'a str,
     weight: u32,
     active_connections: u64,
+    /// 0: no cap.
+    max_connections: u64,
+    at_cap: bool,
     last_check: Option<CheckJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct PoolJson<'a> {
+    name: &'a str,
+    backends_in_rotation: usize,
+    admission: AdmissionJson,
+}
+
+#[derive(Serialize)]
+struct AdmissionJson {
+    max_connect_rate: u32,
+    queue_size: usize,
+    queue_timeout_seconds: f64,
+    queued: usize,
+    pacing: bool,
+}
+
+impl<'a> From<&'a PoolStatus> for PoolJson<'a> {
+    fn from(p: &'a PoolStatus) -> Self {
+        PoolJson {
+            name: &p.name,
+            backends_in_rotation: p.backends_in_rotation,
+            admission: AdmissionJson {
+                max_connect_rate: p.max_connect_rate,
+                queue_size: p.queue_size,
+                queue_timeout_seconds: p.queue_timeout.as_secs_f64(),
+                queued: p.queued,
+                pacing: p.pacing,
+            },
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -322,6 +358,8 @@ impl<'a> From<&'a BackendStatus> for BackendJson<'a> {
             state: b.state,
             weight: b.weight,
             active_connections: b.active,
+            max_connections: b.max_connections,
+            at_cap: b.at_cap,
             last_check: b.last_check.as_ref().map(|c| CheckJson {
                 result: if c.ok { "ok" } else { "failed" },
                 latency_seconds: c.seconds,
@@ -406,6 +444,14 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             Role::Proxy(p) => {
                 let backends = p.backends();
                 let out: Vec<BackendJson> = backends.iter().map(BackendJson::from).collect();
+                json(StatusCode::OK, &out)
+            }
+            Role::Broker { .. } => not_found(),
+        },
+        (&Method::GET, ["api", "v1", "pools"]) => match &admin.role {
+            Role::Proxy(p) => {
+                let pools = p.pools();
+                let out: Vec<PoolJson> = pools.iter().map(PoolJson::from).collect();
                 json(StatusCode::OK, &out)
             }
             Role::Broker { .. } => not_found(),
@@ -505,7 +551,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         },
         // A known path asked with another method; anything else is 404.
         (_, ["metrics" | "healthz" | "readyz"])
-        | (_, ["api", "v1", "backends" | "reload"])
+        | (_, ["api", "v1", "backends" | "pools" | "reload"])
         | (_, ["api", "v1", "backends", _, "drain" | "enable"]) => {
             reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
         }

@@ -122,6 +122,31 @@ label_enum! {
         /// No complete inbound PROXY header within
         /// `listener.proxy_protocol_timeout`.
         ProxyHeaderTimeout => "proxy_header_timeout",
+        /// The pool's admission queue was full (or `queue.size` is 0):
+        /// CONNACK "server busy" (3.x "server unavailable").
+        QueueFull => "queue_full",
+        /// Waited the pool's `queue.timeout` for admission in vain; same
+        /// answer.
+        QueueTimeout => "queue_timeout",
+        /// The client closed its connection while waiting for admission.
+        QueueAbandoned => "queue_abandoned",
+    }
+}
+
+label_enum! {
+    /// How a client went through its pool's admission: the `result`
+    /// label of `mqttlb_pool_admissions_total`.
+    pub enum AdmissionResult {
+        /// Let through at once.
+        Immediate => "immediate",
+        /// Let through after waiting in the queue.
+        Paced => "paced",
+        /// Refused: the queue was full.
+        QueueFull => "queue_full",
+        /// Refused: waited `queue.timeout` in vain.
+        QueueTimeout => "queue_timeout",
+        /// Left (closed its connection) while waiting.
+        Abandoned => "abandoned",
     }
 }
 
@@ -220,6 +245,12 @@ pub struct PoolLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolResultLabel {
+    pub pool: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub result: &'static str,
 }
@@ -249,6 +280,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
+fn queue_wait_histogram() -> Histogram {
+    // 1 ms … ~262 s (queue.timeout is at most 5 min).
+    Histogram::new(exponential_buckets(0.001, 2.0, 19))
+}
+
 /// All proxy metric families.
 #[derive(Clone)]
 pub struct Metrics {
@@ -273,6 +309,10 @@ pub struct Metrics {
     pub accept_errors: Counter,
     pub config_reloads: Family<OutcomeLabel, Counter>,
     pub tls_certificate_not_after: Family<CertLabel, Gauge>,
+    pub pool_queue_length: Family<PoolLabel, Gauge>,
+    pub pool_queue_capacity: Family<PoolLabel, Gauge>,
+    pub pool_queue_wait: Family<PoolLabel, Histogram>,
+    pub pool_admissions: Family<PoolResultLabel, Counter>,
     /// The label sets of `tls_certificate_not_after` exported now, so a
     /// reload can remove the ones that went away. A std Mutex: held for a
     /// set difference, never across an await.
@@ -305,6 +345,10 @@ impl Metrics {
             accept_errors: Counter::default(),
             config_reloads: Family::default(),
             tls_certificate_not_after: Family::default(),
+            pool_queue_length: Family::default(),
+            pool_queue_capacity: Family::default(),
+            pool_queue_wait: Family::new_with_constructor(queue_wait_histogram),
+            pool_admissions: Family::default(),
             certificates: Arc::default(),
             routes: Arc::default(),
         };
@@ -378,7 +422,7 @@ impl Metrics {
         );
         r.register(
             "backend_connacks",
-            "Client CONNECTs forwarded to the backend, by outcome: accepted, refused (the broker refused the client; forwarded), unavailable (server unavailable/busy), timeout, closed, malformed",
+            "Client CONNECTs forwarded to the backend, by outcome: accepted, refused (the broker refused the client; forwarded), unavailable (server unavailable/busy), timeout, closed, malformed, late (answered after connack_timeout while the pool paced admission; forwarded, not a node failure)",
             m.backend_connacks.clone(),
         );
         r.register_with_unit(
@@ -419,6 +463,27 @@ impl Metrics {
             "When the served certificate expires (its notAfter, Unix time), by listener and certificate file; read when the listener's TLS is loaded (start and every reload)",
             prometheus_client::registry::Unit::Seconds,
             m.tls_certificate_not_after.clone(),
+        );
+        r.register(
+            "pool_queue_length",
+            "Clients waiting for admission to the pool now (max_connect_rate, node max_connections)",
+            m.pool_queue_length.clone(),
+        );
+        r.register(
+            "pool_queue_capacity",
+            "The pool's queue.size: clients that may wait for admission at once",
+            m.pool_queue_capacity.clone(),
+        );
+        r.register_with_unit(
+            "pool_queue_wait",
+            "Time clients let through after waiting spent in the pool's admission queue",
+            prometheus_client::registry::Unit::Seconds,
+            m.pool_queue_wait.clone(),
+        );
+        r.register(
+            "pool_admissions",
+            "Clients through the pool's admission, by result: immediate, paced (after waiting), queue_full and queue_timeout (refused), abandoned (left while waiting)",
+            m.pool_admissions.clone(),
         );
         // Both outcomes exist from the start, so rate() and alerts work
         // before the first reload.
@@ -476,6 +541,36 @@ impl Metrics {
     /// built (never per connection).
     pub fn route(&self, label: &RouteLabel) -> Counter {
         self.connections_routed.get_or_create_owned(label)
+    }
+
+    /// Pre-resolved handles for one pool's admission (every result from 0).
+    pub fn admission(&self, pool: &str) -> AdmissionMetrics {
+        let label = PoolLabel { pool: pool.into() };
+        AdmissionMetrics {
+            queue_length: self.pool_queue_length.get_or_create_owned(&label),
+            queue_capacity: self.pool_queue_capacity.get_or_create_owned(&label),
+            wait: self.pool_queue_wait.get_or_create_owned(&label),
+            results: CounterSet::new(AdmissionResult::ALL, |r| {
+                self.pool_admissions.get_or_create_owned(&PoolResultLabel {
+                    pool: pool.into(),
+                    result: r.as_str(),
+                })
+            }),
+        }
+    }
+
+    /// Stop exporting the admission series of a pool removed by a reload.
+    pub fn forget_pool(&self, pool: &str) {
+        let label = PoolLabel { pool: pool.into() };
+        self.pool_queue_length.remove(&label);
+        self.pool_queue_capacity.remove(&label);
+        self.pool_queue_wait.remove(&label);
+        for r in AdmissionResult::ALL {
+            self.pool_admissions.remove(&PoolResultLabel {
+                pool: pool.into(),
+                result: r.as_str(),
+            });
+        }
     }
 
     /// Stop exporting the gauges of a backend removed by a reload (its
@@ -554,6 +649,7 @@ impl Metrics {
             timeout: connack("timeout"),
             closed: connack("closed"),
             malformed: connack("malformed"),
+            late: connack("late"),
         };
         BackendMetrics {
             connacks,
@@ -642,6 +738,25 @@ pub struct ConnackMetrics {
     pub timeout: Counter,
     pub closed: Counter,
     pub malformed: Counter,
+    /// Answered after `connack_timeout` while the pool paced: forwarded,
+    /// and no node failure (`balance::admission`).
+    pub late: Counter,
+}
+
+/// One pool's admission series (`mqttlb_pool_queue_*`,
+/// `mqttlb_pool_admissions_total`), resolved once.
+#[derive(Clone, Debug)]
+pub struct AdmissionMetrics {
+    pub queue_length: Gauge,
+    pub queue_capacity: Gauge,
+    pub wait: Histogram,
+    results: CounterSet,
+}
+
+impl AdmissionMetrics {
+    pub fn result(&self, result: AdmissionResult) {
+        self.results.inc(result as usize);
+    }
 }
 
 /// `mqttlb_pool_backends_in_rotation{pool}`: backends of each pool that

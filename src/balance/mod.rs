@@ -6,8 +6,11 @@
 //! ([`nodes`]) is long-lived, handed from generation to generation, and
 //! owns the nodes, their health-check tasks and the selection state;
 //! [`discovery`] changes it in place. [`route`] says which pool a client
-//! goes to (`[[listener.route]]`: rules and matching, pure).
+//! goes to (`[[listener.route]]`: rules and matching, pure). [`admission`]
+//! paces what reaches the nodes (`max_connect_rate`, `queue`, per-node
+//! `max_connections`); the node set owns it too.
 
+pub mod admission;
 pub mod config;
 pub mod discovery;
 pub mod health;
@@ -25,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{BackendMetrics, Metrics};
 use crate::proxy_protocol::{IdentityTlvs, ProxyProtocol};
-pub use config::{HashKey, HealthConfig, PoolConfig, Strategy};
+pub use admission::{Admission, QueueFull, Ticket, Turn};
+pub use config::{AdmissionConfig, HashKey, HealthConfig, PoolConfig, Strategy};
 pub use discovery::{NodeSpec, dns_node_name};
 pub use health::CheckSettings;
 pub use nodes::{NodeChanges, NodeSet};
@@ -44,6 +48,12 @@ pub struct Backend {
     /// Taken out of rotation by an operator; existing connections continue.
     draining: AtomicBool,
     active: AtomicU64,
+    /// `max_connections`: at it, placement skips the node (0: no cap).
+    /// Changed in place by a reload.
+    max_connections: AtomicU64,
+    /// Its pool's admission, told when a slot frees or the node enters
+    /// rotation.
+    admission: Arc<Admission>,
     // A std Mutex: held for a few instructions, never across an await.
     health: Mutex<HealthState>,
     rise: AtomicU32,
@@ -68,22 +78,24 @@ pub struct LastCheck {
 
 impl Backend {
     pub fn new(
-        name: &str,
-        addr: SocketAddr,
-        weight: u32,
+        spec: &NodeSpec,
         health: &HealthConfig,
+        admission: &Arc<Admission>,
         metrics: &Metrics,
     ) -> Backend {
+        let name = spec.name.as_str();
         let m = metrics.backend(name);
         m.up.set(1);
         Backend {
             name: name.to_string(),
-            addr,
-            weight: AtomicU32::new(weight),
+            addr: spec.addr,
+            weight: AtomicU32::new(spec.weight),
             seed: strategy::name_seed(name),
             up: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             active: AtomicU64::new(0),
+            max_connections: AtomicU64::new(u64::from(spec.max_connections)),
+            admission: admission.clone(),
             health: Mutex::new(HealthState::new()),
             rise: AtomicU32::new(health.rise.get()),
             fall: AtomicU32::new(health.fall.get()),
@@ -98,6 +110,26 @@ impl Backend {
     /// connections are kept.
     pub fn set_weight(&self, weight: u32) {
         self.weight.store(weight, Ordering::Relaxed);
+    }
+
+    /// A new cap for a node that stays (0: none); a raised one lets
+    /// waiting clients in.
+    pub fn set_max_connections(&self, cap: u32) {
+        let old = self.max_connections.swap(u64::from(cap), Ordering::Relaxed);
+        if old != u64::from(cap) {
+            self.admission.wake();
+        }
+    }
+
+    /// `max_connections` (0: no cap).
+    pub fn max_connections(&self) -> u64 {
+        self.max_connections.load(Ordering::Relaxed)
+    }
+
+    /// Holding as many client connections as its cap allows.
+    pub fn at_cap(&self) -> bool {
+        let cap = self.max_connections();
+        cap > 0 && self.active() >= cap
     }
 
     /// New rise/fall thresholds, applied from the next observation.
@@ -170,6 +202,9 @@ impl Backend {
 
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(draining, Ordering::Release);
+        if !draining {
+            self.admission.wake();
+        }
     }
 
     pub fn active(&self) -> u64 {
@@ -211,6 +246,7 @@ impl Backend {
         match t {
             Some(true) => {
                 self.metrics.up.set(1);
+                self.admission.wake();
                 tracing::warn!(backend = %self.name, addr = %self.addr, "backend is up");
             }
             Some(false) => {
@@ -227,6 +263,23 @@ impl Backend {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.metrics.active.inc();
         ActiveGuard(self.clone())
+    }
+
+    /// A connection slot under the node's cap, taken before the TCP
+    /// connect so concurrent placements cannot overshoot it; `None` at the
+    /// cap. Without a cap, [`Backend::connection`].
+    pub fn reserve(self: &Arc<Self>) -> Option<ActiveGuard> {
+        let cap = self.max_connections();
+        if cap == 0 {
+            return Some(self.connection());
+        }
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()?;
+        self.metrics.active.inc();
+        Some(ActiveGuard(self.clone()))
     }
 
     /// Where in `[0, 1)` the node's name puts it (spreads check timers).
@@ -272,8 +325,11 @@ pub struct ActiveGuard(Arc<Backend>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
         self.0.metrics.active.dec();
+        if self.0.max_connections() > 0 {
+            self.0.admission.slot_freed();
+        }
     }
 }
 
@@ -289,7 +345,28 @@ pub struct Pool {
     pub connect_attempts: usize,
     pub connack_timeout: std::time::Duration,
     pub health: HealthConfig,
+    /// As configured; the node set's [`Admission`] applies it.
+    pub admission: AdmissionConfig,
     pub nodes: Arc<NodeSet>,
+}
+
+/// What [`Pool::try_admit`] found, holding the turn.
+pub enum Admit {
+    /// Let through: the nodes to offer the client to, best first.
+    Ready(Candidates),
+    /// No token until then.
+    Token(tokio::time::Instant),
+    /// Every node in rotation is at its cap.
+    Slot,
+    /// No node is in rotation.
+    NoBackend,
+}
+
+/// The nodes to offer a client to, best first, and a connection slot on
+/// the first one when admission reserved it (its cap holds).
+pub struct Candidates {
+    pub nodes: Vec<Arc<Backend>>,
+    pub first: Option<ActiveGuard>,
 }
 
 impl Pool {
@@ -304,6 +381,7 @@ impl Pool {
     /// check settings follow `cfg`, its nodes are the caller's business.
     pub fn with_nodes(cfg: &PoolConfig, nodes: Arc<NodeSet>) -> Pool {
         nodes.configure(check_settings(cfg));
+        nodes.admission.configure(&cfg.admission);
         Pool {
             name: cfg.name.clone(),
             strategy: cfg.strategy,
@@ -314,6 +392,7 @@ impl Pool {
             connect_attempts: usize::try_from(cfg.connect_attempts.get()).unwrap_or(usize::MAX),
             connack_timeout: cfg.connack_timeout,
             health: cfg.health.clone(),
+            admission: cfg.admission,
             nodes,
         }
     }
@@ -323,14 +402,20 @@ impl Pool {
         self.nodes.current()
     }
 
+    /// The pool's long-lived admission state.
+    pub fn admission(&self) -> &Admission {
+        &self.nodes.admission
+    }
+
     /// Backends to try for a new connection, best first, at most
-    /// `connect_attempts` of them; empty when none is in rotation.
+    /// `connect_attempts` of them; empty when none is in rotation. Nodes
+    /// at their `max_connections` are skipped.
     pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<Backend>> {
         let backends = self.nodes.current();
         let views: Vec<NodeView> = backends.iter().map(|b| b.view()).collect();
         let eligible: Vec<usize> = (0..)
             .zip(backends.iter())
-            .filter(|(_, b)| b.in_rotation())
+            .filter(|(_, b)| b.in_rotation() && !b.at_cap())
             .map(|(i, _)| i)
             .collect();
         let rotor = self.nodes.rotor.fetch_add(1, Ordering::Relaxed);
@@ -343,6 +428,32 @@ impl Pool {
             .filter_map(|i| backends.get(i).cloned())
             .take(self.connect_attempts)
             .collect()
+    }
+
+    /// One look at admission, holding the turn: a token (if the pool has
+    /// a rate), then a node under its cap whose slot is reserved; both are
+    /// taken together, or neither.
+    pub fn try_admit(&self, turn: &Turn<'_>, key: Option<&[u8]>) -> Admit {
+        if !self.any_up() {
+            return Admit::NoBackend;
+        }
+        let now = tokio::time::Instant::now();
+        if let Err(at) = turn.token(now) {
+            return Admit::Token(at);
+        }
+        let mut nodes = self.candidates(key);
+        // A failover elsewhere may have taken the last slot since.
+        while !nodes.is_empty() {
+            if let Some(first) = nodes.first().and_then(Backend::reserve) {
+                turn.take_token(now);
+                return Admit::Ready(Candidates {
+                    nodes,
+                    first: Some(first),
+                });
+            }
+            nodes.remove(0);
+        }
+        Admit::Slot
     }
 
     pub fn find(&self, name: &str) -> Option<Arc<Backend>> {

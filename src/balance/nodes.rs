@@ -8,8 +8,9 @@
 //! removed nodes' tasks stop. Nothing else is restarted.
 //!
 //! The set behind an `ArcSwap` is read lock-free by every connection; the
-//! selection state (smooth weighted round robin, the rotor) lives here too,
-//! so a reload does not reset it.
+//! selection state (smooth weighted round robin, the rotor) and the pool's
+//! admission (queue, token bucket: [`Admission`]) live here too, so a
+//! reload does not reset them.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,7 @@ use super::strategy::SmoothWrr;
 use tracing::{info, warn};
 
 use super::Backend;
+use super::admission::Admission;
 use super::discovery::{Discovery, NodeSpec};
 use super::health::{self, CheckSettings, SharedSettings};
 use crate::metrics::Metrics;
@@ -49,6 +51,9 @@ pub struct NodeSet {
     checks: SharedSettings,
     pub(super) wrr: Mutex<SmoothWrr>,
     pub(super) rotor: AtomicUsize,
+    /// The pool's admission: its waiting clients and tokens outlive
+    /// generations like the nodes do.
+    pub admission: Arc<Admission>,
     metrics: Metrics,
     // std Mutexes: held for a few instructions, never across an await.
     tasks: Mutex<Option<Tasks>>,
@@ -71,6 +76,7 @@ impl NodeSet {
             checks: Arc::new(ArcSwap::from_pointee(checks)),
             wrr: Mutex::new(SmoothWrr::default()),
             rotor: AtomicUsize::new(0),
+            admission: Arc::new(Admission::new(metrics.admission(pool))),
             metrics: metrics.clone(),
             tasks: Mutex::new(None),
             update: Mutex::new(()),
@@ -109,15 +115,15 @@ impl NodeSet {
                 |s| match old.iter().find(|b| b.name == s.name && b.addr == s.addr) {
                     Some(b) => {
                         b.set_weight(s.weight);
+                        b.set_max_connections(s.max_connections);
                         b.clone()
                     }
                     None => {
                         changes.added.push(s.name.clone());
                         Arc::new(Backend::new(
-                            &s.name,
-                            s.addr,
-                            s.weight,
+                            s,
                             &checks.health,
+                            &self.admission,
                             &self.metrics,
                         ))
                     }
@@ -138,7 +144,10 @@ impl NodeSet {
             .filter(|n| !old.iter().any(|o| Arc::ptr_eq(o, n)))
             .cloned()
             .collect();
+        let capped = next.iter().any(|b| b.max_connections() > 0);
         self.nodes.store(Arc::new(next));
+        // After the store: a head woken by it sees the new nodes.
+        self.admission.set_capped(capped);
         if let Some(t) = lock(&self.tasks).as_ref() {
             for b in added {
                 health::spawn_check(self.checks.clone(), b, &t.tracker, &t.stop);
@@ -235,6 +244,7 @@ impl NodeSet {
         for b in self.nodes.load().iter() {
             b.retire();
         }
+        self.metrics.forget_pool(&self.pool);
     }
 }
 
@@ -267,6 +277,7 @@ mod tests {
             name: name.into(),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             weight,
+            max_connections: 0,
         }
     }
 
@@ -313,6 +324,7 @@ mod tests {
                 name: b.name.clone(),
                 addr: b.addr,
                 weight: b.weight(),
+                max_connections: 0,
             })
             .collect()
     }

@@ -19,6 +19,18 @@ pub fn connack_server_unavailable(protocol: ProtocolVersion) -> &'static [u8] {
     }
 }
 
+/// CONNACK "server busy" for a client its pool's admission refused (queue
+/// full or timed out): MQTT 5.0 0x89; 3.1/3.1.1 have no such code and get
+/// "server unavailable" (3).
+pub fn connack_server_busy(protocol: ProtocolVersion) -> &'static [u8] {
+    match protocol {
+        ProtocolVersion::V31 | ProtocolVersion::V311 => {
+            &[0x20, 0x02, 0x00, rc::v3::SERVER_UNAVAILABLE]
+        }
+        ProtocolVersion::V5 => &[0x20, 0x03, 0x00, rc::SERVER_BUSY, 0x00],
+    }
+}
+
 /// CONNACK refusing a client that reconnects too often: MQTT 5.0 0x9F
 /// "connection rate exceeded"; 3.1/3.1.1 have no such code and get
 /// "server unavailable" (3), which clients retry later.

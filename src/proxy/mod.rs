@@ -206,7 +206,24 @@ pub struct BackendStatus {
     pub state: &'static str,
     pub weight: u32,
     pub active: u64,
+    /// `max_connections` (0: no cap), and whether the node holds that many.
+    pub max_connections: u64,
+    pub at_cap: bool,
     pub last_check: Option<LastCheck>,
+}
+
+/// A pool's admission as the admin API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolStatus {
+    pub name: String,
+    pub backends_in_rotation: usize,
+    pub max_connect_rate: u32,
+    pub queue_size: usize,
+    pub queue_timeout: Duration,
+    /// Clients waiting for admission now.
+    pub queued: usize,
+    /// Whether admission paces now (late CONNACKs are no node failure).
+    pub pacing: bool,
 }
 
 impl Proxy {
@@ -484,11 +501,31 @@ impl ProxyHandle {
                     },
                     weight: b.weight(),
                     active: b.active(),
+                    max_connections: b.max_connections(),
+                    at_cap: b.at_cap(),
                     last_check: b.last_check(),
                 });
             }
         }
         out
+    }
+
+    /// Every pool's admission, for `GET /api/v1/pools`.
+    pub fn pools(&self) -> Vec<PoolStatus> {
+        let generation = self.state.current.load();
+        generation
+            .pools
+            .values()
+            .map(|p| PoolStatus {
+                name: p.name.clone(),
+                backends_in_rotation: p.backends().iter().filter(|b| b.in_rotation()).count(),
+                max_connect_rate: p.admission.max_connect_rate,
+                queue_size: p.admission.queue_size,
+                queue_timeout: p.admission.queue_timeout,
+                queued: p.admission().queued(),
+                pacing: p.admission().pacing(),
+            })
+            .collect()
     }
 
     /// Running listeners and the addresses they are bound to.

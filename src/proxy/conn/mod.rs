@@ -9,11 +9,13 @@
 //!   size cap) and check it (client-id rule, client-id rate); choose the
 //!   route (`[[listener.route]]`, first match, else the listener's pool)
 //!   once every fact it may look at is known;
-//! * **place** (`place.rs`) — choose a backend of the route's pool
-//!   (strategy over the healthy set) → PROXY header + buffered CONNECT →
-//!   wait for the node's CONNACK (deadline; none, a close or "server
-//!   unavailable" → the next candidate gets the same bytes and the node's
-//!   miss counts towards its health);
+//! * **place** (`place.rs`) — through the route's pool's admission
+//!   (`queue.rs`: at once, or waiting in the pool's FIFO queue for a token
+//!   of `max_connect_rate` and a node under its `max_connections`), choose
+//!   a backend of the pool (strategy over the healthy set) → PROXY header
+//!   + buffered CONNECT → wait for the node's CONNACK (deadline; none, a
+//!   close or "server unavailable" → the next candidate gets the same
+//!   bytes and the node's miss counts towards its health);
 //! * **relay** (`relay.rs`) — forward the CONNACK, splice both ways (idle
 //!   timeout from the client's keep-alive) → close, or a drain kick.
 //!
@@ -29,6 +31,7 @@
 mod admit;
 mod inbound;
 mod place;
+mod queue;
 mod refusal;
 mod relay;
 
@@ -202,7 +205,7 @@ impl Conn {
     {
         let served = async {
             let hello = self.admit(client, preread).await?;
-            let placed = self.place(hello).await?;
+            let placed = self.place(client, hello).await?;
             self.relay(client, placed).await;
             Ok(())
         }

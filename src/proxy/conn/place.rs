@@ -1,13 +1,24 @@
-//! Placement: offer the admitted client to its route's pool's candidates in order
-//! until one takes it. Each gets one write (PROXY header + the client's
-//! bytes, built once) and, on MQTT listeners, must answer it with a CONNACK
-//! within `connack_timeout`; a node that does not is a *miss*: counted,
-//! recorded against its health, and the next candidate gets the same bytes.
+//! Placement: the client goes through its route's pool's admission
+//! (`queue.rs`), then is offered to the candidates in order until one takes
+//! it. Each gets one write (PROXY header + the client's bytes, built once)
+//! and, on MQTT listeners, must answer it with a CONNACK within
+//! `connack_timeout`; a node that does not is a *miss*: counted, recorded
+//! against its health, and the next candidate gets the same bytes. A node
+//! at its `max_connections` is skipped (no miss).
+//!
+//! No cascade: while the pool paces admission (`Admission::pacing`), a
+//! node slow to answer is most likely slow *because* of the storm being
+//! paced, so its CONNACK is waited for up to the pool's `queue.timeout`
+//! (at least `connack_timeout`) from the forward; one that comes then is
+//! forwarded and counted `late`, and is no node failure (nor a success:
+//! the node's passive streak is left as it was). Only no answer by then, a
+//! close, or "server unavailable"/"server busy" is a miss.
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tracing::{Span, debug, warn};
@@ -29,7 +40,8 @@ const CONNACK_READ: usize = 512;
 pub(super) struct Placed<'c> {
     pub backend: Arc<Backend>,
     pub upstream: TcpStream,
-    /// Counts the connection on the backend from the TCP connect on, so
+    /// Counts the connection on the backend from the TCP connect on (a
+    /// capped node: from the slot's reservation, before it), so
     /// least-connections sees clients still waiting for their CONNACK.
     pub active: ActiveGuard,
     /// What the backend already sent (MQTT listeners: the head of its
@@ -73,8 +85,17 @@ impl Conn {
     /// closes first or says "server unavailable" fails this client over to
     /// the next candidate with the same bytes, and the miss counts towards
     /// the node's `fall`. None left: [`Refusal::NoBackend`]. The route's
-    /// pool decides everything here: candidates, PROXY header, timeouts.
-    pub(super) async fn place<'c>(&'c self, hello: Hello<'c>) -> Result<Placed<'c>, Refusal> {
+    /// pool decides everything here: admission, candidates, PROXY header,
+    /// timeouts. `client` is only read while the client waits for
+    /// admission (to see it leave).
+    pub(super) async fn place<'c, S>(
+        &'c self,
+        client: &mut S,
+        mut hello: Hello<'c>,
+    ) -> Result<Placed<'c>, Refusal>
+    where
+        S: AsyncRead + Unpin,
+    {
         let ctx = &self.ctx;
         let route = hello.route;
         let pool = &route.pool;
@@ -82,11 +103,24 @@ impl Conn {
         if ctx.routes.any() {
             Span::current().record("route", route.name.as_str());
         }
+        let candidates = self.queue(client, &mut hello).await?;
         let first = self.first_write(pool, &hello.bytes);
         let client_bytes = hello.bytes.len() as u64;
         drop(hello.bytes);
-        for backend in pool.candidates(hello.key.as_deref()) {
-            match attempt(pool, &backend, &first, hello.protocol).await {
+        // The first node's slot, if admission reserved it.
+        let mut reserved = candidates.first;
+        for backend in candidates.nodes {
+            let slot = match reserved.take() {
+                Some(slot) => Some(slot),
+                None if backend.max_connections() > 0 => match backend.reserve() {
+                    Some(slot) => Some(slot),
+                    // At its cap since the candidates were chosen: skipped,
+                    // not a miss.
+                    None => continue,
+                },
+                None => None,
+            };
+            match attempt(pool, &backend, slot, &first, hello.protocol).await {
                 Ok((upstream, active, answer)) => {
                     Span::current().record("backend", backend.name.as_str());
                     // The client's bytes read before routing count as
@@ -139,10 +173,12 @@ impl Conn {
 }
 
 /// One candidate: connect, send `first`, and for an MQTT client wait for
-/// the CONNACK.
+/// the CONNACK. `slot`: the node's connection slot when it was reserved
+/// before the connect (capped nodes), else it is counted once connected.
 async fn attempt(
     pool: &Pool,
     backend: &Arc<Backend>,
+    slot: Option<ActiveGuard>,
     first: &[u8],
     protocol: Option<ProtocolVersion>,
 ) -> Result<(TcpStream, ActiveGuard, Vec<u8>), Miss> {
@@ -157,7 +193,10 @@ async fn attempt(
         .connect_duration
         .observe(started.elapsed().as_secs_f64());
     let _ = stream.set_nodelay(true);
-    let active = backend.connection();
+    let active = match slot {
+        Some(slot) => slot,
+        None => backend.connection(),
+    };
     let Some(protocol) = protocol else {
         // Pass-through: a TCP connect is all the evidence there is.
         if !first.is_empty() {
@@ -168,22 +207,38 @@ async fn attempt(
     };
     let started = Instant::now();
     let m = &backend.metrics.connacks;
-    let exchange = async {
-        stream.write_all(first).await.map_err(Miss::Io)?;
-        read_connack(&mut stream).await
+    // (answer, late): `None` when no CONNACK came in time.
+    let answered = {
+        let mut exchange = pin!(async {
+            stream.write_all(first).await.map_err(Miss::Io)?;
+            read_connack(&mut stream).await
+        });
+        match timeout(pool.connack_timeout, exchange.as_mut()).await {
+            Ok(answer) => Some((answer, false)),
+            // No cascade (module documentation): the same exchange goes
+            // on, up to the pool's queue timeout from the forward.
+            Err(_) if pool.admission().pacing() => {
+                let more = pool
+                    .admission()
+                    .timeout()
+                    .saturating_sub(pool.connack_timeout);
+                timeout(more, exchange).await.ok().map(|a| (a, true))
+            }
+            Err(_) => None,
+        }
     };
-    let (code, answer) = match timeout(pool.connack_timeout, exchange).await {
-        Ok(Ok(answered)) => answered,
-        Ok(Err(miss)) => {
+    let (code, answer, late) = match answered {
+        Some((Ok((code, answer)), late)) => (code, answer, late),
+        Some((Err(miss), _)) => {
             match miss {
                 Miss::Malformed => m.malformed.inc(),
                 _ => m.closed.inc(),
             };
             return Err(miss);
         }
-        Err(_) => {
+        None => {
             m.timeout.inc();
-            return Err(Miss::ConnackTimeout(pool.connack_timeout));
+            return Err(Miss::ConnackTimeout(started.elapsed()));
         }
     };
     backend
@@ -191,6 +246,15 @@ async fn attempt(
         .connack_duration
         .observe(started.elapsed().as_secs_f64());
     match connack_verdict(protocol, code) {
+        ConnackVerdict::Accepted | ConnackVerdict::Refused if late => {
+            debug!(
+                code,
+                waited = ?started.elapsed(),
+                "late CONNACK while the pool paces admission: forwarded, not a node failure"
+            );
+            m.late.inc();
+            return Ok((stream, active, answer));
+        }
         ConnackVerdict::Accepted => m.accepted.inc(),
         ConnackVerdict::Refused => {
             debug!(

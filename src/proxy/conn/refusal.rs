@@ -17,7 +17,8 @@ use crate::metrics::Rejection;
 use crate::mqtt::ProtocolVersion;
 use crate::mqtt::connect::ConnectError;
 use crate::mqtt::packets::{
-    connack_not_authorized, connack_rate_exceeded, connack_server_unavailable,
+    connack_not_authorized, connack_rate_exceeded, connack_server_busy,
+    connack_server_unavailable,
 };
 
 /// Why a client was refused before its connection was relayed.
@@ -64,6 +65,13 @@ pub enum Refusal {
     ClientRateLimit(ProtocolVersion),
     /// No node took the client; MQTT clients (`Some` protocol) are told.
     NoBackend(Option<ProtocolVersion>),
+    /// The pool's admission queue had no room (or `queue.size` is 0);
+    /// MQTT clients read "server busy", pass-through ones are closed.
+    QueueFull(Option<ProtocolVersion>),
+    /// Waited the pool's `queue.timeout` in vain; the same answer.
+    QueueTimeout(Option<ProtocolVersion>),
+    /// The client closed its connection while waiting for admission.
+    QueueAbandoned,
 }
 
 /// What a refused client reads.
@@ -118,6 +126,15 @@ impl Refusal {
                 Rejection::NoBackend,
                 protocol.map_or(Drop, |p| Close(connack_server_unavailable(p))),
             ),
+            Refusal::QueueFull(protocol) => (
+                Rejection::QueueFull,
+                protocol.map_or(Drop, |p| Close(connack_server_busy(p))),
+            ),
+            Refusal::QueueTimeout(protocol) => (
+                Rejection::QueueTimeout,
+                protocol.map_or(Drop, |p| Close(connack_server_busy(p))),
+            ),
+            Refusal::QueueAbandoned => (Rejection::QueueAbandoned, Drop),
         }
     }
 }
@@ -247,8 +264,31 @@ mod tests {
                 Answer::Close(&[0x20, 0x03, 0x00, 0x88, 0x00]),
             ),
             (Refusal::NoBackend(None), "no_backend", Answer::Drop),
+            (
+                Refusal::QueueFull(Some(V311)),
+                "queue_full",
+                Answer::Close(&[0x20, 0x02, 0x00, 0x03]),
+            ),
+            (
+                Refusal::QueueFull(Some(V5)),
+                "queue_full",
+                Answer::Close(&[0x20, 0x03, 0x00, 0x89, 0x00]),
+            ),
+            (Refusal::QueueFull(None), "queue_full", Answer::Drop),
+            (
+                Refusal::QueueTimeout(Some(V311)),
+                "queue_timeout",
+                Answer::Close(&[0x20, 0x02, 0x00, 0x03]),
+            ),
+            (
+                Refusal::QueueTimeout(Some(V5)),
+                "queue_timeout",
+                Answer::Close(&[0x20, 0x03, 0x00, 0x89, 0x00]),
+            ),
+            (Refusal::QueueTimeout(None), "queue_timeout", Answer::Drop),
+            (Refusal::QueueAbandoned, "queue_abandoned", Answer::Drop),
         ];
-        assert_eq!(cases.len(), 28);
+        assert_eq!(cases.len(), 35);
         for (refusal, reason, want) in cases {
             let (got_reason, got) = refusal.verdict();
             assert_eq!(got_reason.as_str(), reason, "{refusal:?}");
