@@ -340,9 +340,13 @@ impl Bucket {
         self.tokens = (self.tokens - 1.0).max(0.0);
     }
 
-    /// A new rate: what was saved above its burst is cut to it.
+    /// A new rate: what was saved above its burst is cut to it; a bucket
+    /// never drawn from is full at it.
     fn cap(&mut self, rate: u32) {
-        self.tokens = self.tokens.min(burst(rate));
+        self.tokens = match self.at {
+            None => burst(rate),
+            Some(_) => self.tokens.min(burst(rate)),
+        };
     }
 }
 
@@ -392,8 +396,13 @@ mod tests {
         assert_eq!(taken, 10);
         // A lower rate cuts the saved tokens to its own burst.
         let mut b = Bucket::full(100);
+        b.take(t0, 100);
         b.cap(2);
         assert_eq!(b.tokens, 2.0);
+        // Configured before its first use: full at its rate.
+        let mut b = Bucket::full(0);
+        b.cap(25);
+        assert_eq!(b.tokens, 25.0);
         assert_eq!(Bucket::full(0).ready(t0, 0), Ok(()), "rate 0: no limit");
     }
 

@@ -120,7 +120,11 @@ impl Conn {
                 },
                 None => None,
             };
-            match attempt(pool, &backend, slot, &first, hello.protocol).await {
+            // Boxed: an attempt's state (connect, CONNACK timers and reads)
+            // is the largest of placement, and would otherwise stay
+            // reserved in the connection task for its whole life.
+            let attempted = Box::pin(attempt(pool, &backend, slot, &first, hello.protocol));
+            match attempted.await {
                 Ok((upstream, active, answer)) => {
                     Span::current().record("backend", backend.name.as_str());
                     // The client's bytes read before routing count as
@@ -213,7 +217,10 @@ async fn attempt(
             stream.write_all(first).await.map_err(Miss::Io)?;
             read_connack(&mut stream).await
         });
-        match timeout(pool.connack_timeout, exchange.as_mut()).await {
+        // Bound first: a temporary in the `match` would keep the first
+        // timer alive beside the second (a larger connection task).
+        let in_time = timeout(pool.connack_timeout, exchange.as_mut()).await;
+        match in_time {
             Ok(answer) => Some((answer, false)),
             // No cascade (module documentation): the same exchange goes
             // on, up to the pool's queue timeout from the forward.

@@ -80,8 +80,10 @@ impl Conn {
             return Err(Refusal::QueueFull(*protocol));
         };
         // Boxed: only waiting clients carry this state, on the heap, for
-        // as long as they wait.
-        Box::pin(wait(pool, key, turn, ticket, client, bytes, *protocol)).await
+        // as long as they wait. (Built in its own statement: a temporary
+        // would keep its storage in this future across the await.)
+        let waiting = Box::pin(wait(pool, key, turn, ticket, client, bytes, *protocol));
+        waiting.await
     }
 }
 
