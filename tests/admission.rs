@@ -233,9 +233,13 @@ async fn pacing_holds_the_configured_rate_at_the_brokers() {
     }
     // 75 clients past the burst need three seconds of tokens.
     let spread = (at[CLIENTS - 1] - at[0]).as_secs_f64();
-    assert!(spread >= 2.5, "the storm reached the brokers in {spread:.3} s");
+    assert!(
+        spread >= 2.5,
+        "the storm reached the brokers in {spread:.3} s"
+    );
     wait_until("every session on a broker", DEADLINE, || async {
-        n1.metric("mqttlb_broker_connections_active") + n2.metric("mqttlb_broker_connections_active")
+        n1.metric("mqttlb_broker_connections_active")
+            + n2.metric("mqttlb_broker_connections_active")
             == CLIENTS as f64
     })
     .await;
@@ -286,8 +290,7 @@ async fn a_full_queue_answers_server_busy_and_a_freed_slot_lets_the_next_in() {
         "{}\nqueue = {{ size = 2, timeout = \"30s\" }}",
         servers(&[("m1", tap.addr, 1)])
     );
-    let proxy =
-        ProxyUnderTest::start(&config(&certs, &[], "", &pool), certs.dir.path()).await;
+    let proxy = ProxyUnderTest::start(&config(&certs, &[], "", &pool), certs.dir.path()).await;
     let (holder, code) = client(proxy.addr, &certs, 4, "holder").await;
     assert_eq!(code, Some(0));
     // The node is at its cap: two wait, in order.
@@ -325,8 +328,7 @@ async fn a_queue_timeout_answers_server_busy() {
         "{}\nqueue = {{ size = 10, timeout = \"1s\" }}",
         servers(&[("n1", tap.addr, 1)])
     );
-    let proxy =
-        ProxyUnderTest::start(&config(&certs, &[], "", &pool), certs.dir.path()).await;
+    let proxy = ProxyUnderTest::start(&config(&certs, &[], "", &pool), certs.dir.path()).await;
     let (_holder, code) = client(proxy.addr, &certs, 4, "holder").await;
     assert_eq!(code, Some(0));
     let started = Instant::now();
@@ -359,8 +361,7 @@ async fn a_client_that_leaves_the_queue_is_gone_at_once_and_never_reaches_a_brok
         "{}\nqueue = {{ size = 10, timeout = \"30s\" }}",
         servers(&[("n1", tap.addr, 1)])
     );
-    let proxy =
-        ProxyUnderTest::start(&config(&certs, &[], "", &pool), certs.dir.path()).await;
+    let proxy = ProxyUnderTest::start(&config(&certs, &[], "", &pool), certs.dir.path()).await;
     let (holder, code) = client(proxy.addr, &certs, 4, "holder").await;
     assert_eq!(code, Some(0));
     // Waits, and sends a packet behind its CONNECT (legitimate: readable
@@ -402,7 +403,10 @@ async fn a_client_that_leaves_the_queue_is_gone_at_once_and_never_reaches_a_brok
         .expect("PINGRESP");
     assert_eq!(pingresp, [0xd0, 0x00]);
     assert!(tap.saw("stays"));
-    assert!(!tap.saw("fin") && !tap.saw("rst"), "the leavers never reached it");
+    assert!(
+        !tap.saw("fin") && !tap.saw("rst"),
+        "the leavers never reached it"
+    );
     assert_eq!(tap.clients(), 2);
     assert_eq!(queue_length(&proxy), 0.0);
 }
@@ -432,7 +436,11 @@ async fn node_caps_skip_a_full_node_and_hold_clients_until_a_slot_frees_or_a_rel
         assert_eq!(code, Some(0), "capped-{i}");
         held.push((format!("capped-{i}"), s));
     }
-    assert_eq!((t1.clients(), t2.clients()), (2, 3), "each node up to its cap");
+    assert_eq!(
+        (t1.clients(), t2.clients()),
+        (2, 3),
+        "each node up to its cap"
+    );
     let (status, body) = http(admin, "GET", "/api/v1/backends").await;
     assert_eq!(status, 200);
     let backends: serde_json::Value = serde_json::from_str(&body).expect("JSON");
@@ -466,14 +474,17 @@ async fn node_caps_skip_a_full_node_and_hold_clients_until_a_slot_frees_or_a_rel
     wait_queue(&proxy, 1.0).await;
     let raw = mqttlb::config::parse_toml("reload.toml", &config(&certs, &[], "", &pool(3)))
         .expect("parses");
-    let reloaded = mqttlb::config::Config::from_raw("reload.toml", certs.dir.path(), raw)
-        .expect("converts");
+    let reloaded =
+        mqttlb::config::Config::from_raw("reload.toml", certs.dir.path(), raw).expect("converts");
     proxy.handle.reload(reloaded).await.expect("reload");
     assert_eq!(connack(&mut next).await, Some(0));
     assert!(t1.saw("raised"));
     assert_eq!(queue_length(&proxy), 0.0);
     assert_eq!(admissions(&proxy, "paced"), 2.0);
-    assert_eq!(proxy.metric("mqttlb_backend_connections_active{backend=\"n1\"}"), 3.0);
+    assert_eq!(
+        proxy.metric("mqttlb_backend_connections_active{backend=\"n1\"}"),
+        3.0
+    );
 }
 
 /// A pool of a fast node and a node whose CONNACKs come 1.2 s after the
@@ -521,7 +532,11 @@ async fn no_cascade_a_slow_survivor_stays_in_rotation_while_the_pool_paces() {
         proxy.metric("mqttlb_backend_connacks_total{backend=\"slow\",result=\"timeout\"}"),
         0.0
     );
-    assert_eq!(fast.clients() + slow.clients(), CLIENTS, "nobody failed over");
+    assert_eq!(
+        fast.clients() + slow.clients(),
+        CLIENTS,
+        "nobody failed over"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

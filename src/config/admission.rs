@@ -137,7 +137,10 @@ mod tests {
 
     #[test]
     fn out_of_bounds_values_name_their_key() {
-        assert_eq!(keys("max_connect_rate = 1000001"), ["pool.b.max_connect_rate"]);
+        assert_eq!(
+            keys("max_connect_rate = 1000001"),
+            ["pool.b.max_connect_rate"]
+        );
         assert_eq!(keys("queue = { size = 1000001 }"), ["pool.b.queue.size"]);
         for bad in ["99ms", "0s", "301s", "soon"] {
             assert_eq!(
@@ -146,7 +149,9 @@ mod tests {
                 "{bad}"
             );
         }
-        let e = load("queue = { timeout = \"6m\" }").unwrap_err().to_string();
+        let e = load("queue = { timeout = \"6m\" }")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("must be 100ms to 5m"), "{e}");
         let e = load("queue = { sise = 1 }").unwrap_err();
         assert!(e.0[0].key.starts_with("pool.b.queue"), "{e}");

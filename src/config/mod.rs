@@ -40,8 +40,8 @@ use crate::mqtt::ProtocolVersion;
 // Types a lower layer owns, re-exported: the configuration schema in one
 // place for callers, the definitions beside the code that uses them.
 pub use crate::balance::config::{
-    AdmissionConfig, DnsServerConfig, HashKey, HealthCheckKind, HealthConfig, PoolConfig, ResolverConfig,
-    ServerConfig, Strategy,
+    AdmissionConfig, DnsServerConfig, HashKey, HealthCheckKind, HealthConfig, PoolConfig,
+    ResolverConfig, ServerConfig, Strategy,
 };
 pub use crate::balance::route::{RouteConfig, RouteMatch, SniPattern};
 pub use crate::proxy_protocol::{InboundProxy, ProxyCommand, ProxyProtocol, TlvTypes, Trusted};

@@ -17,8 +17,7 @@ use crate::metrics::Rejection;
 use crate::mqtt::ProtocolVersion;
 use crate::mqtt::connect::ConnectError;
 use crate::mqtt::packets::{
-    connack_not_authorized, connack_rate_exceeded, connack_server_busy,
-    connack_server_unavailable,
+    connack_not_authorized, connack_rate_exceeded, connack_server_busy, connack_server_unavailable,
 };
 
 /// Why a client was refused before its connection was relayed.
