@@ -251,6 +251,8 @@ impl Backend {
             }
             Some(false) => {
                 self.metrics.up.set(0);
+                // Clients waiting for a slot learn when none is left.
+                self.admission.wake();
                 tracing::warn!(backend = %self.name, addr = %self.addr, "backend is down");
             }
             None => {}

@@ -13,7 +13,7 @@
 //!   (`queue.rs`: at once, or waiting in the pool's FIFO queue for a token
 //!   of `max_connect_rate` and a node under its `max_connections`), choose
 //!   a backend of the pool (strategy over the healthy set) → PROXY header
-//!   + buffered CONNECT → wait for the node's CONNACK (deadline; none, a
+//!   and buffered CONNECT → wait for the node's CONNACK (deadline; none, a
 //!   close or "server unavailable" → the next candidate gets the same
 //!   bytes and the node's miss counts towards its health);
 //! * **relay** (`relay.rs`) — forward the CONNACK, splice both ways (idle
