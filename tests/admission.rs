@@ -156,12 +156,24 @@ async fn queued_client(
 
 /// The CONNACK code a client that already sent its CONNECT reads.
 async fn connack(s: &mut tokio_rustls::client::TlsStream<TcpStream>) -> Option<u8> {
-    let mut buf = [0u8; 4];
-    tokio::time::timeout(DEADLINE, s.read_exact(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    (buf[0] == 0x20).then_some(buf[3])
+    connack_code(s).await
+}
+
+/// One `mqttlb broker` node behind a tap, capped at one connection, and a
+/// proxy whose pool queue has `size` places and `timeout`.
+async fn one_capped_node(
+    certs: &Certs,
+    size: usize,
+    timeout: &str,
+) -> (BrokerUnderTest, Tap, ProxyUnderTest) {
+    let node = BrokerUnderTest::start(|_| {}).await;
+    let tap = Tap::start(node.addr, Duration::ZERO).await;
+    let pool = format!(
+        "{}\nqueue = {{ size = {size}, timeout = \"{timeout}\" }}",
+        servers(&[("n1", tap.addr, 1)])
+    );
+    let proxy = ProxyUnderTest::start(&config(certs, &[], "", &pool), certs.dir.path()).await;
+    (node, tap, proxy)
 }
 
 fn queue_length(proxy: &ProxyUnderTest) -> f64 {
@@ -322,13 +334,7 @@ async fn a_full_queue_answers_server_busy_and_a_freed_slot_lets_the_next_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_timeout_answers_server_busy() {
     let certs = Certs::new();
-    let node = BrokerUnderTest::start(|_| {}).await;
-    let tap = Tap::start(node.addr, Duration::ZERO).await;
-    let pool = format!(
-        "{}\nqueue = {{ size = 10, timeout = \"1s\" }}",
-        servers(&[("n1", tap.addr, 1)])
-    );
-    let proxy = ProxyUnderTest::start(&config(&certs, &[], "", &pool), certs.dir.path()).await;
+    let (_node, tap, proxy) = one_capped_node(&certs, 10, "1s").await;
     let (_holder, code) = client(proxy.addr, &certs, 4, "holder").await;
     assert_eq!(code, Some(0));
     let started = Instant::now();
@@ -355,13 +361,7 @@ async fn a_queue_timeout_answers_server_busy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_the_queue_is_gone_at_once_and_never_reaches_a_broker() {
     let certs = Certs::new();
-    let node = BrokerUnderTest::start(|_| {}).await;
-    let tap = Tap::start(node.addr, Duration::ZERO).await;
-    let pool = format!(
-        "{}\nqueue = {{ size = 10, timeout = \"30s\" }}",
-        servers(&[("n1", tap.addr, 1)])
-    );
-    let proxy = ProxyUnderTest::start(&config(&certs, &[], "", &pool), certs.dir.path()).await;
+    let (_node, tap, proxy) = one_capped_node(&certs, 10, "30s").await;
     let (holder, code) = client(proxy.addr, &certs, 4, "holder").await;
     assert_eq!(code, Some(0));
     // Waits, and sends a packet behind its CONNECT (legitimate: readable

@@ -125,6 +125,15 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     s.write_all(&connect_packet(level, client_id)).await.ok()?;
+    connack_code(s).await
+}
+
+/// Read a CONNACK's first four bytes (within the deadline) and return its
+/// return/reason code; `None` on a close, a timeout or another packet.
+pub async fn connack_code<S>(s: &mut S) -> Option<u8>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
     let mut buf = [0u8; 4];
     tokio::time::timeout(DEADLINE, s.read_exact(&mut buf))
         .await
