@@ -307,6 +307,8 @@ struct BackendJson<'a> {
     /// 0: no cap.
     max_connections: u64,
     at_cap: bool,
+    /// Slow start: share of new clients over the full share (1: not ramping).
+    slow_start_ratio: f64,
     last_check: Option<CheckJson<'a>>,
 }
 
@@ -360,6 +362,7 @@ impl<'a> From<&'a BackendStatus> for BackendJson<'a> {
             active_connections: b.active,
             max_connections: b.max_connections,
             at_cap: b.at_cap,
+            slow_start_ratio: b.slow_start_ratio,
             last_check: b.last_check.as_ref().map(|c| CheckJson {
                 result: if c.ok { "ok" } else { "failed" },
                 latency_seconds: c.seconds,

@@ -767,33 +767,93 @@ pub fn register_pools_in_rotation(
     registry: &mut Registry,
     source: impl Fn() -> Vec<(String, i64)> + Send + Sync + 'static,
 ) {
-    registry
-        .sub_registry_with_prefix("mqttlb")
-        .register_collector(Box::new(PoolsInRotation(Box::new(source))));
+    register_scraped(
+        registry,
+        "pool_backends_in_rotation",
+        "Backends of the pool in rotation now (healthy and not draining); 0 means the pool's clients are refused",
+        move || {
+            source()
+                .into_iter()
+                .map(|(pool, n)| (PoolLabel { pool }, n))
+                .collect()
+        },
+    );
 }
 
-type PoolSource = Box<dyn Fn() -> Vec<(String, i64)> + Send + Sync>;
+/// `mqttlb_backend_slow_start_ratio{pool,backend}`: how far each node's
+/// slow start has come (its share of new clients over its full share; 1
+/// when not ramping), read at scrape time like the gauge above.
+pub fn register_slow_start(
+    registry: &mut Registry,
+    source: impl Fn() -> Vec<(String, String, f64)> + Send + Sync + 'static,
+) {
+    register_scraped(
+        registry,
+        "backend_slow_start_ratio",
+        "Share of new clients the node takes over its full share while it ramps up after entering rotation (slow_start); 1 when not ramping",
+        move || {
+            source()
+                .into_iter()
+                .map(|(pool, backend, r)| (PoolBackendLabel { pool, backend }, r))
+                .collect()
+        },
+    );
+}
 
-struct PoolsInRotation(PoolSource);
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolBackendLabel {
+    pool: String,
+    backend: String,
+}
 
-impl std::fmt::Debug for PoolsInRotation {
+/// A gauge family whose samples `source` gives at each scrape.
+fn register_scraped<L, N>(
+    registry: &mut Registry,
+    name: &'static str,
+    help: &'static str,
+    source: impl Fn() -> Vec<(L, N)> + Send + Sync + 'static,
+) where
+    L: EncodeLabelSet + Send + Sync + 'static,
+    N: prometheus_client::encoding::EncodeGaugeValue + Send + Sync + std::fmt::Debug + 'static,
+{
+    registry
+        .sub_registry_with_prefix("mqttlb")
+        .register_collector(Box::new(Scraped {
+            name,
+            help,
+            source: Box::new(source),
+        }));
+}
+
+type ScrapeSource<L, N> = Box<dyn Fn() -> Vec<(L, N)> + Send + Sync>;
+
+struct Scraped<L, N> {
+    name: &'static str,
+    help: &'static str,
+    source: ScrapeSource<L, N>,
+}
+
+impl<L, N> std::fmt::Debug for Scraped<L, N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PoolsInRotation")
+        f.debug_struct("Scraped").field("name", &self.name).finish()
     }
 }
 
-impl Collector for PoolsInRotation {
+impl<L, N> Collector for Scraped<L, N>
+where
+    L: EncodeLabelSet + Send + Sync + 'static,
+    N: prometheus_client::encoding::EncodeGaugeValue + Send + Sync + std::fmt::Debug + 'static,
+{
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let pools = (self.0)();
+        let samples = (self.source)();
         let mut family = encoder.encode_descriptor(
-            "pool_backends_in_rotation",
-            "Backends of the pool in rotation now (healthy and not draining); 0 means the pool's clients are refused",
+            self.name,
+            self.help,
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
-        for (pool, n) in pools {
-            let label = PoolLabel { pool };
-            ConstGauge::new(n).encode(family.encode_family(&label)?)?;
+        for (label, value) in samples {
+            ConstGauge::new(value).encode(family.encode_family(&label)?)?;
         }
         Ok(())
     }

@@ -102,6 +102,9 @@ pub struct PoolConfig {
     pub drain_disconnect: bool,
     /// Spread those DISCONNECTs over this window (no reconnect storm).
     pub drain_window: Duration,
+    /// A node entering rotation takes a share growing from nothing to its
+    /// full weight over this window (zero: at once).
+    pub slow_start: Duration,
     pub admission: AdmissionConfig,
 }
 
@@ -161,5 +164,6 @@ pub fn test_pool(name: &str, servers: &[(&str, u16)]) -> PoolConfig {
             queue_size: 10_000,
             queue_timeout: Duration::from_secs(10),
         },
+        slow_start: Duration::ZERO,
     }
 }

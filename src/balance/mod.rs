@@ -23,6 +23,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +67,10 @@ pub struct Backend {
     kickable: Mutex<HashMap<u64, CancellationToken>>,
     /// Cancelled when the node leaves its set: its health check stops.
     retired: CancellationToken,
+    /// Slow start: its window (milliseconds, 0: none) and when the node
+    /// last entered rotation (`None`: not ramping).
+    slow_start_ms: AtomicU64,
+    entered: Mutex<Option<Instant>>,
     pub metrics: BackendMetrics,
 }
 
@@ -102,8 +109,46 @@ impl Backend {
             last_check: Mutex::new(None),
             kickable: Mutex::new(HashMap::new()),
             retired: CancellationToken::new(),
+            slow_start_ms: AtomicU64::new(0),
+            entered: Mutex::new(None),
             metrics: m,
         }
+    }
+
+    /// The slow-start window from now on (a ramp under way keeps its start).
+    pub fn set_slow_start(&self, window: Duration) {
+        let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        self.slow_start_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The node enters rotation now (back up, added to a running set,
+    /// enabled again): its share ramps up over the slow-start window.
+    /// (The instant is kept whatever the window, so a window configured
+    /// by the same reload that added the node still applies.)
+    pub fn begin_slow_start(&self) {
+        *self.entered.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// [`Backend::ramp`] as a fraction (for the metric and the admin API).
+    pub fn slow_start_ratio(&self) -> f64 {
+        f64::from(self.ramp()) / f64::from(strategy::FULL)
+    }
+
+    /// Its share of new clients so far, per mille ([`strategy::FULL`] when
+    /// not ramping): grows linearly over the slow-start window.
+    pub fn ramp(&self) -> u32 {
+        let window = self.slow_start_ms.load(Ordering::Relaxed);
+        let mut entered = self.entered.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(since) = *entered else {
+            return strategy::FULL;
+        };
+        let elapsed = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if window == 0 || elapsed >= window {
+            *entered = None;
+            return strategy::FULL;
+        }
+        let per_mille = elapsed.saturating_mul(u64::from(strategy::FULL)) / window;
+        u32::try_from(per_mille).unwrap_or(strategy::FULL).max(1)
     }
 
     /// Reweight a node that stays; its health state, counters and open
@@ -201,7 +246,10 @@ impl Backend {
     }
 
     pub fn set_draining(&self, draining: bool) {
-        self.draining.store(draining, Ordering::Release);
+        let was = self.draining.swap(draining, Ordering::AcqRel);
+        if was && !draining {
+            self.begin_slow_start();
+        }
         if !draining {
             self.admission.wake();
         }
@@ -245,6 +293,7 @@ impl Backend {
         });
         match t {
             Some(true) => {
+                self.begin_slow_start();
                 self.metrics.up.set(1);
                 self.admission.wake();
                 tracing::warn!(backend = %self.name, addr = %self.addr, "backend is up");
@@ -295,6 +344,7 @@ impl Backend {
             seed: self.seed,
             weight: self.weight(),
             active: self.active(),
+            ramp: self.ramp(),
         }
     }
 }
@@ -375,6 +425,7 @@ impl Pool {
     /// A pool of `cfg`'s static servers in a fresh node set (not started).
     pub fn new(cfg: &PoolConfig, metrics: &Metrics) -> Pool {
         let nodes = Arc::new(NodeSet::new(&cfg.name, check_settings(cfg), metrics));
+        nodes.set_slow_start(cfg.slow_start);
         nodes.set_backends(&discovery::static_nodes(cfg));
         Pool::with_nodes(cfg, nodes)
     }
@@ -384,6 +435,7 @@ impl Pool {
     pub fn with_nodes(cfg: &PoolConfig, nodes: Arc<NodeSet>) -> Pool {
         nodes.configure(check_settings(cfg));
         nodes.admission.configure(&cfg.admission);
+        nodes.set_slow_start(cfg.slow_start);
         Pool {
             name: cfg.name.clone(),
             strategy: cfg.strategy,

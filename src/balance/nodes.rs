@@ -12,7 +12,8 @@
 //! admission (queue, token bucket: [`Admission`]) live here too, so a
 //! reload does not reset them.
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -54,6 +55,8 @@ pub struct NodeSet {
     /// The pool's admission: its waiting clients and tokens outlive
     /// generations like the nodes do.
     pub admission: Arc<Admission>,
+    /// Slow-start window of the set's nodes (milliseconds).
+    slow_start_ms: AtomicU64,
     metrics: Metrics,
     // std Mutexes: held for a few instructions, never across an await.
     tasks: Mutex<Option<Tasks>>,
@@ -77,6 +80,7 @@ impl NodeSet {
             wrr: Mutex::new(SmoothWrr::default()),
             rotor: AtomicUsize::new(0),
             admission: Arc::new(Admission::new(metrics.admission(pool))),
+            slow_start_ms: AtomicU64::new(0),
             metrics: metrics.clone(),
             tasks: Mutex::new(None),
             update: Mutex::new(()),
@@ -95,6 +99,15 @@ impl NodeSet {
             b.set_thresholds(&checks.health);
         }
         self.checks.store(Arc::new(checks));
+    }
+
+    /// The slow-start window of every node, now and added later.
+    pub fn set_slow_start(&self, window: Duration) {
+        let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        self.slow_start_ms.store(ms, Ordering::Relaxed);
+        for b in self.nodes.load().iter() {
+            b.set_slow_start(window);
+        }
     }
 
     pub fn check_settings(&self) -> Arc<CheckSettings> {
@@ -120,12 +133,21 @@ impl NodeSet {
                     }
                     None => {
                         changes.added.push(s.name.clone());
-                        Arc::new(Backend::new(
+                        let b = Backend::new(
                             s,
                             &checks.health,
                             &self.admission,
                             &self.metrics,
-                        ))
+                        );
+                        b.set_slow_start(Duration::from_millis(
+                            self.slow_start_ms.load(Ordering::Relaxed),
+                        ));
+                        // Added to a running set: it ramps up. The first
+                        // nodes of a set take their full share at once.
+                        if !old.is_empty() {
+                            b.begin_slow_start();
+                        }
+                        Arc::new(b)
                     }
                 },
             )

@@ -19,6 +19,9 @@ pub const MAX_RESOLVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// `resolver.nameservers`: at most this many.
 pub const MAX_NAMESERVERS: usize = 8;
 pub const DRAIN_WINDOW: Duration = Duration::from_secs(30);
+/// `pool.*.slow_start`: at most an hour (a ramp longer than that leaves a
+/// returned node idle while its peers carry its clients).
+pub const MAX_SLOW_START: Duration = Duration::from_secs(3600);
 pub const BACKLOG: u32 = 1024;
 /// Upper bound of every duration in configuration and the admin API: 366
 /// days, so that "1y" (365.25 days to humantime) is accepted.

@@ -144,6 +144,7 @@ pub struct RawPool {
     pub drain_window: Option<String>,
     pub max_connect_rate: Option<u32>,
     pub queue: Option<RawQueue>,
+    pub slow_start: Option<String>,
     pub health: Option<RawHealth>,
     pub identity: Option<RawIdentity>,
     #[serde(default)]

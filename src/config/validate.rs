@@ -588,6 +588,14 @@ impl Cx {
                 defaults::DRAIN_WINDOW,
             ),
             admission,
+            slow_start: {
+                let key = format!("{k}.slow_start");
+                let d = self.duration_or_zero(&key, raw.slow_start.as_deref(), Duration::ZERO);
+                if d > defaults::MAX_SLOW_START {
+                    self.err(&key, "at most 1h");
+                }
+                d.min(defaults::MAX_SLOW_START)
+            },
         }
     }
 

@@ -210,6 +210,9 @@ pub struct BackendStatus {
     pub max_connections: u64,
     pub at_cap: bool,
     pub last_check: Option<LastCheck>,
+    /// Slow start: its share of new clients over its full share (1: not
+    /// ramping).
+    pub slow_start_ratio: f64,
 }
 
 /// A pool's admission as the admin API shows it.
@@ -270,6 +273,12 @@ impl Proxy {
         crate::metrics::register_pools_in_rotation(registry, move || {
             weak.upgrade()
                 .map(|state| state.pools_in_rotation())
+                .unwrap_or_default()
+        });
+        let weak = Arc::downgrade(&state);
+        crate::metrics::register_slow_start(registry, move || {
+            weak.upgrade()
+                .map(|state| state.slow_start_ratios())
                 .unwrap_or_default()
         });
         Ok(Proxy { state })
@@ -464,6 +473,18 @@ impl ProxyState {
             .collect()
     }
 
+    /// Every node's slow-start progress, (pool, node, share of its full
+    /// share).
+    fn slow_start_ratios(&self) -> Vec<(String, String, f64)> {
+        let mut out = Vec::new();
+        for (name, pool) in self.current.load().pools.iter() {
+            for b in pool.backends().iter() {
+                out.push((name.clone(), b.name.clone(), b.slow_start_ratio()));
+            }
+        }
+        out
+    }
+
     /// Start a pool's node set (health checks) if it is not running yet,
     /// and (re)start its DNS discovery from `answers` when it has DNS
     /// servers. Nothing else of the pool restarts.
@@ -504,6 +525,7 @@ impl ProxyHandle {
                     max_connections: b.max_connections(),
                     at_cap: b.at_cap(),
                     last_check: b.last_check(),
+                    slow_start_ratio: b.slow_start_ratio(),
                 });
             }
         }
