@@ -13,8 +13,8 @@
 //! reload does not reset them.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -133,12 +133,7 @@ impl NodeSet {
                     }
                     None => {
                         changes.added.push(s.name.clone());
-                        let b = Backend::new(
-                            s,
-                            &checks.health,
-                            &self.admission,
-                            &self.metrics,
-                        );
+                        let b = Backend::new(s, &checks.health, &self.admission, &self.metrics);
                         b.set_slow_start(Duration::from_millis(
                             self.slow_start_ms.load(Ordering::Relaxed),
                         ));

@@ -80,9 +80,9 @@ impl SmoothWrr {
             self.current = vec![0; nodes.len()];
         }
         let weight = |i: usize| {
-            nodes
-                .get(i)
-                .map_or(0, |n| i64::try_from(effective_weight(n)).unwrap_or(i64::MAX))
+            nodes.get(i).map_or(0, |n| {
+                i64::try_from(effective_weight(n)).unwrap_or(i64::MAX)
+            })
         };
         let total: i64 = eligible.iter().map(|&i| weight(i)).sum();
         // (position in `eligible`, node index, its current weight)
@@ -153,7 +153,11 @@ fn least_connections(nodes: &[NodeView], eligible: &[usize], rotor: usize) -> Ve
     let mut v = rotated(eligible, rotor);
     // Compare active/weight without division: a.active * b.weight vs b.active * a.weight.
     // A stable sort keeps the rotated order among equals.
-    let load = |i: usize| nodes.get(i).map_or((0, 1), |n| (n.active, effective_weight(n)));
+    let load = |i: usize| {
+        nodes
+            .get(i)
+            .map_or((0, 1), |n| (n.active, effective_weight(n)))
+    };
     v.sort_by(|&a, &b| {
         let ((a_active, a_weight), (b_active, b_weight)) = (load(a), load(b));
         (u128::from(a_active) * u128::from(b_weight))
