@@ -26,7 +26,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
-use crate::proxy::{BackendStatus, PoolStatus, ProxyHandle, ReloadError};
+use crate::balance::rebalance::Trigger;
+use crate::config::defaults;
+use crate::proxy::{BackendStatus, PoolStatus, ProxyHandle, RebalanceError, ReloadError};
 use crate::ratelog::LogLimiter;
 
 /// What the admin server administers.
@@ -317,6 +319,32 @@ struct PoolJson<'a> {
     name: &'a str,
     backends_in_rotation: usize,
     admission: AdmissionJson,
+    rebalance: RebalanceJson,
+}
+
+#[derive(Serialize)]
+struct RebalanceJson {
+    /// `rebalance.after` (null: not configured; by hand only).
+    after_seconds: Option<f64>,
+    rate: Option<u32>,
+    /// The running run, or the last one (null: none yet).
+    last: Option<RunJson>,
+}
+
+#[derive(Serialize)]
+struct RunJson {
+    /// `manual`, or `node` (with `node`: the node that came back).
+    trigger: &'static str,
+    node: Option<String>,
+    running: bool,
+    rate: u32,
+    planned: u64,
+    moved: u64,
+    /// Planned clients that left before their turn.
+    gone: u64,
+    seconds: f64,
+    /// Why it ended early, if it did.
+    stopped: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -339,6 +367,27 @@ impl<'a> From<&'a PoolStatus> for PoolJson<'a> {
                 queue_timeout_seconds: p.queue_timeout.as_secs_f64(),
                 queued: p.queued,
                 pacing: p.pacing,
+            },
+            rebalance: RebalanceJson {
+                after_seconds: p.rebalance.map(|r| r.after.as_secs_f64()),
+                rate: p.rebalance.map(|r| r.rate),
+                last: p.last_rebalance.as_ref().map(|r| RunJson {
+                    trigger: match r.trigger {
+                        Trigger::Manual => "manual",
+                        Trigger::Node(_) => "node",
+                    },
+                    node: match &r.trigger {
+                        Trigger::Node(n) => Some(n.clone()),
+                        Trigger::Manual => None,
+                    },
+                    running: r.running(),
+                    rate: r.rate,
+                    planned: r.planned,
+                    moved: r.moved,
+                    gone: r.gone,
+                    seconds: r.seconds(),
+                    stopped: r.stopped,
+                }),
             },
         }
     }
@@ -370,6 +419,13 @@ impl<'a> From<&'a BackendStatus> for BackendJson<'a> {
             }),
         }
     }
+}
+
+#[derive(Serialize)]
+struct Started {
+    status: &'static str,
+    /// Clients the run will ask to move.
+    planned: usize,
 }
 
 #[derive(Serialize)]
@@ -459,19 +515,54 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
             Role::Broker { .. } => not_found(),
         },
+        (&Method::POST, ["api", "v1", "pools", pool, "rebalance"]) => match &admin.role {
+            Role::Proxy(p) => {
+                let rate = match query_param(&req, "rate").map(str::parse::<u32>) {
+                    None => None,
+                    Some(Ok(r)) if (1..=defaults::MAX_REBALANCE_RATE).contains(&r) => Some(r),
+                    Some(_) => {
+                        return json(
+                            StatusCode::BAD_REQUEST,
+                            &Message {
+                                status: "error",
+                                errors: vec![format!(
+                                    "rate: 1 to {} clients per second",
+                                    defaults::MAX_REBALANCE_RATE
+                                )],
+                                changes: None,
+                            },
+                        );
+                    }
+                };
+                match p.rebalance(pool, rate) {
+                    Ok(planned) => json(
+                        StatusCode::ACCEPTED,
+                        &Started {
+                            status: "started",
+                            planned,
+                        },
+                    ),
+                    Err(e) => json(
+                        match e {
+                            RebalanceError::NoPool(_) => StatusCode::NOT_FOUND,
+                            RebalanceError::Running(_) => StatusCode::CONFLICT,
+                        },
+                        &Message {
+                            status: "error",
+                            errors: vec![e.to_string()],
+                            changes: None,
+                        },
+                    ),
+                }
+            }
+            Role::Broker { .. } => not_found(),
+        },
         (&Method::POST, ["api", "v1", "backends", name, action @ ("drain" | "enable")]) => {
             match &admin.role {
                 Role::Proxy(p) => {
                     // ?disconnect=true|false&window=30s override the pool's
                     // drain_disconnect / drain_window.
-                    let query = req.uri().query().unwrap_or("");
-                    let param = |key: &str| {
-                        query
-                            .split('&')
-                            .filter_map(|kv| kv.split_once('='))
-                            .find(|(k, _)| *k == key)
-                            .map(|(_, v)| v)
-                    };
+                    let param = |key: &str| query_param(&req, key);
                     let window = match param("window").map(crate::config::parse_duration) {
                         Some(Ok(w)) => Some(w),
                         Some(Err(e)) => {
@@ -555,11 +646,24 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         // A known path asked with another method; anything else is 404.
         (_, ["metrics" | "healthz" | "readyz"])
         | (_, ["api", "v1", "backends" | "pools" | "reload"])
-        | (_, ["api", "v1", "backends", _, "drain" | "enable"]) => {
+        | (_, ["api", "v1", "backends", _, "drain" | "enable"])
+        | (_, ["api", "v1", "pools", _, "rebalance"]) => {
             reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
         }
         _ => not_found(),
     }
+}
+
+/// A query parameter's value (not percent-decoded: names, numbers and
+/// durations need none).
+fn query_param<'r, B>(req: &'r Request<B>, key: &str) -> Option<&'r str> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
 }
 
 /// The credentials of an `Authorization` value in the `Bearer` scheme,

@@ -313,6 +313,8 @@ pub struct Metrics {
     pub pool_queue_capacity: Family<PoolLabel, Gauge>,
     pub pool_queue_wait: Family<PoolLabel, Histogram>,
     pub pool_admissions: Family<PoolResultLabel, Counter>,
+    pub pool_rebalance_moved: Family<PoolLabel, Counter>,
+    pub pool_rebalance_pending: Family<PoolLabel, Gauge>,
     /// The label sets of `tls_certificate_not_after` exported now, so a
     /// reload can remove the ones that went away. A std Mutex: held for a
     /// set difference, never across an await.
@@ -349,6 +351,8 @@ impl Metrics {
             pool_queue_capacity: Family::default(),
             pool_queue_wait: Family::new_with_constructor(queue_wait_histogram),
             pool_admissions: Family::default(),
+            pool_rebalance_moved: Family::default(),
+            pool_rebalance_pending: Family::default(),
             certificates: Arc::default(),
             routes: Arc::default(),
         };
@@ -485,6 +489,16 @@ impl Metrics {
             "Clients through the pool's admission, by result: immediate, paced (after waiting), queue_full and queue_timeout (refused), abandoned (left while waiting)",
             m.pool_admissions.clone(),
         );
+        r.register(
+            "pool_rebalance_moved",
+            "Clients asked to move by a rebalance of the pool (MQTT 5: DISCONNECT 0x9C \"use another server\"; 3.1.1: closed), at a packet boundary",
+            m.pool_rebalance_moved.clone(),
+        );
+        r.register(
+            "pool_rebalance_pending",
+            "Clients the running rebalance of the pool has still to move (0 when none runs)",
+            m.pool_rebalance_pending.clone(),
+        );
         // Both outcomes exist from the start, so rate() and alerts work
         // before the first reload.
         for result in ["ok", "error"] {
@@ -547,6 +561,8 @@ impl Metrics {
     pub fn admission(&self, pool: &str) -> AdmissionMetrics {
         let label = PoolLabel { pool: pool.into() };
         AdmissionMetrics {
+            rebalance_moved: self.pool_rebalance_moved.get_or_create_owned(&label),
+            rebalance_pending: self.pool_rebalance_pending.get_or_create_owned(&label),
             queue_length: self.pool_queue_length.get_or_create_owned(&label),
             queue_capacity: self.pool_queue_capacity.get_or_create_owned(&label),
             wait: self.pool_queue_wait.get_or_create_owned(&label),
@@ -565,6 +581,8 @@ impl Metrics {
         self.pool_queue_length.remove(&label);
         self.pool_queue_capacity.remove(&label);
         self.pool_queue_wait.remove(&label);
+        self.pool_rebalance_moved.remove(&label);
+        self.pool_rebalance_pending.remove(&label);
         for r in AdmissionResult::ALL {
             self.pool_admissions.remove(&PoolResultLabel {
                 pool: pool.into(),
@@ -751,6 +769,9 @@ pub struct AdmissionMetrics {
     pub queue_capacity: Gauge,
     pub wait: Histogram,
     results: CounterSet,
+    /// `mqttlb_pool_rebalance_moved_total` and `_pending` (rebalance).
+    pub rebalance_moved: Counter,
+    pub rebalance_pending: Gauge,
 }
 
 impl AdmissionMetrics {

@@ -105,7 +105,19 @@ pub struct PoolConfig {
     /// A node entering rotation takes a share growing from nothing to its
     /// full weight over this window (zero: at once).
     pub slow_start: Duration,
+    /// Moving clients home once a node is back (`None`: only by hand).
+    pub rebalance: Option<RebalanceConfig>,
     pub admission: AdmissionConfig,
+}
+
+/// `rebalance = { after, rate }`: see [`super::rebalance`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebalanceConfig {
+    /// A node in rotation again (back up, added, enabled) this long (and
+    /// past its slow start) has its clients moved home.
+    pub after: Duration,
+    /// Clients asked to move per second.
+    pub rate: u32,
 }
 
 /// How a pool lets new clients reach its nodes (`max_connect_rate`,
@@ -165,5 +177,6 @@ pub fn test_pool(name: &str, servers: &[(&str, u16)]) -> PoolConfig {
             queue_timeout: Duration::from_secs(10),
         },
         slow_start: Duration::ZERO,
+        rebalance: None,
     }
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod discovery;
 pub mod health;
 pub mod nodes;
+pub mod rebalance;
 pub mod route;
 pub mod state;
 pub mod strategy;
@@ -63,8 +64,12 @@ pub struct Backend {
     fall: AtomicU32,
     /// Outcome of the last active check, for the admin API.
     last_check: Mutex<Option<LastCheck>>,
-    /// MQTT 5 connections that can be asked to move (drain), by id.
-    kickable: Mutex<HashMap<u64, CancellationToken>>,
+    /// Client connections that can be asked to move (drain: MQTT 5 only;
+    /// rebalance: all), by id.
+    kickable: Mutex<HashMap<u64, Movable>>,
+    /// When the node last entered rotation, until a rebalance has taken
+    /// it (`rebalance.after` later).
+    returned: Mutex<Option<Instant>>,
     /// Cancelled when the node leaves its set: its health check stops.
     retired: CancellationToken,
     /// Slow start: its window (milliseconds, 0: none) and when the node
@@ -108,6 +113,7 @@ impl Backend {
             fall: AtomicU32::new(health.fall.get()),
             last_check: Mutex::new(None),
             kickable: Mutex::new(HashMap::new()),
+            returned: Mutex::new(None),
             retired: CancellationToken::new(),
             slow_start_ms: AtomicU64::new(0),
             entered: Mutex::new(None),
@@ -126,7 +132,22 @@ impl Backend {
     /// (The instant is kept whatever the window, so a window configured
     /// by the same reload that added the node still applies.)
     pub fn begin_slow_start(&self) {
-        *self.entered.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let now = Instant::now();
+        *self.entered.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+        *self.returned.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+    }
+
+    /// The node entered rotation at least `after` ago and no rebalance
+    /// has taken that return yet: it is taken now (`true` once per return).
+    pub fn take_return(&self, after: Duration) -> bool {
+        let mut returned = self.returned.lock().unwrap_or_else(|p| p.into_inner());
+        match *returned {
+            Some(at) if at.elapsed() >= after => {
+                *returned = None;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// [`Backend::ramp`] as a fraction (for the metric and the admin API).
@@ -209,14 +230,22 @@ impl Backend {
             .clone()
     }
 
-    /// Register a connection that can be asked to move; it stays
-    /// registered while the guard lives.
-    pub fn kickable(self: &Arc<Self>, conn_id: u64) -> KickGuard {
+    /// Register a client connection that can be asked to move (`v5`: an
+    /// MQTT 5 client, which drains move too; `key`: its hash key, kept
+    /// for rebalancing hash pools); registered while the guard lives.
+    pub fn kickable(self: &Arc<Self>, conn_id: u64, v5: bool, key: Option<Box<[u8]>>) -> KickGuard {
         let token = CancellationToken::new();
         self.kickable
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(conn_id, token.clone());
+            .insert(
+                conn_id,
+                Movable {
+                    token: token.clone(),
+                    v5,
+                    key,
+                },
+            );
         KickGuard {
             backend: self.clone(),
             conn_id,
@@ -224,12 +253,34 @@ impl Backend {
         }
     }
 
-    /// Tokens of the connections that can be asked to move now.
+    /// Tokens of the MQTT 5 connections (those a drain asks to move),
+    /// oldest first.
     pub fn kick_tokens(&self) -> Vec<CancellationToken> {
         let map = self.kickable.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ids: Vec<(&u64, &CancellationToken)> = map.iter().collect();
+        let mut ids: Vec<(&u64, &Movable)> = map.iter().filter(|(_, m)| m.v5).collect();
         ids.sort_by_key(|(id, _)| **id);
-        ids.into_iter().map(|(_, t)| t.clone()).collect()
+        ids.into_iter().map(|(_, m)| m.token.clone()).collect()
+    }
+
+    /// Visit every movable connection: id, hash key, token (under the
+    /// registry's lock: `f` must be quick).
+    fn each_movable(&self, mut f: impl FnMut(u64, Option<&[u8]>, &CancellationToken)) {
+        let map = self.kickable.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, m) in map.iter() {
+            f(*id, m.key.as_deref(), &m.token);
+        }
+    }
+
+    /// Movable connections now.
+    fn movable_count(&self) -> u64 {
+        let map = self.kickable.lock().unwrap_or_else(|p| p.into_inner());
+        map.len() as u64
+    }
+
+    /// Whether connection `id` is still registered here.
+    fn holds(&self, id: u64) -> bool {
+        let map = self.kickable.lock().unwrap_or_else(|p| p.into_inner());
+        map.contains_key(&id)
     }
 
     pub fn record_check(&self, check: LastCheck) {
@@ -349,7 +400,15 @@ impl Backend {
     }
 }
 
-/// A connection's registration for drain kicks; removed on drop.
+/// A connection that can be asked to move.
+struct Movable {
+    token: CancellationToken,
+    v5: bool,
+    key: Option<Box<[u8]>>,
+}
+
+/// A connection's registration for drain and rebalance kicks; removed on
+/// drop.
 pub struct KickGuard {
     backend: Arc<Backend>,
     conn_id: u64,

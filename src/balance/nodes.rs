@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use super::Backend;
 use super::admission::Admission;
+use super::rebalance::Rebalancer;
 use super::discovery::{Discovery, NodeSpec};
 use super::health::{self, CheckSettings, SharedSettings};
 use crate::metrics::Metrics;
@@ -57,6 +58,8 @@ pub struct NodeSet {
     pub admission: Arc<Admission>,
     /// Slow-start window of the set's nodes (milliseconds).
     slow_start_ms: AtomicU64,
+    /// The pool's rebalance runs (one at a time).
+    pub rebalance: Rebalancer,
     metrics: Metrics,
     // std Mutexes: held for a few instructions, never across an await.
     tasks: Mutex<Option<Tasks>>,
@@ -81,6 +84,10 @@ impl NodeSet {
             rotor: AtomicUsize::new(0),
             admission: Arc::new(Admission::new(metrics.admission(pool))),
             slow_start_ms: AtomicU64::new(0),
+            rebalance: {
+                let m = metrics.admission(pool);
+                Rebalancer::new(m.rebalance_moved, m.rebalance_pending)
+            },
             metrics: metrics.clone(),
             tasks: Mutex::new(None),
             update: Mutex::new(()),

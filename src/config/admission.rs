@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use super::raw::RawQueue;
+use super::raw::{RawQueue, RawRebalance};
 use super::*;
-use crate::balance::config::AdmissionConfig;
+use crate::balance::config::{AdmissionConfig, RebalanceConfig};
 
 impl Cx {
     /// `pool.NAME.max_connect_rate` and `pool.NAME.queue`; `k` is
@@ -58,6 +58,36 @@ impl Cx {
             queue_size,
             queue_timeout,
         }
+    }
+
+    /// `pool.NAME.rebalance = { after, rate }`; `k` is `pool.NAME`.
+    pub(super) fn rebalance(&mut self, k: &str, raw: RawRebalance) -> RebalanceConfig {
+        let key = format!("{k}.rebalance.after");
+        let after = self.duration_or_zero(&key, raw.after.as_deref(), defaults::REBALANCE_AFTER);
+        let after = if after > defaults::MAX_REBALANCE_AFTER {
+            self.err(
+                &key,
+                &format!("must be at most {}", text(defaults::MAX_REBALANCE_AFTER)),
+            );
+            defaults::REBALANCE_AFTER
+        } else {
+            after
+        };
+        let rate = match raw.rate {
+            None => defaults::REBALANCE_RATE,
+            Some(r) if (1..=defaults::MAX_REBALANCE_RATE).contains(&r) => r,
+            Some(_) => {
+                self.err(
+                    &format!("{k}.rebalance.rate"),
+                    &format!(
+                        "must be 1 to {} clients per second",
+                        defaults::MAX_REBALANCE_RATE
+                    ),
+                );
+                defaults::REBALANCE_RATE
+            }
+        };
+        RebalanceConfig { after, rate }
     }
 
     /// `…servers[i].max_connections`; `k` is the server's key.
@@ -133,6 +163,37 @@ mod tests {
         );
         let c = load("queue = { size = 1000000, timeout = \"5m\" }").expect("valid");
         assert_eq!(c.pools["b"].admission.queue_size, 1_000_000);
+    }
+
+    #[test]
+    fn rebalance_is_off_unless_configured_and_bounded() {
+        assert_eq!(load("").expect("valid").pools["b"].rebalance, None);
+        let c = load("rebalance = {}").expect("valid");
+        assert_eq!(
+            c.pools["b"].rebalance,
+            Some(RebalanceConfig {
+                after: defaults::REBALANCE_AFTER,
+                rate: defaults::REBALANCE_RATE,
+            })
+        );
+        let c = load("rebalance = { after = \"0s\", rate = 5 }").expect("valid");
+        assert_eq!(
+            c.pools["b"].rebalance,
+            Some(RebalanceConfig {
+                after: Duration::ZERO,
+                rate: 5,
+            })
+        );
+        assert_eq!(keys("rebalance = { rate = 0 }"), ["pool.b.rebalance.rate"]);
+        assert_eq!(
+            keys("rebalance = { rate = 100001 }"),
+            ["pool.b.rebalance.rate"]
+        );
+        assert_eq!(
+            keys("rebalance = { after = \"2h\" }"),
+            ["pool.b.rebalance.after"]
+        );
+        assert!(keys("rebalance = { rat = 1 }")[0].starts_with("pool.b.rebalance"));
     }
 
     #[test]

@@ -109,5 +109,14 @@ pub const MAX_QUEUE_SIZE: u64 = 1_000_000;
 pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MIN_QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
 pub const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(300);
+/// `pool.rebalance.after`: how long a node is back before clients are
+/// moved to it (default, bounds).
+pub const REBALANCE_AFTER: Duration = Duration::from_secs(30);
+pub const MAX_REBALANCE_AFTER: Duration = Duration::from_secs(3600);
+/// `pool.rebalance.rate`: clients moved per second (default, bounds); also
+/// the rate of `POST /api/v1/pools/{pool}/rebalance` on a pool without
+/// `rebalance`.
+pub const REBALANCE_RATE: u32 = 100;
+pub const MAX_REBALANCE_RATE: u32 = 100_000;
 /// Upper bound of a server's `max_connections` (0 = no cap).
 pub const MAX_NODE_CONNECTIONS: u32 = 10_000_000;

@@ -145,6 +145,7 @@ pub struct RawPool {
     pub max_connect_rate: Option<u32>,
     pub queue: Option<RawQueue>,
     pub slow_start: Option<String>,
+    pub rebalance: Option<RawRebalance>,
     pub health: Option<RawHealth>,
     pub identity: Option<RawIdentity>,
     #[serde(default)]
@@ -157,6 +158,14 @@ pub struct RawPool {
 pub struct RawQueue {
     pub size: Option<u64>,
     pub timeout: Option<String>,
+}
+
+/// `rebalance = { after, rate }`: moving clients home once a node is back.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRebalance {
+    pub after: Option<String>,
+    pub rate: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

@@ -596,6 +596,7 @@ impl Cx {
                 }
                 d.min(defaults::MAX_SLOW_START)
             },
+            rebalance: raw.rebalance.map(|r| self.rebalance(&k, r)),
         }
     }
 

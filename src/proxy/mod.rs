@@ -47,12 +47,14 @@ mod accept;
 pub mod conn;
 mod drain;
 mod handover;
+mod rebalance;
 mod reload;
 pub mod route;
 mod session_keys;
 pub mod splice;
 pub mod websocket;
 
+pub use rebalance::RebalanceError;
 pub use reload::{ReloadError, ReloadSummary};
 
 use std::collections::BTreeMap;
@@ -227,6 +229,10 @@ pub struct PoolStatus {
     pub queued: usize,
     /// Whether admission paces now (late CONNACKs are no node failure).
     pub pacing: bool,
+    /// `rebalance` as configured (`None`: only by hand).
+    pub rebalance: Option<crate::balance::config::RebalanceConfig>,
+    /// The running rebalance, or the last one.
+    pub last_rebalance: Option<crate::balance::rebalance::Progress>,
 }
 
 impl Proxy {
@@ -329,6 +335,7 @@ impl Proxy {
             state.session_keys.clone(),
             state.shutdown.clone(),
         ));
+        state.background.spawn(state.clone().watch_rebalance());
         let generation = state.current.load_full();
         for (name, pool) in &generation.pools {
             if let Some(cfg) = generation.config.pools.get(name) {
@@ -546,6 +553,8 @@ impl ProxyHandle {
                 queue_timeout: p.admission.queue_timeout,
                 queued: p.admission().queued(),
                 pacing: p.admission().pacing(),
+                rebalance: generation.config.pools.get(&p.name).and_then(|c| c.rebalance),
+                last_rebalance: p.nodes.rebalance.progress(),
             })
             .collect()
     }

@@ -25,7 +25,7 @@ use tracing::{Span, debug, warn};
 
 use super::admit::Hello;
 use super::{Conn, Refusal};
-use crate::balance::{ActiveGuard, Backend, Pool};
+use crate::balance::{ActiveGuard, Backend, Pool, Strategy};
 use crate::mqtt::ProtocolVersion;
 use crate::mqtt::packets::{ConnackHead, ConnackVerdict, connack_head, connack_verdict};
 use crate::proxy_protocol as header;
@@ -51,6 +51,8 @@ pub(super) struct Placed<'c> {
     /// idle timeout.
     pub protocol: Option<ProtocolVersion>,
     pub idle: Duration,
+    /// The client's hash key, on hash pools (for rebalancing).
+    pub key: Option<Box<[u8]>>,
     /// The route's pool (the client has its `connack_timeout` to take the
     /// CONNACK).
     pub pool: &'c Pool,
@@ -137,6 +139,13 @@ impl Conn {
                         answer,
                         protocol: hello.protocol,
                         idle: hello.idle,
+                        // Hash pools keep the key: a rebalance finds the
+                        // client's home by it.
+                        key: hello
+                            .key
+                            .take()
+                            .filter(|_| pool.strategy == Strategy::ClientId)
+                            .map(Vec::into_boxed_slice),
                         pool,
                     });
                 }

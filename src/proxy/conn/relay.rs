@@ -25,7 +25,7 @@ impl Conn {
         // `connack_timeout`; the frame tracker learns where the stream
         // stands so a drain kick still lands on a packet boundary. (A
         // block: what only this step uses is not kept across the splice.)
-        let (backend, mut upstream, _active, protocol, idle, downstream) = {
+        let (backend, mut upstream, _active, protocol, idle, key, downstream) = {
             let Placed {
                 backend,
                 upstream,
@@ -33,6 +33,7 @@ impl Conn {
                 answer,
                 protocol,
                 idle,
+                key,
                 pool,
             } = placed;
             let mut downstream = FrameTracker::default();
@@ -49,11 +50,19 @@ impl Conn {
                 }
                 ctx.metrics.downstream_bytes.inc_by(answer.len() as u64);
             }
-            (backend, upstream, active, protocol, idle, downstream)
+            (backend, upstream, active, protocol, idle, key, downstream)
         };
 
-        // MQTT 5 clients can be asked to move when their backend drains.
-        let kickable = (protocol == Some(ProtocolVersion::V5)).then(|| backend.kickable(self.id));
+        // MQTT clients can be asked to move: by a drain (MQTT 5: DISCONNECT
+        // "use another server") and by a rebalance (3.1.1: closed at a
+        // packet boundary). Pass-through connections have no boundaries.
+        let v5 = protocol == Some(ProtocolVersion::V5);
+        let kickable = protocol.map(|_| backend.kickable(self.id, v5, key));
+        let packet: &'static [u8] = if v5 {
+            crate::mqtt::packets::DISCONNECT_USE_ANOTHER_SERVER
+        } else {
+            &[]
+        };
         let started = Instant::now();
         let (result, moved) = splice(
             client,
@@ -63,7 +72,7 @@ impl Conn {
             ctx.metrics.downstream_bytes.clone(),
             kickable.as_ref().map(|k| Kick {
                 token: k.token(),
-                packet: crate::mqtt::packets::DISCONNECT_USE_ANOTHER_SERVER,
+                packet,
                 downstream,
             }),
         )
@@ -78,7 +87,7 @@ impl Conn {
                 info!(
                     up = moved.upstream,
                     down = moved.downstream,
-                    "drain: client sent DISCONNECT \"use another server\""
+                    v5, "client asked to move (drain or rebalance): DISCONNECT \"use another server\" (MQTT 5) or closed (3.1.1)"
                 );
                 Disconnect::Drained
             }
