@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::broker::Broker;
 use crate::balance::rebalance::Trigger;
+use crate::broker::Broker;
 use crate::config::defaults;
 use crate::proxy::{BackendStatus, PoolStatus, ProxyHandle, RebalanceError, ReloadError};
 use crate::ratelog::LogLimiter;

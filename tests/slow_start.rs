@@ -9,22 +9,6 @@ mod common;
 use std::net::SocketAddr;
 
 use common::*;
-use mqttlb::balance::strategy::{hrw_score, name_seed};
-
-/// Client ids whose client-id hash home among `nodes` is `home`.
-fn homed_on(home: &str, nodes: &[&str], n: usize) -> Vec<String> {
-    (0..)
-        .map(|i| format!("dev-{i}"))
-        .filter(|id| {
-            let best = nodes
-                .iter()
-                .max_by_key(|node| hrw_score(id.as_bytes(), name_seed(node)))
-                .expect("nodes");
-            *best == home
-        })
-        .take(n)
-        .collect()
-}
 
 /// Open MQTT sessions through the proxy for every id (kept open), each
 /// accepted.

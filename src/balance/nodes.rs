@@ -25,9 +25,9 @@ use tracing::{info, warn};
 
 use super::Backend;
 use super::admission::Admission;
-use super::rebalance::Rebalancer;
 use super::discovery::{Discovery, NodeSpec};
 use super::health::{self, CheckSettings, SharedSettings};
+use super::rebalance::Rebalancer;
 use crate::metrics::Metrics;
 
 /// What [`NodeSet::set_backends`] changed, by node name.

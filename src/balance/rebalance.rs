@@ -325,7 +325,11 @@ mod tests {
         assert_eq!(due(0, 100), Duration::ZERO);
         assert_eq!(due(1, 100), Duration::from_millis(10));
         assert_eq!(due(250, 100), Duration::from_millis(2500));
-        assert_eq!(due(3, 0), Duration::from_secs(3), "a zero rate is one a second");
+        assert_eq!(
+            due(3, 0),
+            Duration::from_secs(3),
+            "a zero rate is one a second"
+        );
         assert_eq!(due(usize::MAX, 1), Duration::from_micros(u64::MAX));
     }
 }

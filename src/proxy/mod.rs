@@ -553,7 +553,11 @@ impl ProxyHandle {
                 queue_timeout: p.admission.queue_timeout,
                 queued: p.admission().queued(),
                 pacing: p.admission().pacing(),
-                rebalance: generation.config.pools.get(&p.name).and_then(|c| c.rebalance),
+                rebalance: generation
+                    .config
+                    .pools
+                    .get(&p.name)
+                    .and_then(|c| c.rebalance),
                 last_rebalance: p.nodes.rebalance.progress(),
             })
             .collect()

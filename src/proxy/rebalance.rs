@@ -129,7 +129,10 @@ impl ProxyState {
                 }
                 let wait = settings.after.max(cfg.slow_start);
                 let backends = pool.backends();
-                if let Some(b) = backends.iter().find(|b| b.in_rotation() && b.take_return(wait)) {
+                if let Some(b) = backends
+                    .iter()
+                    .find(|b| b.in_rotation() && b.take_return(wait))
+                {
                     self.start_rebalance(
                         pool.clone(),
                         Target::Home(b),

@@ -418,3 +418,23 @@ pub fn wss_client(port: u16, certs: &Certs, id: &str) -> MqttClient {
     ));
     MqttClient::start(opts)
 }
+
+/// Client ids whose client-id hash home among `nodes` is `home`.
+pub fn homed_on(home: &str, nodes: &[&str], n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("dev-{i}"))
+        .filter(|id| {
+            let best = nodes
+                .iter()
+                .max_by_key(|node| {
+                    mqttlb::balance::strategy::hrw_score(
+                        id.as_bytes(),
+                        mqttlb::balance::strategy::name_seed(node),
+                    )
+                })
+                .expect("nodes");
+            *best == home
+        })
+        .take(n)
+        .collect()
+}

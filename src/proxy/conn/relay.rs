@@ -87,7 +87,8 @@ impl Conn {
                 info!(
                     up = moved.upstream,
                     down = moved.downstream,
-                    v5, "client asked to move (drain or rebalance): DISCONNECT \"use another server\" (MQTT 5) or closed (3.1.1)"
+                    v5,
+                    "client asked to move (drain or rebalance): DISCONNECT \"use another server\" (MQTT 5) or closed (3.1.1)"
                 );
                 Disconnect::Drained
             }
