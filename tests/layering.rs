@@ -116,7 +116,8 @@ const ROOMS: &[(&str, &[(&str, u8)])] = &[
             ("strategy", 1),
             ("discovery", 1),
             ("health", 1),
-            ("nodes", 2),
+            ("rebalance", 2),
+            ("nodes", 3),
         ],
     ),
     (
