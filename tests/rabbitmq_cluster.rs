@@ -27,6 +27,20 @@ const INTERVAL: Duration = Duration::from_secs(1);
 const FALL: u32 = 2;
 /// Up to this long for every node's first two passing checks.
 const CHECKS_DEADLINE: Duration = Duration::from_secs(60);
+/// Clients of the reconnect storm, and the paced rate they meet.
+const STORM: usize = 30;
+const STORM_RATE: usize = 10;
+
+/// The time of day of a RabbitMQ log line, in seconds (its lines start
+/// `2026-11-25 02:58:57.833936+00:00`).
+fn log_seconds(line: &str) -> Option<f64> {
+    let clock = line.get(11..26)?;
+    let mut parts = clock.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
 
 fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -65,7 +79,7 @@ fn connections_of(cluster: &RabbitCluster, n: usize, id: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_cluster_behind_mqttlb() {
     let mut cluster = RabbitCluster::start(NODES).await;
-    let certs = Certs::new();
+    let certs = std::sync::Arc::new(Certs::new());
     let names: Vec<String> = (0..NODES).map(node).collect();
     let servers: Vec<(&str, SocketAddr)> = names
         .iter()
@@ -304,22 +318,122 @@ async fn rabbitmq_cluster_behind_mqttlb() {
         assert_ne!(now, victim_name, "{id}");
     }
 
-    // 5. Kill another node with no client traffic: the active checks alone
-    //    take it out within INTERVAL × FALL (plus one interval of slack),
-    //    and the last node serves everyone.
+    // 5. Kill another node with no client traffic on this proxy: the
+    //    active checks alone take it out within INTERVAL × FALL (plus one
+    //    interval of slack), and the last node serves everyone. Meanwhile
+    //    a second proxy that paces admission holds STORM clients on that
+    //    node; they reconnect all at once and RabbitMQ's own log shows the
+    //    last node taking them at the paced rate.
     let second = (0..NODES).find(|&n| n != victim).unwrap_or_default();
     let second_name = node(second);
-    let killed = Instant::now();
-    cluster.kill(second);
-    let name = second_name.as_str();
-    let proxy_ref = &proxy;
-    wait_until(
-        "the second node leaves rotation by checks alone",
-        DEADLINE,
-        || async move { !proxy_ref.backend_up(name) },
+    let last = (0..NODES)
+        .find(|&n| n != victim && n != second)
+        .unwrap_or_default();
+    let storm_proxy = ProxyUnderTest::start(
+        &config(
+            &certs,
+            &servers,
+            "",
+            &format!(
+                "strategy = \"client-id\"\nproxy_protocol = \"v2\"\nmax_connect_rate = {STORM_RATE}\nqueue = {{ size = 1000, timeout = \"60s\" }}\nhealth = {{ check = \"tcp\", interval = \"200ms\", timeout = \"900ms\", rise = 1, fall = 1 }}"
+            ),
+        ),
+        certs.dir.path(),
     )
     .await;
-    let by_checks = killed.elapsed();
+    let (sp, vn) = (&storm_proxy, victim_name.as_str());
+    wait_until(
+        "the storm proxy sees the victim down",
+        DEADLINE,
+        || async move { !sp.backend_up(vn) },
+    )
+    .await;
+    let storm_ids: Vec<String> = (0..)
+        .map(|i| format!("storm-{i}"))
+        .filter(|id| storm_proxy.pool().candidates(Some(id.as_bytes()))[0].name == second_name)
+        .take(STORM)
+        .collect();
+    let mut held = Vec::with_capacity(STORM);
+    for id in &storm_ids {
+        let mut s = tls_connect(storm_proxy.addr, &certs, false)
+            .await
+            .expect("TLS");
+        assert_eq!(mqtt_connect(&mut s, 4, id).await, Some(0), "{id}");
+        held.push(s);
+    }
+    let killed = Instant::now();
+    cluster.kill(second);
+    // The storm: every held client sees its connection end and comes back
+    // at once, all together.
+    let storm: Vec<_> = storm_ids
+        .iter()
+        .zip(held)
+        .map(|(id, mut s)| {
+            let (certs, addr, id) = (certs.clone(), storm_proxy.addr, id.clone());
+            tokio::spawn(async move {
+                read_to_close(&mut s).await;
+                let mut s = tls_connect(addr, &certs, false).await.expect("TLS");
+                let code = mqtt_connect(&mut s, 4, &id).await;
+                (id, code, s)
+            })
+        })
+        .collect();
+    // Watched while the storm runs: the first proxy's checks alone take
+    // the node out.
+    let name = second_name.as_str();
+    let proxy_ref = &proxy;
+    let (by_checks, back) = tokio::join!(
+        async {
+            wait_until(
+                "the second node leaves rotation by checks alone",
+                DEADLINE,
+                || async move { !proxy_ref.backend_up(name) },
+            )
+            .await;
+            killed.elapsed()
+        },
+        async {
+            let mut back = Vec::with_capacity(STORM);
+            for t in storm {
+                let (id, code, s) = t.await.expect("storm client");
+                assert_eq!(code, Some(0), "{id} is back, on the last node");
+                back.push(s);
+            }
+            back
+        }
+    );
+    // RabbitMQ's side: when the last node accepted each storm client (its
+    // log is written a moment after the CONNACK).
+    let accepted_at = || -> Vec<f64> {
+        storm_ids
+            .iter()
+            .filter_map(|id| {
+                connections_of(&cluster, last, id)
+                    .last()
+                    .and_then(|l| log_seconds(l))
+            })
+            .collect()
+    };
+    wait_until(
+        "the last node logged every storm client",
+        DEADLINE,
+        || async { accepted_at().len() == STORM },
+    )
+    .await;
+    let mut accepted = accepted_at();
+    accepted.sort_by(f64::total_cmp);
+    let span = accepted[STORM - 1] - accepted[0];
+    // A full bucket (one second of tokens) goes at once, the rest at the
+    // rate: at least (STORM - RATE) / RATE seconds, less 10 % for clocks.
+    let paced = (STORM - STORM_RATE) as f64 / STORM_RATE as f64;
+    eprintln!(
+        "storm: {STORM} clients reached the last node over {span:.2} s (paced: {paced:.2} s)"
+    );
+    assert!(
+        span >= paced * 0.9,
+        "{STORM} reconnects over {span:.2} s: not paced at {STORM_RATE}/s"
+    );
+    drop(back);
     eprintln!("{second_name} left rotation {by_checks:?} after it was killed, with no traffic");
     assert!(
         by_checks <= INTERVAL * (FALL + 1),
