@@ -48,6 +48,18 @@
 //! * **Broker memory** (per node): `rss_base + N/k × rss_per_connection +
 //!   N/k × 4 KiB` (one kernel socket per client).
 //!
+//! * **Losing a broker node** (`docs/sizing.md`, "Losing a node: the
+//!   reconnect storm"): its `L = N/n` clients come back through the `P`
+//!   proxies, whose handshakes are not paced: each takes them at
+//!   `a = spare cores / handshake cost`. Each proxy's admission lets
+//!   `r = --max-connect-rate` through (per replica: the brokers get
+//!   `P·r`, or `P·a` unpaced), each survivor taking its share `÷ (n−1)` on
+//!   top of its steady load. Each proxy's queue (fluid, FIFO) would grow
+//!   to `Q = L/P·(1 − r/a)`, its last client waiting `Q/r`; it carries
+//!   `min(size, r·timeout)` of them through, the rest are refused and
+//!   retry. A waiter holds its connection, one socket and
+//!   [`WAITER_EXTRA_BYTES`].
+//!
 //! Clients and subscribers are assumed spread evenly over the nodes (what
 //! `client-id` and `round-robin` balancing give). A node is sized for the
 //! load it carries when one node of the group is lost (`k = nodes − 1`):
@@ -81,9 +93,10 @@ pub use calibration::{
     ProxyCosts, load_calibration,
 };
 pub use figures::{
-    Bottleneck, ComponentEstimate, CpuTerm, Estimate, MemTerm, NodeFigures, ReconnectStorm, Term,
+    Bottleneck, ComponentEstimate, CpuTerm, Estimate, MemTerm, NodeFigures, PacedStorm, QueueLimit,
+    ReconnectStorm, StormQueue, Term,
 };
-pub use model::{KERNEL_SOCKET_KIB, estimate, warnings};
+pub use model::{KERNEL_SOCKET_KIB, WAITER_EXTRA_BYTES, estimate, warnings};
 pub use render::{CalibrationInfo, Inputs, Report, render_json, render_text};
 pub use workload::{PubSub, Qos, Workload};
 
