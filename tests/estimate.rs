@@ -151,7 +151,59 @@ fn json_arithmetic_matches_a_hand_computation() {
         20.0 + 500.0 * 14.0 / 1024.0,
     );
     assert_eq!(b["bottleneck"], "message_routing");
+    // Losing a broker node, nothing paced: its 333 clients come back as
+    // fast as the 2 proxies handshake on their spare cores, (12 − 2.8559)
+    // / 1000 µs each, and the 2 survivors take them on top of 1.3507.
+    let a = &b["reconnect_storm"]["admission"];
+    assert_eq!(a["paced"], false);
+    assert_close(&a["arrival_per_s"], 2.0 * 9144.1);
+    assert_close(&a["broker_rate_per_s"], 2.0 * 9144.1);
+    assert_close(&a["broker_cpu_peak"], 1.3507 + 9144.1 * 50e-6);
+    assert_eq!(a["queue"], Value::Null);
     assert_eq!(v["warnings"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn losing_a_broker_node_with_a_connect_rate() {
+    // 30,000 clients, 3 broker nodes: 10,000 come back through 2 proxies
+    // at 100/s each.
+    let args = [
+        "--connections",
+        "30000",
+        "--max-connect-rate",
+        "100",
+        "--queue-size",
+        "20000",
+        "--queue-timeout",
+        "5m",
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "pace             max_connect_rate 100/s × 2 proxies = 200/s to the 2 survivors: \
+             all back in ≈ 50 s"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("holds the wave"), "{text}");
+    let v = json(&args);
+    let a = &v["broker"]["reconnect_storm"]["admission"];
+    assert_eq!(a["paced"], true);
+    assert_close(&a["seconds"], 50.0);
+    assert_eq!(a["queue"]["refused"], 0.0);
+    assert_eq!(v["inputs"]["queue_timeout_s"], 300.0);
+
+    // The default queue (10,000 for 10 s) cannot hold it: a retry wave,
+    // and a concrete way out.
+    let v = json(&args[..4]);
+    let q = &v["broker"]["reconnect_storm"]["admission"]["queue"];
+    assert!(q["refused"].as_f64().unwrap_or(0.0) > 0.0, "{q}");
+    assert_eq!(q["refused_by"], "timeout");
+    let notes = v["warnings"].to_string();
+    assert!(notes.contains("--max-connect-rate"), "{notes}");
+    assert!(notes.contains("queue.timeout to"), "{notes}");
 }
 
 #[test]
@@ -210,8 +262,11 @@ fn shipped_calibration_parses_and_is_the_default() {
 
 #[test]
 fn bad_flags_exit_64_naming_the_flag() {
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 13] = [
         (&["--tls-share", "1.5"], "--tls-share"),
+        (&["--max-connect-rate", "2000000"], "--max-connect-rate"),
+        (&["--queue-size", "many"], "--queue-size"),
+        (&["--queue-timeout", "10m"], "--queue-timeout"),
         (&["--headroom", "0"], "--headroom"),
         (&["--headroom", "1.5"], "--headroom"),
         (&["--publish-rate=-5"], "--publish-rate"),

@@ -204,6 +204,105 @@ pub struct ReconnectStorm {
     pub cpu_seconds: f64,
     /// Time to absorb them on the survivors' spare cores (`None`: no spare).
     pub seconds_at_spare: Option<f64>,
+    /// Losing a broker node, through the proxies' admission (broker only).
+    pub admission: Option<PacedStorm>,
+}
+
+/// Losing a broker node: its clients come back through every proxy
+/// replica, whose handshakes are not paced, and reach the surviving brokers
+/// at the pool's `max_connect_rate` (per replica) if one is set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PacedStorm {
+    /// Proxy replicas the clients come back through (each paces its own
+    /// share: replicas share no state).
+    pub proxies: u32,
+    /// Clients of the lost node coming back through each proxy.
+    pub clients_per_proxy: f64,
+    /// Handshakes per second all proxies can do on their spare cores: how
+    /// fast the wave arrives. `None`: no spare cores, taken as all at once.
+    pub arrival_per_s: Option<f64>,
+    /// `max_connect_rate × proxies`; `None` without a rate.
+    pub paced_rate_per_s: Option<f64>,
+    /// The rate is below the arrival: clients wait in the queues.
+    pub paced: bool,
+    /// Connects per second reaching the brokers during the storm
+    /// (`None`: as fast as the clients come, not bounded by the model).
+    pub broker_rate_per_s: Option<f64>,
+    /// Seconds until every client of the lost node is on a survivor
+    /// (`clients / broker_rate`), refused clients coming back in time.
+    pub seconds: Option<f64>,
+    /// Surviving broker nodes.
+    pub survivors: u32,
+    /// Cores of each survivor (as sized).
+    pub broker_cores: u64,
+    /// Broker CPU per connect (the calibration's `connect_cpu_us`).
+    pub broker_connect_cpu_us: f64,
+    /// Cores busy on each survivor with its steady load (one node lost).
+    pub broker_cpu_steady: f64,
+    /// Cores busy on each survivor during the storm at `broker_rate_per_s`.
+    pub broker_cpu_peak: Option<f64>,
+    /// The same if nothing paced: the clients at the arrival rate.
+    pub broker_cpu_peak_unpaced: Option<f64>,
+    /// Cores of each proxy (as sized).
+    pub proxy_cores: u64,
+    /// Proxy CPU per handshake (TLS and plain, at the TLS share).
+    pub proxy_handshake_cpu_us: f64,
+    /// Cores busy on each proxy with its steady load (all proxies up).
+    pub proxy_cpu_steady: f64,
+    /// Cores busy on each proxy during the wave (handshakes are not paced:
+    /// all of its cores while the wave arrives).
+    pub proxy_cpu_peak: f64,
+    /// Seconds the wave keeps each proxy's spare cores busy (`None`: no
+    /// spare cores).
+    pub proxy_busy_seconds: Option<f64>,
+    /// Each proxy's admission queue (`None`: nothing waits).
+    pub queue: Option<StormQueue>,
+}
+
+/// One proxy's admission queue during the storm.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StormQueue {
+    /// Most clients waiting at once.
+    pub peak_waiting: f64,
+    /// The longest wait of an admitted client, seconds.
+    pub longest_wait_s: f64,
+    /// Without `queue.size` and `queue.timeout`: the wave's peak and
+    /// longest wait.
+    pub unbounded_peak_waiting: f64,
+    pub unbounded_longest_wait_s: f64,
+    /// Clients refused "server busy" (all proxies together): they come
+    /// back as a retry wave.
+    pub refused: f64,
+    /// What refuses them (`None`: the queue holds the wave).
+    pub refused_by: Option<QueueLimit>,
+    /// CPU-seconds of the retry wave's handshakes (all proxies together).
+    pub retry_cpu_seconds: f64,
+    /// Memory one waiting client holds (KiB).
+    pub waiter_kib: f64,
+    /// `peak_waiting × waiter_kib`.
+    pub peak_memory_mib: f64,
+    /// `max_connect_rate` of each proxy with which the queue holds the
+    /// wave as it is (`None`: no rate does, the size is too small).
+    pub fitting_rate_per_s: Option<f64>,
+}
+
+/// The queue limit that refuses clients first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueLimit {
+    /// `queue.size`: refused at once ("queue_full").
+    Size,
+    /// `queue.timeout`: refused after waiting ("queue_timeout").
+    Timeout,
+}
+
+impl QueueLimit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueLimit::Size => "size",
+            QueueLimit::Timeout => "timeout",
+        }
+    }
 }
 
 /// The proxy or the broker.

@@ -48,6 +48,18 @@
 //! * **Broker memory** (per node): `rss_base + N/k × rss_per_connection +
 //!   N/k × 4 KiB` (one kernel socket per client).
 //!
+//! * **Losing a broker node** (`docs/sizing.md`, "Losing a node: the
+//!   reconnect storm"): its `L = N/n` clients come back through the `P`
+//!   proxies, whose handshakes are not paced: each takes them at
+//!   `a = spare cores / handshake cost`. Each proxy's admission lets
+//!   `r = --max-connect-rate` through (per replica: the brokers get
+//!   `P·r`, or `P·a` unpaced), each survivor taking its share `÷ (n−1)` on
+//!   top of its steady load. Each proxy's queue (fluid, FIFO) would grow
+//!   to `Q = L/P·(1 − r/a)`, its last client waiting `Q/r`; it carries
+//!   `min(size, r·timeout)` of them through, the rest are refused and
+//!   retry. A waiter holds its connection, one socket and
+//!   [`WAITER_EXTRA_BYTES`].
+//!
 //! Clients and subscribers are assumed spread evenly over the nodes (what
 //! `client-id` and `round-robin` balancing give). A node is sized for the
 //! load it carries when one node of the group is lost (`k = nodes − 1`):
@@ -81,9 +93,10 @@ pub use calibration::{
     ProxyCosts, load_calibration,
 };
 pub use figures::{
-    Bottleneck, ComponentEstimate, CpuTerm, Estimate, MemTerm, NodeFigures, ReconnectStorm, Term,
+    Bottleneck, ComponentEstimate, CpuTerm, Estimate, MemTerm, NodeFigures, PacedStorm, QueueLimit,
+    ReconnectStorm, StormQueue, Term,
 };
-pub use model::{KERNEL_SOCKET_KIB, estimate, warnings};
+pub use model::{KERNEL_SOCKET_KIB, WAITER_EXTRA_BYTES, estimate, warnings};
 pub use render::{CalibrationInfo, Inputs, Report, render_json, render_text};
 pub use workload::{PubSub, Qos, Workload};
 
@@ -91,7 +104,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::ConfigErrors;
-use num::to_f64;
+use crate::config::defaults;
+use num::{to_f64, to_u64};
 use workload::CHURN_PERIOD_S;
 
 /// Exit code of bad flags and invalid calibration files.
@@ -170,6 +184,18 @@ pub struct EstimateArgs {
     /// CPU when naming the bottleneck.
     #[arg(long, value_name = "GIB", default_value = "4", value_parser = parse_gib_per_core)]
     pub gib_per_core: f64,
+    /// The broker pool's `max_connect_rate` on each proxy replica: new
+    /// connections per second it sends to the brokers; 0 for none. Sizes
+    /// the reconnect storm of a lost broker node.
+    #[arg(long, value_name = "RATE", default_value_t = 0, value_parser = parse_connect_rate)]
+    pub max_connect_rate: u32,
+    /// The pool's `queue.size`: clients that may wait for admission on
+    /// each replica (0: none wait).
+    #[arg(long, value_name = "N", default_value_t = defaults::QUEUE_SIZE, value_parser = parse_queue_size)]
+    pub queue_size: usize,
+    /// The pool's `queue.timeout`: the longest wait for admission.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_queue_timeout)]
+    pub queue_timeout: Duration,
     /// Calibration file (TOML) written by `mqttlb bench calibrate`
     /// [default: the one built in, measured on this project's 2-CPU machine].
     #[arg(long, value_name = "FILE")]
@@ -258,6 +284,41 @@ fn check_keep_alive(d: Duration) -> Result<Duration, String> {
     }
 }
 
+fn check_connect_rate(v: u32) -> Result<u32, String> {
+    if v <= defaults::MAX_RATE {
+        Ok(v)
+    } else {
+        Err(format!(
+            "at most {} connections per second (0 = no limit), as max_connect_rate; got {v}",
+            defaults::MAX_RATE
+        ))
+    }
+}
+
+fn check_queue_size(v: usize) -> Result<usize, String> {
+    if to_u64(v) <= defaults::MAX_QUEUE_SIZE {
+        Ok(v)
+    } else {
+        Err(format!(
+            "at most {} (0 = no waiting), as queue.size; got {v}",
+            defaults::MAX_QUEUE_SIZE
+        ))
+    }
+}
+
+fn check_queue_timeout(d: Duration) -> Result<Duration, String> {
+    if (defaults::MIN_QUEUE_TIMEOUT..=defaults::MAX_QUEUE_TIMEOUT).contains(&d) {
+        Ok(d)
+    } else {
+        Err(format!(
+            "must be {} to {}, as queue.timeout; got {}",
+            humantime::format_duration(defaults::MIN_QUEUE_TIMEOUT),
+            humantime::format_duration(defaults::MAX_QUEUE_TIMEOUT),
+            humantime::format_duration(d)
+        ))
+    }
+}
+
 fn number(s: &str) -> Result<f64, String> {
     s.trim()
         .parse::<f64>()
@@ -290,6 +351,28 @@ fn parse_payload(s: &str) -> Result<u64, String> {
         .parse()
         .map_err(|e| format!("expected a size such as 64B or 4KiB, got {s:?} ({e})"))?;
     check_payload(size.as_u64())
+}
+
+fn parse_connect_rate(s: &str) -> Result<u32, String> {
+    let v = s
+        .trim()
+        .parse::<u32>()
+        .map_err(|e| format!("expected connections per second, 0 or more, got {s:?} ({e})"))?;
+    check_connect_rate(v)
+}
+
+fn parse_queue_size(s: &str) -> Result<usize, String> {
+    let v = s
+        .trim()
+        .parse::<usize>()
+        .map_err(|e| format!("expected a count of clients, 0 or more, got {s:?} ({e})"))?;
+    check_queue_size(v)
+}
+
+fn parse_queue_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("expected a duration such as 10s or 1m, got {s:?} ({e})"))?;
+    check_queue_timeout(d)
 }
 
 fn parse_keep_alive(s: &str) -> Result<Duration, String> {
@@ -417,6 +500,14 @@ impl Workload {
             proxy_nodes: checked("--proxy-nodes", a.proxy_nodes, at_least_one)?,
             broker_nodes: checked("--broker-nodes", a.broker_nodes, at_least_one)?,
             gib_per_core: checked("--gib-per-core", a.gib_per_core, check_positive)?,
+            max_connect_rate: checked(
+                "--max-connect-rate",
+                a.max_connect_rate,
+                check_connect_rate,
+            )?,
+            queue_size: to_u64(checked("--queue-size", a.queue_size, check_queue_size)?),
+            queue_timeout_s: checked("--queue-timeout", a.queue_timeout, check_queue_timeout)?
+                .as_secs_f64(),
         })
     }
 }
@@ -481,8 +572,62 @@ mod tests {
             proxy_nodes: 2,
             broker_nodes: 3,
             gib_per_core: 4.0,
+            max_connect_rate: 0,
+            queue_size: 10_000,
+            queue_timeout: Duration::from_secs(10),
             calibration: None,
             json: false,
+        }
+    }
+
+    /// `EstimateArgs` as clap fills them in.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: EstimateArgs,
+    }
+
+    fn parse(flags: &[&str]) -> Result<EstimateArgs, clap::Error> {
+        use clap::Parser as _;
+        Cli::try_parse_from(std::iter::once("estimate").chain(flags.iter().copied()))
+            .map(|c| c.args)
+    }
+
+    #[test]
+    fn clap_defaults_are_the_config_defaults() {
+        let w = Workload::from_args(&parse(&[]).unwrap()).unwrap();
+        assert_eq!(w, Workload::default());
+        assert_eq!(w.max_connect_rate, 0);
+        assert_eq!(w.queue_size, 10_000);
+        assert_eq!(w.queue_timeout_s, 10.0);
+        let a = parse(&[
+            "--max-connect-rate",
+            "500",
+            "--queue-size",
+            "0",
+            "--queue-timeout",
+            "250ms",
+        ])
+        .unwrap();
+        let w = Workload::from_args(&a).unwrap();
+        assert_eq!(
+            (w.max_connect_rate, w.queue_size, w.queue_timeout_s),
+            (500, 0, 0.25)
+        );
+        for (flag, value) in [
+            ("--max-connect-rate", "1000001"),
+            ("--max-connect-rate", "-1"),
+            ("--max-connect-rate", "fast"),
+            ("--queue-size", "1000001"),
+            ("--queue-timeout", "50ms"),
+            ("--queue-timeout", "6m"),
+            ("--queue-timeout", "soon"),
+        ] {
+            let e = parse(&[&format!("{flag}={value}")])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains(flag), "{flag} {value}: {e}");
         }
     }
 
@@ -514,7 +659,12 @@ mod tests {
     #[test]
     fn bad_values_name_the_flag() {
         type Case = (&'static str, fn(&mut EstimateArgs));
-        let cases: [Case; 17] = [
+        let cases: [Case; 20] = [
+            ("--max-connect-rate", |a| a.max_connect_rate = 1_000_001),
+            ("--queue-size", |a| a.queue_size = 1_000_001),
+            ("--queue-timeout", |a| {
+                a.queue_timeout = Duration::from_millis(99);
+            }),
             ("--tls-share", |a| a.tls_share = 1.5),
             ("--tls-share", |a| a.tls_share = f64::NAN),
             ("--headroom", |a| a.headroom = 0.0),

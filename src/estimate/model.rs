@@ -5,15 +5,26 @@
 use super::EstimateError;
 use super::calibration::Calibration;
 use super::figures::{
-    Bottleneck, ComponentEstimate, CpuTerm, Estimate, MemTerm, NodeFigures, ReconnectStorm, Term,
+    Bottleneck, ComponentEstimate, CpuTerm, Estimate, MemTerm, NodeFigures, PacedStorm, QueueLimit,
+    ReconnectStorm, StormQueue, Term,
 };
 use super::num::{fmt_num, to_f64};
 use super::workload::Workload;
+use crate::config::defaults::{MAX_QUEUE_SIZE, MAX_QUEUE_TIMEOUT, MAX_RATE};
 
 /// Kernel memory per idle TCP socket (not in RSS; charged to the memory
 /// cgroup): `struct tcp_sock` (~2.3 KiB), inode and dentry, `struct file`,
 /// epoll entry. Socket buffers with data in flight come on top.
 pub const KERNEL_SOCKET_KIB: f64 = 4.0;
+
+/// Heap memory of one client waiting for admission beyond its connection:
+/// the boxed `wait` future of `proxy::conn::queue` (712 bytes, ARCHITECTURE
+/// 4b: the only allocation a waiter adds) and its buffered CONNECT (read
+/// 256 bytes at a time, `INITIAL_CONNECT_READ` in `proxy::conn::admit`;
+/// the wait's read behind it grows the buffer once, to 512). A client that
+/// sends packets behind its CONNECT while it waits may hold up to
+/// `QUEUED_READ` (4 KiB) more.
+pub const WAITER_EXTRA_BYTES: f64 = 712.0 + 512.0;
 
 /// The load of one node while `live_nodes` nodes share the work.
 #[derive(Debug, Clone, PartialEq)]
@@ -178,6 +189,7 @@ fn component(
             clients,
             cpu_seconds,
             seconds_at_spare: (spare > 1e-9).then(|| cpu_seconds / spare),
+            admission: None,
         }
     });
     ComponentEstimate {
@@ -204,7 +216,9 @@ impl ComponentEstimate {
                     && f.memory_mib.is_finite()
             });
         let storm = self.reconnect_storm.as_ref().is_none_or(|s| {
-            s.cpu_seconds.is_finite() && s.seconds_at_spare.is_none_or(f64::is_finite)
+            s.cpu_seconds.is_finite()
+                && s.seconds_at_spare.is_none_or(f64::is_finite)
+                && s.admission.as_ref().is_none_or(PacedStorm::is_finite)
         });
         figures
             && storm
@@ -219,6 +233,185 @@ impl ComponentEstimate {
     }
 }
 
+impl PacedStorm {
+    fn is_finite(&self) -> bool {
+        let opt = |v: Option<f64>| v.is_none_or(f64::is_finite);
+        let queue = self.queue.as_ref().is_none_or(|q| {
+            [
+                q.peak_waiting,
+                q.longest_wait_s,
+                q.unbounded_peak_waiting,
+                q.unbounded_longest_wait_s,
+                q.refused,
+                q.retry_cpu_seconds,
+                q.waiter_kib,
+                q.peak_memory_mib,
+            ]
+            .iter()
+            .all(|v| v.is_finite())
+                && opt(q.fitting_rate_per_s)
+        });
+        queue
+            && self.clients_per_proxy.is_finite()
+            && [
+                self.arrival_per_s,
+                self.paced_rate_per_s,
+                self.broker_rate_per_s,
+                self.seconds,
+                self.broker_cpu_peak,
+                self.broker_cpu_peak_unpaced,
+                self.proxy_busy_seconds,
+            ]
+            .into_iter()
+            .all(opt)
+            && self.broker_cpu_steady.is_finite()
+            && self.proxy_cpu_steady.is_finite()
+            && self.proxy_cpu_peak.is_finite()
+    }
+}
+
+/// One proxy's queue while `n` clients arrive at `arrival` per second
+/// (`None`: all at once) and leave it at `rate` per second (below the
+/// arrival), with at most `size` waiting, each at most `timeout` seconds.
+///
+/// A fluid model, FIFO, ignoring the bucket's one-second burst (at most
+/// `rate` clients more go at once: conservative). Unbounded, the queue
+/// grows at `arrival − rate` while the wave arrives, to
+/// `n × (1 − rate / arrival)`, and its last client waits that divided by
+/// `rate`. With the limits, it carries at most `min(size, rate × timeout)`
+/// of them through to admission: beyond `size` clients are refused at
+/// once, and a client with more than `rate × timeout` ahead of it times
+/// out (everyone ahead of it either goes or times out first, so in
+/// overload the queue serves `rate` per second of clients who waited
+/// `timeout`). Whatever is beyond that is refused.
+#[derive(Debug, Clone, PartialEq)]
+struct Wave {
+    unbounded_peak: f64,
+    unbounded_wait_s: f64,
+    peak: f64,
+    longest_wait_s: f64,
+    refused: f64,
+    refused_by: Option<QueueLimit>,
+    /// The smallest rate with which nobody is refused (`None`: the size
+    /// is too small for the wave arriving all at once).
+    fitting_rate: Option<f64>,
+}
+
+fn wave(n: f64, arrival: Option<f64>, rate: f64, size: f64, timeout_s: f64) -> Wave {
+    let unbounded_peak = match arrival {
+        Some(a) => n * (1.0 - rate / a),
+        None => n,
+    }
+    .max(0.0);
+    let unbounded_wait_s = unbounded_peak / rate;
+    let hold = size.min(rate * timeout_s);
+    let refused = (unbounded_peak - hold).max(0.0);
+    let refused_by = (refused > 0.0).then_some(if size <= rate * timeout_s {
+        QueueLimit::Size
+    } else {
+        QueueLimit::Timeout
+    });
+    let arriving_within_timeout = arrival.map_or(f64::INFINITY, |a| a * timeout_s);
+    // n × (1 − r/a) ≤ size and n × (1 − r/a) ≤ r × timeout.
+    let fitting_rate = match arrival {
+        _ if n <= 0.0 => Some(0.0),
+        Some(a) => Some((a * (1.0 - size / n)).max(n / (timeout_s + n / a))),
+        None => (size >= n).then(|| n / timeout_s),
+    };
+    Wave {
+        unbounded_peak,
+        unbounded_wait_s,
+        peak: unbounded_peak.min(size).min(arriving_within_timeout),
+        longest_wait_s: unbounded_wait_s.min(timeout_s).min(size / rate),
+        refused,
+        refused_by,
+        fitting_rate,
+    }
+}
+
+/// Losing a broker node with the proxies' admission: `None` with a single
+/// broker node (no survivors). The clients of the lost node come back
+/// through the `P` proxies evenly, each at the handshake rate of its spare
+/// cores (all proxies are up: spare = sized cores − all-up load); each
+/// proxy paces its share to `max_connect_rate`, so the brokers get
+/// `P × rate`, spread over the `k − 1` survivors.
+fn paced_storm(
+    w: &Workload,
+    cal: &Calibration,
+    proxy: &ComponentEstimate,
+    broker: &ComponentEstimate,
+    handshake_us: f64,
+) -> Option<PacedStorm> {
+    let clients = broker.reconnect_storm.as_ref()?.clients;
+    let proxies = w.proxy_nodes.max(1);
+    let p = f64::from(proxies);
+    let n = clients / p;
+    let proxy_cores = to_f64(proxy.per_node.cores);
+    let proxy_cpu_steady = proxy.per_node_all_up.cpu_busy;
+    let spare = proxy_cores - proxy_cpu_steady;
+    // Handshakes per second of one proxy; `None`: unbounded here.
+    let arrival = (spare > 1e-9 && handshake_us > 0.0).then(|| spare * 1e6 / handshake_us);
+    let rate = f64::from(w.max_connect_rate);
+    let paced = rate > 0.0 && arrival.is_none_or(|a| rate < a);
+    let broker_rate = if paced {
+        Some(rate * p)
+    } else {
+        arrival.map(|a| a * p)
+    };
+    let survivors = broker.per_node.live_nodes;
+    let broker_cpu_steady = broker.per_node.cpu_busy;
+    let broker_peak = |total_rate: f64| {
+        broker_cpu_steady + total_rate / f64::from(survivors) * cal.broker.connect_cpu_us / 1e6
+    };
+    let queue = paced.then(|| {
+        let v = wave(n, arrival, rate, to_f64(w.queue_size), w.queue_timeout_s);
+        let s = w.tls_share;
+        let connection_kib = s * cal.proxy.rss_per_tls_connection_kib
+            + (1.0 - s) * cal.proxy.rss_per_plain_connection_kib;
+        // One socket: the node's is opened once the client is let through.
+        let waiter_kib = connection_kib + KERNEL_SOCKET_KIB + WAITER_EXTRA_BYTES / 1024.0;
+        let refused = v.refused * p;
+        StormQueue {
+            peak_waiting: v.peak,
+            longest_wait_s: v.longest_wait_s,
+            unbounded_peak_waiting: v.unbounded_peak,
+            unbounded_longest_wait_s: v.unbounded_wait_s,
+            refused,
+            refused_by: v.refused_by,
+            retry_cpu_seconds: refused * handshake_us / 1e6,
+            waiter_kib,
+            peak_memory_mib: v.peak * waiter_kib / 1024.0,
+            fitting_rate_per_s: v.fitting_rate,
+        }
+    });
+    Some(PacedStorm {
+        proxies,
+        clients_per_proxy: n,
+        arrival_per_s: arrival.map(|a| a * p),
+        paced_rate_per_s: (rate > 0.0).then_some(rate * p),
+        paced,
+        broker_rate_per_s: broker_rate,
+        seconds: broker_rate.map(|r| if clients > 0.0 { clients / r } else { 0.0 }),
+        survivors,
+        broker_cores: broker.per_node.cores,
+        broker_connect_cpu_us: cal.broker.connect_cpu_us,
+        broker_cpu_steady,
+        broker_cpu_peak: broker_rate.map(broker_peak),
+        broker_cpu_peak_unpaced: arrival.map(|a| broker_peak(a * p)),
+        proxy_cores: proxy.per_node.cores,
+        proxy_handshake_cpu_us: handshake_us,
+        proxy_cpu_steady,
+        // Handshakes are not paced: the wave takes every spare core.
+        proxy_cpu_peak: if n > 0.0 && handshake_us > 0.0 {
+            proxy_cores.max(proxy_cpu_steady)
+        } else {
+            proxy_cpu_steady
+        },
+        proxy_busy_seconds: arrival.map(|a| n / a),
+        queue,
+    })
+}
+
 /// Cores and memory for the proxy and the broker (pure).
 pub fn estimate(w: &Workload, cal: &Calibration) -> Result<Estimate, EstimateError> {
     let proxy_connect_us = w.tls_share * cal.proxy.tls_connect_cpu_us
@@ -227,13 +420,17 @@ pub fn estimate(w: &Workload, cal: &Calibration) -> Result<Estimate, EstimateErr
     if !proxy.is_finite() {
         return Err(EstimateError::Overflow("proxy"));
     }
-    let broker = component(
+    let mut broker = component(
         w,
         cal,
         w.broker_nodes,
         broker_load,
         cal.broker.connect_cpu_us,
     );
+    let admission = paced_storm(w, cal, &proxy, &broker, proxy_connect_us);
+    if let Some(storm) = broker.reconnect_storm.as_mut() {
+        storm.admission = admission;
+    }
     if !broker.is_finite() {
         return Err(EstimateError::Overflow("broker"));
     }
@@ -289,7 +486,111 @@ pub fn warnings(w: &Workload, cal: &Calibration, e: &Estimate) -> Vec<String> {
             fmt_num(w.fan_out)
         ));
     }
+    if let Some(storm) = e
+        .broker
+        .reconnect_storm
+        .as_ref()
+        .and_then(|s| s.admission.as_ref())
+    {
+        storm_warnings(w, cal, storm, &mut out);
+    }
     out
+}
+
+/// `max_connect_rate` per proxy that keeps the surviving brokers within
+/// their cores during the storm (`None`: they have no spare core).
+fn rate_within_cores(cal: &Calibration, storm: &PacedStorm) -> Option<f64> {
+    let spare = to_f64(storm.broker_cores) - storm.broker_cpu_steady;
+    (spare > 1e-9 && cal.broker.connect_cpu_us > 0.0).then(|| {
+        spare * f64::from(storm.survivors) * 1e6
+            / cal.broker.connect_cpu_us
+            / f64::from(storm.proxies)
+    })
+}
+
+fn storm_warnings(w: &Workload, cal: &Calibration, storm: &PacedStorm, out: &mut Vec<String>) {
+    let cores = to_f64(storm.broker_cores);
+    let over = storm
+        .broker_cpu_peak
+        .filter(|&peak| peak > cores * (1.0 + 1e-9));
+    if let Some(peak) = over {
+        let fix = match rate_within_cores(cal, storm) {
+            Some(r) if r >= 1.0 => format!(
+                "{} max_connect_rate to at most {}/s (--max-connect-rate)",
+                if storm.paced { "lower" } else { "set" },
+                fmt_num(r.floor())
+            ),
+            _ => "give the broker nodes more cores".to_string(),
+        };
+        out.push(format!(
+            "losing a broker node: its clients reach the {} survivors at {}/s{}, which then need \
+             {} cores each, more than their {}: {fix}",
+            storm.survivors,
+            fmt_num(storm.broker_rate_per_s.unwrap_or(0.0)),
+            if storm.paced {
+                " (max_connect_rate × proxies)"
+            } else {
+                " (as fast as the proxies handshake)"
+            },
+            fmt_num(peak),
+            storm.broker_cores,
+        ));
+    }
+    let Some(q) = storm.queue.as_ref().filter(|q| q.refused > 0.0) else {
+        return;
+    };
+    let mut fixes = Vec::new();
+    if let Some(r) = q.fitting_rate_per_s.filter(|&r| r <= f64::from(MAX_RATE)) {
+        let r = r.ceil();
+        let peak = storm.broker_cpu_steady
+            + r * f64::from(storm.proxies) / f64::from(storm.survivors) * cal.broker.connect_cpu_us
+                / 1e6;
+        fixes.push(format!(
+            "raise max_connect_rate to {}/s (--max-connect-rate; the survivors then peak at {} \
+             cores each, of {})",
+            fmt_num(r),
+            fmt_num(peak),
+            storm.broker_cores
+        ));
+    }
+    let mut queue_fix = Vec::new();
+    if q.unbounded_peak_waiting > to_f64(w.queue_size) {
+        let size = q.unbounded_peak_waiting.ceil();
+        if size <= to_f64(MAX_QUEUE_SIZE) {
+            queue_fix.push(format!("queue.size to {}", fmt_num(size)));
+        }
+    }
+    if q.unbounded_longest_wait_s > w.queue_timeout_s {
+        let t = q.unbounded_longest_wait_s.ceil();
+        if t <= MAX_QUEUE_TIMEOUT.as_secs_f64() {
+            queue_fix.push(format!("queue.timeout to {} s", fmt_num(t)));
+        } else {
+            queue_fix.clear();
+        }
+    }
+    if !queue_fix.is_empty() {
+        fixes.push(format!(
+            "raise {} (--queue-size, --queue-timeout)",
+            queue_fix.join(" and ")
+        ));
+    }
+    let fix = if fixes.is_empty() {
+        "no setting within the bounds holds it: add proxy replicas or broker nodes".to_string()
+    } else {
+        fixes.join(", or ")
+    };
+    out.push(format!(
+        "losing a broker node: the admission queues do not hold the wave ({} clients a proxy \
+         at {}/s each, queue.size {}, queue.timeout {} s): about {} are refused \"server busy\" \
+         (queue.{}) and come back, a retry wave of {} CPU-s of handshakes; {fix}",
+        fmt_num(storm.clients_per_proxy),
+        w.max_connect_rate,
+        fmt_num(to_f64(w.queue_size)),
+        fmt_num(w.queue_timeout_s),
+        fmt_num(q.refused),
+        q.refused_by.map_or("size", QueueLimit::as_str),
+        fmt_num(q.retry_cpu_seconds),
+    ));
 }
 
 #[cfg(test)]
@@ -560,6 +861,243 @@ pub(super) mod tests {
             assert_eq!(c.per_node.live_nodes + 1, c.nodes);
         }
         assert!(warnings(&workload(), &round(), &e).is_empty());
+    }
+
+    fn storm(e: &Estimate) -> &PacedStorm {
+        e.broker
+            .reconnect_storm
+            .as_ref()
+            .and_then(|s| s.admission.as_ref())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_wave_the_queue_holds() {
+        // 1000 clients at 200/s, let through at 100/s: the queue grows at
+        // 100/s for 5 s, to 500, and the last waits 500 / 100 = 5 s.
+        let v = wave(1000.0, Some(200.0), 100.0, 10_000.0, 10.0);
+        assert!(close(v.unbounded_peak, 500.0));
+        assert!(close(v.unbounded_wait_s, 5.0));
+        assert_eq!(
+            (v.peak, v.longest_wait_s),
+            (v.unbounded_peak, v.unbounded_wait_s)
+        );
+        assert_eq!((v.refused, v.refused_by), (0.0, None));
+        // The lowest rate that holds it: 1000 / (10 s + 1000 / 200).
+        assert!(close(v.fitting_rate.unwrap(), 1000.0 / 15.0));
+    }
+
+    #[test]
+    fn a_wave_beyond_the_timeout_or_the_size() {
+        // Timeout 2 s: the queue carries 100/s × 2 s = 200 through; the
+        // other 300 of the 500 time out. It holds the last 2 s of
+        // arrivals, 400, and nobody admitted waited more than 2 s.
+        let v = wave(1000.0, Some(200.0), 100.0, 10_000.0, 2.0);
+        assert!(close(v.refused, 300.0));
+        assert_eq!(v.refused_by, Some(QueueLimit::Timeout));
+        assert!(close(v.peak, 400.0));
+        assert!(close(v.longest_wait_s, 2.0));
+        // n / (timeout + n / arrival): 1000 / 7.
+        assert!(close(v.fitting_rate.unwrap(), 1000.0 / 7.0));
+
+        // Size 100: 400 refused at once; the last admitted waited 1 s.
+        let v = wave(1000.0, Some(200.0), 100.0, 100.0, 10.0);
+        assert!(close(v.refused, 400.0));
+        assert_eq!(v.refused_by, Some(QueueLimit::Size));
+        assert!(close(v.peak, 100.0));
+        assert!(close(v.longest_wait_s, 1.0));
+        // 200/s × (1 − 100 / 1000) leaves exactly 100 waiting.
+        assert!(close(v.fitting_rate.unwrap(), 180.0));
+        let fits = wave(1000.0, Some(200.0), 180.0, 100.0, 10.0);
+        assert!(fits.refused < 1e-9, "{fits:?}");
+    }
+
+    #[test]
+    fn a_wave_all_at_once() {
+        let v = wave(1000.0, None, 100.0, 300.0, 10.0);
+        assert_eq!((v.peak, v.refused), (300.0, 700.0));
+        assert_eq!(v.refused_by, Some(QueueLimit::Size));
+        assert_eq!(v.fitting_rate, None, "no rate fits 1000 in 300 places");
+        let v = wave(1000.0, None, 100.0, 10_000.0, 5.0);
+        assert_eq!((v.peak, v.refused, v.longest_wait_s), (1000.0, 500.0, 5.0));
+        assert_eq!(v.fitting_rate, Some(200.0));
+    }
+
+    /// The fluid model against a FIFO queue simulated client by client in
+    /// 1 ms steps: arrivals at a rate, one admission per token, a size,
+    /// waits that time out.
+    #[test]
+    fn the_wave_matches_a_simulated_queue() {
+        fn simulate(n: u32, arrival: f64, rate: f64, size: usize, timeout: f64) -> (u32, usize) {
+            let dt = 1e-3;
+            let (mut queue, mut arrived, mut refused, mut peak) =
+                (std::collections::VecDeque::new(), 0_u32, 0_u32, 0_usize);
+            let (mut tokens, mut step) = (0.0_f64, 0_u32);
+            while arrived < n || !queue.is_empty() {
+                let t = f64::from(step) * dt;
+                while arrived < n && f64::from(arrived) < arrival * (t + dt) {
+                    arrived += 1;
+                    if queue.len() >= size {
+                        refused += 1;
+                    } else {
+                        queue.push_back(t);
+                    }
+                }
+                while queue.front().is_some_and(|&joined| t - joined > timeout) {
+                    queue.pop_front();
+                    refused += 1;
+                }
+                tokens = if queue.is_empty() {
+                    0.0
+                } else {
+                    (tokens + rate * dt).min(1.0)
+                };
+                if tokens >= 1.0 && queue.pop_front().is_some() {
+                    tokens -= 1.0;
+                }
+                peak = peak.max(queue.len());
+                step += 1;
+            }
+            (refused, peak)
+        }
+        let cases = [
+            (5000, 2000.0, 500.0, 10_000, 10.0),
+            (5000, 2000.0, 500.0, 10_000, 3.0),
+            (5000, 2000.0, 500.0, 1000, 10.0),
+            (16_667, 2587.0, 500.0, 10_000, 10.0),
+        ];
+        for (n, a, r, size, timeout) in cases {
+            let (refused, peak) = simulate(n, a, r, size, timeout);
+            let v = wave(f64::from(n), Some(a), r, to_f64(size as u64), timeout);
+            let near = |sim: f64, model: f64| (sim - model).abs() <= 2.0 + 0.01 * model;
+            assert!(
+                near(f64::from(refused), v.refused),
+                "{n} {a} {r} {size} {timeout}: {refused} vs {v:?}"
+            );
+            assert!(
+                near(to_f64(peak as u64), v.peak),
+                "{n} {a} {r} {size} {timeout}: {peak} vs {v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn losing_a_broker_node_without_a_rate() {
+        let e = estimate(&workload(), &round()).unwrap();
+        let s = storm(&e);
+        // 1000 / 3 clients, through 2 proxies of 7 cores with 1.505 busy:
+        // 5495 handshakes/s each at 1000 µs.
+        assert!(close(s.clients_per_proxy, 1000.0 / 6.0));
+        assert!(close(s.arrival_per_s.unwrap(), 2.0 * 5495.0));
+        assert!(!s.paced);
+        assert_eq!((s.paced_rate_per_s, s.queue.as_ref()), (None, None));
+        assert!(close(s.broker_rate_per_s.unwrap(), 10_990.0));
+        assert!(close(s.seconds.unwrap(), 1000.0 / 3.0 / 10_990.0));
+        // Survivors: 1.10025 + 10,990/s ÷ 2 × 50 µs.
+        assert_eq!((s.survivors, s.broker_cores), (2, 3));
+        assert!(close(s.broker_cpu_peak.unwrap(), 1.10025 + 0.27475));
+        assert_eq!(s.broker_cpu_peak, s.broker_cpu_peak_unpaced);
+        // The proxies run flat out until the wave is in.
+        assert_eq!(s.proxy_cpu_peak, 7.0);
+        assert!(close(s.proxy_busy_seconds.unwrap(), 1000.0 / 6.0 / 5495.0));
+        assert!(warnings(&workload(), &round(), &e).is_empty());
+    }
+
+    #[test]
+    fn losing_a_broker_node_paced() {
+        let w = Workload {
+            max_connect_rate: 10,
+            queue_timeout_s: 10.0,
+            ..workload()
+        };
+        let e = estimate(&w, &round()).unwrap();
+        let s = storm(&e);
+        assert!(s.paced);
+        assert_eq!(s.paced_rate_per_s, Some(20.0));
+        assert_eq!(s.broker_rate_per_s, Some(20.0));
+        assert!(close(s.seconds.unwrap(), 1000.0 / 3.0 / 20.0));
+        assert!(close(
+            s.broker_cpu_peak.unwrap(),
+            1.10025 + 10.0 * 50.0 / 1e6
+        ));
+        assert!(close(s.broker_cpu_peak_unpaced.unwrap(), 1.375));
+        // Each proxy: 166.7 clients at 5495/s, 10/s let through; 100 of
+        // them fit in 10 s.
+        let q = s.queue.as_ref().unwrap();
+        let waiting = 1000.0 / 6.0 * (1.0 - 10.0 / 5495.0);
+        assert!(close(q.unbounded_peak_waiting, waiting));
+        assert!(close(q.refused, 2.0 * (waiting - 100.0)));
+        assert_eq!(q.refused_by, Some(QueueLimit::Timeout));
+        assert!(close(q.retry_cpu_seconds, q.refused * 1000.0 / 1e6));
+        // A waiter: 16 KiB of TLS connection, one 4 KiB socket, 1224 B.
+        assert!(close(q.waiter_kib, 20.0 + 1224.0 / 1024.0));
+        assert!(close(q.peak_memory_mib, waiting * q.waiter_kib / 1024.0));
+        let notes = warnings(&w, &round(), &e);
+        let note = notes.iter().find(|n| n.contains("server busy")).unwrap();
+        for fix in [
+            "--max-connect-rate",
+            "queue.timeout to 17 s",
+            "--queue-timeout",
+        ] {
+            assert!(note.contains(fix), "{fix} in {note}");
+        }
+        assert!(!note.contains("queue.size to"), "{note}");
+
+        // A rate above the handshakes' pace paces nothing.
+        let w = Workload {
+            max_connect_rate: 6000,
+            ..workload()
+        };
+        let e = estimate(&w, &round()).unwrap();
+        let s = storm(&e);
+        assert!(!s.paced && s.queue.is_none());
+        assert!(close(s.broker_rate_per_s.unwrap(), 10_990.0));
+        assert_eq!(s.paced_rate_per_s, Some(12_000.0));
+    }
+
+    #[test]
+    fn survivors_beyond_their_cores_get_a_rate_that_fits() {
+        let mut cal = round();
+        cal.broker.connect_cpu_us = 1000.0;
+        let e = estimate(&workload(), &cal).unwrap();
+        let s = storm(&e);
+        // 1.105 (connects now 5/s × 1000 µs) + 5495/s × 1000 µs on 3 cores.
+        assert!(s.broker_cpu_peak.unwrap() > 3.0);
+        let notes = warnings(&workload(), &cal, &e);
+        // (3 − 1.105) × 2 survivors / 1000 µs / 2 proxies = 1895.
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("set max_connect_rate to at most 1,895/s")),
+            "{notes:?}"
+        );
+        let w = Workload {
+            max_connect_rate: 1895,
+            ..workload()
+        };
+        let e = estimate(&w, &cal).unwrap();
+        assert!(storm(&e).broker_cpu_peak.unwrap() <= 3.0 + 1e-9);
+        assert!(
+            !warnings(&w, &cal, &e)
+                .iter()
+                .any(|n| n.contains("more than their"))
+        );
+    }
+
+    #[test]
+    fn one_broker_node_has_no_storm_to_pace() {
+        let w = Workload {
+            broker_nodes: 1,
+            max_connect_rate: 10,
+            ..workload()
+        };
+        assert!(
+            estimate(&w, &round())
+                .unwrap()
+                .broker
+                .reconnect_storm
+                .is_none()
+        );
     }
 
     #[test]

@@ -8,6 +8,12 @@ pub(super) fn to_f64(n: u64) -> f64 {
     n as f64
 }
 
+/// `usize` → `u64` (the same width on every target mqttlb builds for;
+/// saturates otherwise).
+pub(super) fn to_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
 /// A count or rate for people: 1,234,567 / 123 / 12.3 / 1.23.
 pub(super) fn fmt_num(x: f64) -> String {
     let a = x.abs();

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::calibration::Calibration;
-use super::figures::{ComponentEstimate, Estimate, NodeFigures, Term};
+use super::figures::{ComponentEstimate, Estimate, NodeFigures, PacedStorm, QueueLimit, Term};
 use super::num::{fmt_num, to_f64};
 use super::workload::Workload;
 
@@ -185,8 +185,129 @@ fn render_component(out: &mut String, name: &str, c: &ComponentEstimate, w: &Wor
             fmt_num(s.clients),
             fmt_num(s.cpu_seconds)
         );
+        if let Some(a) = &s.admission {
+            render_paced_storm(out, a, s.clients, w);
+        }
     }
     let _ = writeln!(out);
+}
+
+fn fmt_rate(per_s: f64) -> String {
+    format!("{}/s", fmt_num(per_s))
+}
+
+/// Losing a broker node through the proxies' admission: the lines under
+/// the broker's "losing a node".
+fn render_paced_storm(out: &mut String, a: &PacedStorm, clients: f64, w: &Workload) {
+    let row = |out: &mut String, label: &str, text: String| {
+        let _ = writeln!(out, "    {label:<16} {text}");
+    };
+    let back = |seconds: Option<f64>| match seconds {
+        Some(t) => format!("all back in ≈ {} s", fmt_num(t)),
+        None => "as fast as the clients come".to_string(),
+    };
+    let proxies = format!(
+        "{} prox{}",
+        a.proxies,
+        if a.proxies == 1 { "y" } else { "ies" }
+    );
+    let pace = match (a.paced_rate_per_s, a.paced, a.arrival_per_s) {
+        (Some(total), true, _) => format!(
+            "max_connect_rate {} × {proxies} = {} to the {} survivors: {}",
+            fmt_rate(f64::from(w.max_connect_rate)),
+            fmt_rate(total),
+            a.survivors,
+            back(a.seconds)
+        ),
+        (rate, _, Some(arrival)) => format!(
+            "{}: as fast as the {proxies} handshake, {}: {}",
+            if rate.is_some() {
+                "max_connect_rate is above the arrival, nobody waits"
+            } else {
+                "no max_connect_rate"
+            },
+            fmt_rate(arrival),
+            back(a.seconds)
+        ),
+        (_, _, None) => "no max_connect_rate: as fast as the clients come (the proxies have no \
+                         spare cores to bound the handshakes)"
+            .to_string(),
+    };
+    row(out, "pace", pace);
+    if let (Some(rate), Some(peak)) = (a.broker_rate_per_s, a.broker_cpu_peak) {
+        let unpaced = match (a.paced, a.broker_cpu_peak_unpaced) {
+            (true, Some(u)) => format!(" (unpaced: {})", fmt_num(u)),
+            (true, None) => " (unpaced: unbounded)".to_string(),
+            (false, _) => String::new(),
+        };
+        row(
+            out,
+            "survivors' CPU",
+            format!(
+                "{} + {} ÷ {} × {} µs = {} cores busy each, of {}{unpaced}",
+                fmt_num(a.broker_cpu_steady),
+                fmt_rate(rate),
+                a.survivors,
+                fmt_num(a.broker_connect_cpu_us),
+                fmt_num(peak),
+                a.broker_cores
+            ),
+        );
+    }
+    let proxy_cpu = match a.proxy_busy_seconds {
+        Some(t) => format!(
+            "not paced: {} handshakes each at {} on its spare cores: {} of {} cores busy for {} s",
+            fmt_num(a.clients_per_proxy),
+            fmt_rate(a.arrival_per_s.unwrap_or(0.0) / f64::from(a.proxies.max(1))),
+            fmt_num(a.proxy_cpu_peak),
+            a.proxy_cores,
+            fmt_num(t)
+        ),
+        None => format!(
+            "not paced: {} handshakes each take cores from the relay ({} of {} cores busy)",
+            fmt_num(a.clients_per_proxy),
+            fmt_num(a.proxy_cpu_peak),
+            a.proxy_cores
+        ),
+    };
+    row(out, "proxies' CPU", proxy_cpu);
+    let Some(q) = &a.queue else {
+        return;
+    };
+    let limits = format!(
+        "size {}, timeout {} s",
+        fmt_num(to_f64(w.queue_size)),
+        fmt_num(w.queue_timeout_s)
+    );
+    let queue = if q.refused > 0.0 {
+        format!(
+            "does not hold the wave: {} would wait at once, the last for {} s ({limits}): ≈ {} \
+             of {} refused \"server busy\" (queue.{}), they come back: {} CPU-s more handshakes",
+            fmt_num(q.unbounded_peak_waiting),
+            fmt_num(q.unbounded_longest_wait_s),
+            fmt_num(q.refused),
+            fmt_num(clients),
+            q.refused_by.map_or("size", QueueLimit::as_str),
+            fmt_num(q.retry_cpu_seconds)
+        )
+    } else {
+        format!(
+            "at most {} waiting on each proxy, the longest {} s ({limits}): holds the wave",
+            fmt_num(q.peak_waiting),
+            fmt_num(q.longest_wait_s)
+        )
+    };
+    row(out, "queue", queue);
+    row(
+        out,
+        "queue memory",
+        format!(
+            "{} × {} KiB = {} on each proxy at the peak",
+            fmt_num(q.peak_waiting),
+            fmt_num(q.waiter_kib),
+            fmt_mib(q.peak_memory_mib)
+        ),
+    );
 }
 
 /// The human-readable report.
@@ -316,5 +437,42 @@ mod tests {
         assert_eq!(json["inputs"]["deliveries_per_s"], 200_000.0);
         assert_eq!(json["inputs"]["qos"], 0);
         assert_eq!(json["calibration"]["measured"]["command"], "test");
+        let storm = &json["broker"]["reconnect_storm"]["admission"];
+        assert_eq!(storm["paced"], false);
+        assert_eq!(storm["queue"], serde_json::Value::Null);
+        assert!(text.contains("no max_connect_rate: as fast as the 2 proxies handshake, 10,990/s"));
+    }
+
+    #[test]
+    fn a_paced_storm_reports_its_queue() {
+        let cal = round();
+        let w = Workload {
+            max_connect_rate: 10,
+            queue_size: 50,
+            ..workload()
+        };
+        let e = estimate(&w, &cal).unwrap();
+        let text = render_text(&w, "cal.toml", &cal, &e, &[]);
+        for line in [
+            "    pace             max_connect_rate 10/s × 2 proxies = 20/s to the 2 survivors: \
+             all back in ≈ 16.7 s",
+            "    survivors' CPU   1.10 + 20/s ÷ 2 × 50 µs = 1.10 cores busy each, of 3 (unpaced: 1.38)",
+            "    proxies' CPU     not paced: 167 handshakes each at 5,495/s on its spare cores: \
+             7 of 7 cores busy for 0.03 s",
+            "≈ 233 of 333 refused \"server busy\" (queue.size)",
+            "    queue memory     50 × 21.2 KiB = 1.03 MiB on each proxy at the peak",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&render_json(&w, "cal.toml", &cal, &e, &[])).unwrap();
+        let storm = &json["broker"]["reconnect_storm"]["admission"];
+        assert_eq!(storm["paced"], true);
+        assert_eq!(storm["broker_rate_per_s"], 20.0);
+        assert_eq!(storm["queue"]["refused_by"], "size");
+        assert_eq!(storm["queue"]["peak_waiting"], 50.0);
+        assert_eq!(json["inputs"]["max_connect_rate"], 10);
+        assert_eq!(json["inputs"]["queue_size"], 50);
+        assert_eq!(json["inputs"]["queue_timeout_s"], 10.0);
     }
 }

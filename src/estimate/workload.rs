@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-use super::num::to_f64;
+use super::num::{to_f64, to_u64};
+use crate::config::defaults;
 
 /// Default steady churn: every client reconnects once an hour.
 pub(super) const CHURN_PERIOD_S: f64 = 3600.0;
@@ -83,6 +84,14 @@ pub struct Workload {
     pub proxy_nodes: u32,
     pub broker_nodes: u32,
     pub gib_per_core: f64,
+    /// The broker pool's admission on each proxy replica: connects per
+    /// second it sends to the nodes (0: no limit), as `max_connect_rate`.
+    pub max_connect_rate: u32,
+    /// Clients that may wait for admission on each replica, as
+    /// `queue.size`.
+    pub queue_size: u64,
+    /// The longest wait for admission, as `queue.timeout` (seconds).
+    pub queue_timeout_s: f64,
 }
 
 impl Default for Workload {
@@ -103,6 +112,9 @@ impl Default for Workload {
             proxy_nodes: 2,
             broker_nodes: 3,
             gib_per_core: 4.0,
+            max_connect_rate: 0,
+            queue_size: to_u64(defaults::QUEUE_SIZE),
+            queue_timeout_s: defaults::QUEUE_TIMEOUT.as_secs_f64(),
         }
     }
 }
