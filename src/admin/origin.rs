@@ -14,8 +14,8 @@
 //! * a request with neither header is not from a browser (curl, scripts,
 //!   Prometheus) and passes: existing clients need nothing new.
 
-use hyper::header::{HOST, HeaderMap, ORIGIN};
 use hyper::Method;
+use hyper::header::{HOST, HeaderMap, ORIGIN};
 
 /// Whether a request must be refused as cross-site.
 pub fn cross_site(method: &Method, headers: &HeaderMap) -> bool {
@@ -44,32 +44,48 @@ pub fn cross_site(method: &Method, headers: &HeaderMap) -> bool {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(*k, v.parse().unwrap());
+            let name = hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap();
+            h.insert(name, v.parse().unwrap());
         }
         h
     }
 
+    /// A request's method and headers, and whether it is refused.
+    type Case<'a> = (Method, &'a [(&'a str, &'a str)], bool);
+
     #[test]
     fn browsers_are_held_to_their_origin_and_other_clients_pass() {
         let host = ("host", "127.0.0.1:9100");
-        let cases: &[(Method, &[(&str, &str)], bool)] = &[
+        let cases: &[Case] = &[
             // curl, scripts: no browser headers.
             (Method::POST, &[host], false),
             (Method::POST, &[], false),
             // The status page's own fetch.
-            (Method::POST, &[host, ("sec-fetch-site", "same-origin")], false),
+            (
+                Method::POST,
+                &[host, ("sec-fetch-site", "same-origin")],
+                false,
+            ),
             (
                 Method::POST,
                 &[host, ("origin", "http://127.0.0.1:9100")],
                 false,
             ),
-            (Method::POST, &[host, ("origin", "HTTP://127.0.0.1:9100")], false),
+            (
+                Method::POST,
+                &[host, ("origin", "HTTP://127.0.0.1:9100")],
+                false,
+            ),
             (Method::POST, &[host, ("sec-fetch-site", "none")], false),
             // Another site's form or fetch.
-            (Method::POST, &[host, ("sec-fetch-site", "cross-site")], true),
+            (
+                Method::POST,
+                &[host, ("sec-fetch-site", "cross-site")],
+                true,
+            ),
             (Method::POST, &[host, ("sec-fetch-site", "same-site")], true),
             (
                 Method::POST,
@@ -80,14 +96,34 @@ mod tests {
                 ],
                 true,
             ),
-            (Method::POST, &[host, ("origin", "http://evil.example")], true),
-            (Method::POST, &[host, ("origin", "http://127.0.0.1:9101")], true),
+            (
+                Method::POST,
+                &[host, ("origin", "http://evil.example")],
+                true,
+            ),
+            (
+                Method::POST,
+                &[host, ("origin", "http://127.0.0.1:9101")],
+                true,
+            ),
             (Method::POST, &[host, ("origin", "null")], true),
             (Method::POST, &[("origin", "http://127.0.0.1:9100")], true),
-            (Method::DELETE, &[host, ("sec-fetch-site", "cross-site")], true),
+            (
+                Method::DELETE,
+                &[host, ("sec-fetch-site", "cross-site")],
+                true,
+            ),
             // Reading changes nothing.
-            (Method::GET, &[host, ("sec-fetch-site", "cross-site")], false),
-            (Method::HEAD, &[host, ("origin", "http://evil.example")], false),
+            (
+                Method::GET,
+                &[host, ("sec-fetch-site", "cross-site")],
+                false,
+            ),
+            (
+                Method::HEAD,
+                &[host, ("origin", "http://evil.example")],
+                false,
+            ),
         ];
         for (method, pairs, refused) in cases {
             assert_eq!(

@@ -166,10 +166,10 @@ const STYLE: &str = r#"
 :root{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2329;background:#f4f6f8}
 body{margin:0 auto;max-width:72rem;padding:.75rem}
 header{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:baseline}
-h1{font-size:1.3rem;margin:.2rem 0}h2{font-size:1.05rem;margin:1.2rem 0 .4rem}
+h1{font-size:1.3rem;margin:.2rem 0}h2{font-size:1.05rem;margin:.2rem 0 .4rem}
 section{background:#fff;border:1px solid #d8dee4;border-radius:6px;padding:.5rem .75rem;margin:.75rem 0}
 table{border-collapse:collapse;width:100%;font-size:.9rem}
-th,td{text-align:left;padding:.3rem .45rem;border-bottom:1px solid #e6eaee;vertical-align:top}
+th,td{text-align:left;padding:.3rem .45rem;border-bottom:1px solid #e6eaee;vertical-align:top;overflow-wrap:anywhere}
 th{font-weight:600;color:#4b5661}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem;margin:0}dt{color:#4b5661}dd{margin:0}
 .state{font-weight:700;border-radius:4px;padding:.05rem .4rem}
@@ -275,7 +275,10 @@ pub fn render(page: &Page, snapshot: Option<&Snapshot>) -> String {
              bearer token (admin.token_file) to show its status.</p></main>\n",
         ),
     }
-    w(&mut out, format_args!("<script>{SCRIPT}</script>\n</body></html>\n"));
+    w(
+        &mut out,
+        format_args!("<script>{SCRIPT}</script>\n</body></html>\n"),
+    );
     out
 }
 
@@ -731,9 +734,11 @@ mod tests {
         assert!(!html.contains("<img"));
         assert!(!html.contains("<l>"));
         assert!(!html.contains("/etc/<x>"));
-        assert!(html.contains(
-            "data-node=\"&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;\""
-        ));
+        assert!(
+            html.contains(
+                "data-node=\"&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;\""
+            )
+        );
         assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;"));
         assert!(html.contains("data-pool=\"a&quot;b\""));
         // In API paths, names are percent-encoded as one segment.
