@@ -56,8 +56,10 @@ pub struct Admin {
     /// Refused admin connections (registered by [`AdminMetrics::register`]
     /// before the registry is shared; unexported otherwise).
     pub metrics: AdminMetrics,
-    /// When set, `/api/v1/…` requires `Authorization: Bearer <token>`;
-    /// `/metrics`, `/healthz` and `/readyz` stay open (scrapers, probes).
+    /// When set, `/api/v1/…` requires `Authorization: Bearer <token>`, and
+    /// the status page `/` shows data only with it (401 and the token form
+    /// without); `/metrics`, `/healthz` and `/readyz` stay open (scrapers,
+    /// probes).
     pub token: Option<crate::secret::Secret>,
 }
 
