@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! * [`admin`] — the admin HTTP server (hyper): metrics, health, backend
+//! * [`admin`] — the admin HTTP server (hyper): the status page, metrics, health, backend
 //!   API, reload; and the `mqttlb health` probe.
 //! * [`config`] — TOML + flags → typed [`config::Config`]; errors carry the
 //!   file, key path and reason.

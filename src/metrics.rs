@@ -69,6 +69,11 @@ impl CounterSet {
             c.inc();
         }
     }
+
+    /// The count of one value (its position in the enum's `ALL`).
+    pub fn get(&self, index: usize) -> u64 {
+        self.0.get(index).map_or(0, Counter::get)
+    }
 }
 
 label_enum! {
@@ -507,6 +512,16 @@ impl Metrics {
         m
     }
 
+    /// Reloads so far: (applied, refused).
+    pub fn reloads(&self) -> (u64, u64) {
+        let count = |result| {
+            self.config_reloads
+                .get_or_create(&OutcomeLabel { result })
+                .get()
+        };
+        (count("ok"), count("error"))
+    }
+
     pub fn reload(&self, result: &'static str) {
         self.config_reloads
             .get_or_create(&OutcomeLabel { result })
@@ -722,6 +737,23 @@ impl ListenerMetrics {
         self.closed.inc(how as usize);
     }
 
+    /// What the status page shows of this listener, read now.
+    pub fn counts(&self) -> ListenerCounts {
+        ListenerCounts {
+            active: u64::try_from(self.active.get()).unwrap_or(0),
+            total: self.total.get(),
+            handshakes_ok: self.handshakes.get(HandshakeResult::Ok as usize),
+            handshakes_failed: self.handshakes.get(HandshakeResult::Failed as usize),
+            handshakes_timeout: self.handshakes.get(HandshakeResult::Timeout as usize),
+            resumed: self.resumed.get(),
+            rejected: Rejection::ALL
+                .iter()
+                .map(|&r| (r.as_str(), self.rejected.get(r as usize)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        }
+    }
+
     pub fn mqtt_connect(&self, protocol: ProtocolVersion) {
         let i = match protocol {
             ProtocolVersion::V31 => 0,
@@ -732,6 +764,19 @@ impl ListenerMetrics {
             c.inc();
         }
     }
+}
+
+/// A listener's counters read at one instant (`ListenerMetrics::counts`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ListenerCounts {
+    pub active: u64,
+    pub total: u64,
+    pub handshakes_ok: u64,
+    pub handshakes_failed: u64,
+    pub handshakes_timeout: u64,
+    pub resumed: u64,
+    /// Rejections by reason label, those above 0 only, in `Rejection::ALL` order.
+    pub rejected: Vec<(&'static str, u64)>,
 }
 
 #[derive(Clone)]

@@ -186,6 +186,24 @@ pub fn raise_nofile() -> std::io::Result<NofileLimits> {
     })
 }
 
+/// Descriptors this process holds now and its soft RLIMIT_NOFILE
+/// (`/proc/self/fd`), for the status page; `None` where that cannot be
+/// read.
+#[cfg(target_os = "linux")]
+pub fn open_fds() -> Option<(u64, u64)> {
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    let (soft, _) = rlimit::Resource::NOFILE.get().ok()?;
+    // The directory's own descriptor, open while it was read, is not one
+    // the process holds.
+    Some((u64::try_from(open).ok()?.saturating_sub(1), soft))
+}
+
+/// Other systems: not shown.
+#[cfg(not(target_os = "linux"))]
+pub fn open_fds() -> Option<(u64, u64)> {
+    None
+}
+
 /// Largest file-descriptor table [`reserve_fd_table`] grows ahead of need
 /// (about 2 MiB of kernel memory); beyond it the table still grows, at
 /// each doubling.

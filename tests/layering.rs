@@ -166,6 +166,8 @@ const ROOMS: &[(&str, &[(&str, u8)])] = &[
         ],
     ),
     ("proxy_protocol", &[("inbound", 0)]),
+    // the admin server (mod.rs: routes) and its rooms
+    ("admin", &[("origin", 0), ("status", 0)]),
 ];
 
 /// Sibling files a room's file uses, outside `#[cfg(test)]` code.

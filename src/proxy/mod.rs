@@ -196,6 +196,8 @@ struct ProxyState {
     reload_lock: tokio::sync::Mutex<()>,
     /// Where `reload_from_source` reads the configuration again.
     source: std::sync::Mutex<Option<(PathBuf, Overrides)>>,
+    /// When [`Proxy::build`] ran: the status page's uptime.
+    started: tokio::time::Instant,
 }
 
 /// A backend as the admin API shows it.
@@ -215,6 +217,32 @@ pub struct BackendStatus {
     /// Slow start: its share of new clients over its full share (1: not
     /// ramping).
     pub slow_start_ratio: f64,
+}
+
+/// A running listener as the status page shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub counts: crate::metrics::ListenerCounts,
+}
+
+/// A served certificate: the listener, the certificate file and its
+/// notAfter (Unix seconds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertStatus {
+    pub listener: String,
+    pub cert: String,
+    pub not_after: i64,
+}
+
+/// The process as the status page shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessStatus {
+    pub uptime: Duration,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
 }
 
 /// A pool's admission as the admin API shows it.
@@ -270,6 +298,7 @@ impl Proxy {
             hard_stop: CancellationToken::new(),
             reload_lock: tokio::sync::Mutex::new(()),
             source: std::sync::Mutex::new(None),
+            started: tokio::time::Instant::now(),
         });
         state.export_certificates(&state.current.load());
         state.export_routes(&state.current.load());
@@ -569,6 +598,52 @@ impl ProxyHandle {
             .iter()
             .map(|(name, slot)| (name.clone(), slot.ctx.load().local_addr))
             .collect()
+    }
+
+    /// Running listeners with their counters, for the status page.
+    pub fn listener_status(&self) -> Vec<ListenerStatus> {
+        lock(&self.state.listeners)
+            .iter()
+            .map(|(name, slot)| {
+                let ctx = slot.ctx.load();
+                ListenerStatus {
+                    name: name.clone(),
+                    addr: ctx.local_addr,
+                    tls: ctx.tls.is_some(),
+                    counts: ctx.metrics.counts(),
+                }
+            })
+            .collect()
+    }
+
+    /// Every certificate the running generation serves, for the status
+    /// page (the same set as `mqttlb_tls_certificate_not_after_seconds`).
+    pub fn certificates(&self) -> Vec<CertStatus> {
+        let generation = self.state.current.load();
+        generation
+            .config
+            .listeners
+            .iter()
+            .zip(&generation.tls)
+            .filter_map(|(l, tls)| Some((l, tls.as_ref()?)))
+            .flat_map(|(l, tls)| {
+                tls.certificates().iter().map(|c| CertStatus {
+                    listener: l.name.clone(),
+                    cert: c.cert.display().to_string(),
+                    not_after: c.not_after,
+                })
+            })
+            .collect()
+    }
+
+    /// Uptime and reloads, for the status page.
+    pub fn process(&self) -> ProcessStatus {
+        let (reloads_ok, reloads_failed) = self.state.metrics.reloads();
+        ProcessStatus {
+            uptime: self.state.started.elapsed(),
+            reloads_ok,
+            reloads_failed,
+        }
     }
 
     /// Ready: at least one backend in rotation.

@@ -176,10 +176,23 @@ pub fn edit_listener(toml: &str, edit: impl FnOnce(&mut toml::Table)) -> String 
 
 /// A plain HTTP/1.0 request to an admin server: (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_with(addr, method, path, &[]).await
+}
+
+/// [`http`] with extra request headers (`Origin`, `Authorization`, …).
+pub async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect admin");
-    s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .expect("request");
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.expect("request");
     let raw = String::from_utf8(read_to_close(&mut s).await).expect("utf-8 response");
     let status = raw
         .split_whitespace()

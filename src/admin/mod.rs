@@ -1,11 +1,18 @@
 //! The admin HTTP server (hyper 1): `/metrics`, `/healthz`, `/readyz` and,
-//! for the proxy, `/api/v1/backends`, `/api/v1/pools` (admission),
-//! drain/enable and reload.
+//! for the proxy, the status page `/`, `/api/v1/backends`, `/api/v1/pools`
+//! (admission), drain/enable and reload.
 //!
 //! It shares nothing with the data path but read-mostly handles; `main`
 //! runs it on its own thread and runtime, so it answers while the proxy's
 //! workers are saturated. It binds loopback by default: the API
-//! has no authentication of its own.
+//! has no authentication of its own beyond the optional bearer token, and
+//! refuses state changes a browser makes for another site (`origin`).
+//!
+//! Rooms: `origin` — the cross-site rule for POSTs; `status` — the status
+//! page's HTML, rendered from a snapshot of the proxy.
+
+mod origin;
+pub mod status;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -49,8 +56,10 @@ pub struct Admin {
     /// Refused admin connections (registered by [`AdminMetrics::register`]
     /// before the registry is shared; unexported otherwise).
     pub metrics: AdminMetrics,
-    /// When set, `/api/v1/…` requires `Authorization: Bearer <token>`;
-    /// `/metrics`, `/healthz` and `/readyz` stay open (scrapers, probes).
+    /// When set, `/api/v1/…` requires `Authorization: Bearer <token>`, and
+    /// the status page `/` shows data only with it (401 and the token form
+    /// without); `/metrics`, `/healthz` and `/readyz` stay open (scrapers,
+    /// probes).
     pub token: Option<crate::secret::Secret>,
 }
 
@@ -69,6 +78,7 @@ impl Admin {
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
 const JSON: &str = "application/json";
 const OPEN_METRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -449,22 +459,44 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let method = req.method();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    if let (Some(token), ["api", ..]) = (&admin.token, segments.as_slice()) {
-        let presented = req
-            .headers()
+    // A browser asked by another site's page to change something: refused
+    // whatever the path (GETs change nothing and pass).
+    if origin::cross_site(method, req.headers()) {
+        return reply(
+            StatusCode::FORBIDDEN,
+            TEXT,
+            "cross-site request refused (Origin / Sec-Fetch-Site)\n",
+        );
+    }
+    let authorized = admin.token.as_ref().is_none_or(|token| {
+        req.headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(bearer_credentials);
-        if !presented.is_some_and(|p| token.matches(p.as_bytes())) {
-            let mut r = reply(StatusCode::UNAUTHORIZED, TEXT, "bearer token required\n");
-            r.headers_mut().insert(
-                hyper::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            );
-            return r;
-        }
+            .and_then(bearer_credentials)
+            .is_some_and(|p| token.matches(p.as_bytes()))
+    });
+    if let (false, ["api", ..]) = (authorized, segments.as_slice()) {
+        return unauthorized(TEXT, "bearer token required\n");
     }
     match (method, segments.as_slice()) {
+        // The status page: the proxy's; a broker has none.
+        (&Method::GET, [""]) => match &admin.role {
+            Role::Proxy(p) => {
+                let page = status::Page {
+                    refresh: status::Page::refresh_from(query_param(&req, "refresh")),
+                    token_required: admin.token.is_some(),
+                };
+                if authorized {
+                    let snapshot = status::Snapshot::of(p);
+                    reply(StatusCode::OK, HTML, status::render(&page, Some(&snapshot)))
+                } else {
+                    // Like /api/v1/*: no data without the token, only the
+                    // form that asks for it.
+                    unauthorized(HTML, status::render(&page, None))
+                }
+            }
+            Role::Broker { .. } => not_found(),
+        },
         (&Method::GET, ["metrics"]) => {
             // OpenMetrics for scrapers that ask for it (Prometheus does),
             // the classic text format for everyone else.
@@ -534,7 +566,10 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
                         );
                     }
                 };
-                match p.rebalance(pool, rate) {
+                let Some(pool) = status::decode_segment(pool) else {
+                    return not_found();
+                };
+                match p.rebalance(&pool, rate) {
                     Ok(planned) => json(
                         StatusCode::ACCEPTED,
                         &Started {
@@ -584,7 +619,10 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
                         Some("false") => Some(None),
                         _ => window.map(Some),
                     };
-                    if p.drain(name, *action == "drain", disconnect) {
+                    let Some(name) = status::decode_segment(name) else {
+                        return not_found();
+                    };
+                    if p.drain(&name, *action == "drain", disconnect) {
                         json(
                             StatusCode::OK,
                             &Message {
@@ -644,7 +682,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             Role::Broker { .. } => not_found(),
         },
         // A known path asked with another method; anything else is 404.
-        (_, ["metrics" | "healthz" | "readyz"])
+        (_, ["" | "metrics" | "healthz" | "readyz"])
         | (_, ["api", "v1", "backends" | "pools" | "reload"])
         | (_, ["api", "v1", "backends", _, "drain" | "enable"])
         | (_, ["api", "v1", "pools", _, "rebalance"]) => {
@@ -673,6 +711,16 @@ fn bearer_credentials(value: &str) -> Option<&str> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| rest.trim_matches(' '))
+}
+
+/// 401 with `WWW-Authenticate: Bearer`.
+fn unauthorized(content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = reply(StatusCode::UNAUTHORIZED, content_type, body);
+    r.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer"),
+    );
+    r
 }
 
 fn not_found() -> Response<Full<Bytes>> {
