@@ -28,31 +28,30 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use super::Backend;
 use super::config::Strategy;
 use super::strategy::hrw_score;
+use super::{Backend, KickSignal};
 
 /// One client to ask to move.
 pub struct Mover {
     pub backend: Arc<Backend>,
     pub id: u64,
-    token: CancellationToken,
+    token: Arc<KickSignal>,
 }
 
 impl Mover {
-    pub(super) fn new(backend: Arc<Backend>, id: u64, token: CancellationToken) -> Mover {
+    pub(super) fn new(backend: Arc<Backend>, id: u64, token: Arc<KickSignal>) -> Mover {
         Mover { backend, id, token }
     }
 
     /// Ask the client to move, if it is still connected there. `false`:
     /// it left meanwhile (not counted as moved).
     pub fn kick(&self) -> bool {
-        if !self.backend.holds(self.id) || self.token.is_cancelled() {
+        if !self.backend.holds(self.id) || self.token.is_kicked() {
             return false;
         }
-        self.token.cancel();
+        self.token.kick();
         true
     }
 }

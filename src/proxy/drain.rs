@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::ProxyHandle;
-use crate::balance::Backend;
+use crate::balance::{Backend, KickSignal};
 
 impl ProxyHandle {
     /// Take a backend out of rotation (`true`) or put it back; open
@@ -67,7 +67,7 @@ impl ProxyHandle {
 /// while `still_draining()` holds and `stop` is not cancelled. Returns how
 /// many were cancelled.
 async fn pace(
-    tokens: Vec<CancellationToken>,
+    tokens: Vec<Arc<KickSignal>>,
     window: Duration,
     stop: &CancellationToken,
     still_draining: impl Fn() -> bool,
@@ -84,7 +84,7 @@ async fn pace(
         if !still_draining() {
             return i;
         }
-        token.cancel();
+        token.kick();
     }
     n
 }
@@ -102,6 +102,17 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    async fn kicked(signal: &KickSignal) {
+        std::future::poll_fn(|cx| {
+            if signal.poll_kicked(cx) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
     #[test]
     fn offsets_spread_over_the_window() {
         let w = Duration::from_secs(10);
@@ -112,7 +123,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn clients_are_asked_one_by_one_and_a_cancelled_drain_stops() {
-        let tokens: Vec<CancellationToken> = (0..4).map(|_| CancellationToken::new()).collect();
+        let tokens: Vec<Arc<KickSignal>> = (0..4).map(|_| Arc::default()).collect();
         let stop = CancellationToken::new();
         let draining = std::sync::Arc::new(AtomicBool::new(true));
         let task = tokio::spawn({
@@ -125,26 +136,26 @@ mod tests {
             }
         });
         let start = tokio::time::Instant::now();
-        tokens[0].cancelled().await;
+        kicked(&tokens[0]).await;
         assert_eq!(start.elapsed(), Duration::ZERO);
-        tokens[1].cancelled().await;
+        kicked(&tokens[1]).await;
         assert_eq!(start.elapsed(), Duration::from_secs(1));
-        assert!(!tokens[2].is_cancelled());
+        assert!(!tokens[2].is_kicked());
         // The backend is enabled again before the third client's turn.
         draining.store(false, Ordering::Relaxed);
         assert_eq!(task.await.unwrap(), 2);
-        assert!(!tokens[2].is_cancelled() && !tokens[3].is_cancelled());
+        assert!(!tokens[2].is_kicked() && !tokens[3].is_kicked());
     }
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_stops_the_pacing() {
-        let tokens: Vec<CancellationToken> = (0..3).map(|_| CancellationToken::new()).collect();
+        let tokens: Vec<Arc<KickSignal>> = (0..3).map(|_| Arc::default()).collect();
         let stop = CancellationToken::new();
         stop.cancel();
         assert_eq!(
             pace(tokens.clone(), Duration::from_secs(3), &stop, || true).await,
             0
         );
-        assert!(tokens.iter().all(|t| !t.is_cancelled()));
+        assert!(tokens.iter().all(|t| !t.is_kicked()));
     }
 }

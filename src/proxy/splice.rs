@@ -25,7 +25,6 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::mqtt::framing::FrameTracker;
 
@@ -51,11 +50,11 @@ pub enum SpliceEnd {
     Kicked,
 }
 
-/// Ask a spliced MQTT client to go elsewhere: when `token` is cancelled,
+/// Ask a spliced MQTT client to go elsewhere: when `token` is kicked,
 /// the backend→client direction stops at the next packet boundary, writes
 /// `packet` to the client and closes.
 pub struct Kick {
-    pub token: tokio_util::sync::CancellationToken,
+    pub token: std::sync::Arc<crate::balance::KickSignal>,
     pub packet: &'static [u8],
     /// Where the backend→client stream stands when the splice starts (the
     /// proxy may already have forwarded part of it, e.g. the CONNACK).
@@ -221,7 +220,7 @@ struct Splice<'a, C: ?Sized, B: ?Sized> {
     up: Half,
     down: Half,
     last_activity: Instant,
-    kick: Option<(Pin<Box<WaitForCancellationFutureOwned>>, &'static [u8])>,
+    kick: Option<(std::sync::Arc<crate::balance::KickSignal>, &'static [u8])>,
 }
 
 impl<C, B> Future for Splice<'_, C, B>
@@ -233,8 +232,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let Some((token, packet)) = &mut this.kick {
-            if token.as_mut().poll(cx).is_ready() {
+        if let Some((token, packet)) = &this.kick {
+            if token.poll_kicked(cx) {
                 this.down.kick = Some(*packet);
                 this.kick = None;
             }
@@ -312,7 +311,7 @@ where
         up: Half::new(upstream),
         down,
         last_activity: Instant::now(),
-        kick: kick.map(|k| (Box::pin(k.token.cancelled_owned()), k.packet)),
+        kick: kick.map(|k| (k.token, k.packet)),
     };
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
