@@ -226,3 +226,27 @@ impl Conn {
         answer.give(client).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an async fn returns, without calling it.
+    fn future_size<F, A, B, C, D, Fut>(_: &F) -> usize
+    where
+        F: FnOnce(A, B, C, D) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every open connection holds one `handle` future for its whole
+    /// life: what it keeps is per-connection memory
+    /// (docs/performance.md). Measured: 2,752 bytes before the access
+    /// log (issue 22).
+    #[test]
+    fn the_connection_future_stays_small() {
+        let size = future_size(&handle);
+        eprintln!("conn::handle future: {size} bytes");
+        assert!(size <= 3_000, "conn::handle future grew to {size} bytes");
+    }
+}
