@@ -39,6 +39,7 @@ use crate::mqtt::ProtocolVersion;
 
 // Types a lower layer owns, re-exported: the configuration schema in one
 // place for callers, the definitions beside the code that uses them.
+pub use crate::accesslog::{AccessConfig, Destination as AccessDestination};
 pub use crate::balance::config::{
     AdmissionConfig, DnsServerConfig, HashKey, HealthCheckKind, HealthConfig, PoolConfig,
     ResolverConfig, ServerConfig, Strategy,
@@ -115,6 +116,8 @@ pub struct Config {
     pub upgrade: Option<UpgradeConfig>,
     /// `[resolver]`: where pool servers' DNS names are resolved.
     pub resolver: ResolverConfig,
+    /// `[log]`: the access log.
+    pub log: AccessConfig,
 }
 
 /// Bounds on admin connections (`[admin]`). The admin port shares the
@@ -363,6 +366,7 @@ impl Config {
         });
         let upgrade = raw.upgrade.and_then(|u| cx.upgrade(u));
         let resolver = cx.resolver(raw.resolver.as_ref());
+        let log = cx.log(raw.log.unwrap_or_default());
         if cx.errors.is_empty() {
             Ok(Config {
                 source: source.to_string(),
@@ -374,6 +378,7 @@ impl Config {
                 admin_limits,
                 upgrade,
                 resolver,
+                log,
             })
         } else {
             Err(ConfigErrors(cx.errors))
