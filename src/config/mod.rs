@@ -789,6 +789,38 @@ mod tests {
     }
 
     #[test]
+    fn the_access_log_goes_to_stderr_off_or_a_file_whose_directory_exists() {
+        let c = load_str(MINIMAL).expect("valid");
+        assert_eq!(c.log.destination, AccessDestination::Stderr, "on by default");
+        assert!(!c.log.username);
+        let c = load_str(&format!(
+            "{MINIMAL}\n[log]\naccess = \"off\"\naccess_username = true\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.log.destination, AccessDestination::Off);
+        assert!(c.log.username);
+        let c = load_str(&format!("{MINIMAL}\n[log]\naccess = \"/tmp/access.log\"\n"))
+            .expect("valid");
+        assert_eq!(
+            c.log.destination,
+            AccessDestination::File("/tmp/access.log".into())
+        );
+        for (value, reason) in [
+            ("", "expected \"off\", \"stderr\" or a file path"),
+            ("/nonexistent/dir/access.log", "does not exist"),
+            ("/tmp", "is a directory"),
+        ] {
+            let e = load_str(&format!("{MINIMAL}\n[log]\naccess = \"{value}\"\n")).unwrap_err();
+            assert_eq!(e.0.len(), 1, "{e}");
+            assert_eq!(e.0[0].key, "log.access");
+            assert!(e.0[0].reason.contains(reason), "{value:?}: {e}");
+            assert!(e.to_string().starts_with("test.toml: log.access: "), "{e}");
+        }
+        let e = load_str(&format!("{MINIMAL}\n[log]\naccess_user = true\n")).unwrap_err();
+        assert!(e.to_string().contains("access_user"), "unknown keys: {e}");
+    }
+
+    #[test]
     fn reference_config_parses() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
         let text = std::fs::read_to_string(dir.join("mqttlb.toml")).expect("config/mqttlb.toml");
