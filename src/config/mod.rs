@@ -791,7 +791,11 @@ mod tests {
     #[test]
     fn the_access_log_goes_to_stderr_off_or_a_file_whose_directory_exists() {
         let c = load_str(MINIMAL).expect("valid");
-        assert_eq!(c.log.destination, AccessDestination::Stderr, "on by default");
+        assert_eq!(
+            c.log.destination,
+            AccessDestination::Stderr,
+            "on by default"
+        );
         assert!(!c.log.username);
         let c = load_str(&format!(
             "{MINIMAL}\n[log]\naccess = \"off\"\naccess_username = true\n"
@@ -799,8 +803,8 @@ mod tests {
         .expect("valid");
         assert_eq!(c.log.destination, AccessDestination::Off);
         assert!(c.log.username);
-        let c = load_str(&format!("{MINIMAL}\n[log]\naccess = \"/tmp/access.log\"\n"))
-            .expect("valid");
+        let c =
+            load_str(&format!("{MINIMAL}\n[log]\naccess = \"/tmp/access.log\"\n")).expect("valid");
         assert_eq!(
             c.log.destination,
             AccessDestination::File("/tmp/access.log".into())
