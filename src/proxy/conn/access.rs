@@ -124,6 +124,15 @@ mod tests {
     use super::*;
     use crate::accesslog::MAX_FIELD;
 
+    /// The heap block a connection holds while the access log is on
+    /// (docs/access-log.md), besides its copied strings.
+    #[test]
+    fn the_facts_stay_small() {
+        let size = std::mem::size_of::<Access>();
+        eprintln!("access facts: {size} bytes");
+        assert!(size <= 192, "{size}");
+    }
+
     #[test]
     fn kept_strings_are_bounded_and_still_show_the_cut() {
         assert_eq!(&*keep("dev-1"), "dev-1");
