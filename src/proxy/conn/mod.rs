@@ -193,6 +193,7 @@ impl Conn {
             WsForward::Ws => self.stages(client, upgrade.bytes).await,
             WsForward::Tcp => {
                 if !self.accept_upgrade(ws, client, &upgrade).await {
+                    self.note(|f| f.end = Some(End::ClientError));
                     return;
                 }
                 let mut early = upgrade.bytes;
