@@ -19,9 +19,15 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// `toml` with `[log] access` writing to `path`.
+/// `toml` with `[log] access` writing to `path` (the test configuration
+/// has it off).
 fn with_log(toml: &str, path: &Path) -> String {
-    format!("{toml}\n[log]\naccess = {:?}\n", path.display().to_string())
+    let mut table: toml::Table = toml.parse().expect("config parses");
+    let log: toml::Table = format!("access = {:?}", path.display().to_string())
+        .parse()
+        .expect("[log]");
+    table.insert("log".into(), toml::Value::Table(log));
+    table.to_string()
 }
 
 /// A proxy writing its access log to `dir/access.log` in `format`.

@@ -110,7 +110,7 @@ impl ProxyUnderTest {
 /// The standard test proxy, typed (the file schema of `mqttlb::config::raw`):
 /// a TLS, MQTT-aware listener `mqtts` on 127.0.0.1:0 (CONNECT within 2 s)
 /// forwarding to pool `brokers` of `servers`; handshakes within 2 s, drain
-/// 5 s. Tests change fields, then render with `to_toml()`.
+/// 5 s; no access log. Tests change fields, then render with `to_toml()`.
 pub fn proxy_config(certs: &Certs, servers: &[(&str, SocketAddr)]) -> RawConfig {
     let addrs: Vec<(String, String)> = servers
         .iter()
@@ -132,6 +132,12 @@ pub fn proxy_config(certs: &Certs, servers: &[(&str, SocketAddr)]) -> RawConfig 
     }
     raw.limits.tls_handshake_timeout = Some("2s".into());
     raw.limits.drain_timeout = Some("5s".into());
+    // The access log is on (to stderr) by default: test output would
+    // carry a line per connection. tests/access_log.rs turns it on.
+    raw.log = Some(mqttlb::config::raw::RawLog {
+        access: Some("off".into()),
+        access_username: None,
+    });
     raw
 }
 
