@@ -672,7 +672,7 @@ mod tests {
             route: Some("default"),
             pool: Some("brokers"),
             sni: Some("mqtt.example.com"),
-            tls_version: Some("TLSv1_3"),
+            tls_version: Some("TLSv1.3"),
             cipher: Some("TLS13_AES_128_GCM_SHA256"),
             resumed: Some(false),
             protocol: Some("5.0"),
@@ -706,7 +706,7 @@ mod tests {
         assert_eq!(
             out,
             "1970-01-01T00:00:00.000Z mqtts 192.0.2.7:51234 default/brokers \
-             \"mqtt.example.com\" TLSv1_3/TLS13_AES_128_GCM_SHA256 full 5.0 \"dev-1\" - \
+             \"mqtt.example.com\" TLSv1.3/TLS13_AES_128_GCM_SHA256 full 5.0 \"dev-1\" - \
              node1 0x00 120 64 1.234/0.056/0.300/0.700/60000.000 closed_by_client 0"
         );
         let mut out = String::new();
