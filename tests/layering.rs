@@ -156,6 +156,7 @@ const ROOMS: &[(&str, &[(&str, u8)])] = &[
         ],
     ),
     ("proxy/websocket", &[("frame", 0)]),
+    ("accesslog", &[("line", 0)]),
     (
         "proxy/conn",
         &[
