@@ -193,6 +193,8 @@ pub struct ProxyLaunch {
     pub takeover: Option<PathBuf>,
     /// Where to send the readiness notification.
     pub notify: Notify,
+    /// The access log's format: the process's `--log-format`.
+    pub access_format: crate::accesslog::Format,
 }
 
 /// Where the readiness notification goes.
@@ -214,6 +216,7 @@ impl ProxyLaunch {
             inherited: Vec::new(),
             takeover: None,
             notify: Notify::FromEnv,
+            access_format: crate::accesslog::Format::Text,
         }
     }
 }
@@ -274,6 +277,7 @@ pub async fn proxy(launch: ProxyLaunch) -> Result<Launched, LaunchError> {
         mut inherited,
         takeover,
         notify,
+        access_format,
     } = launch;
     let upgrade = config.upgrade.clone();
     let admin_settings = AdminSettings {
@@ -283,7 +287,9 @@ pub async fn proxy(launch: ProxyLaunch) -> Result<Launched, LaunchError> {
     };
     let mut registry = Registry::default();
     // 1. Everything that can fail on this side.
-    let mut proxy = Proxy::build(config, &mut registry).map_err(LaunchError::Config)?;
+    let mut proxy = Proxy::build(config, &mut registry)
+        .map_err(LaunchError::Config)?
+        .with_access_format(access_format);
     if let Some((path, overrides)) = source {
         proxy = proxy.with_source(path, overrides);
     }
@@ -440,18 +446,27 @@ pub fn raise_nofile() {
 }
 
 /// Stop on SIGTERM / SIGINT (graceful: the drain deadline bounds it);
-/// SIGHUP reloads the proxy's configuration and certificates.
+/// SIGHUP reloads the proxy's configuration and certificates (and re-opens
+/// its access log); SIGUSR1 only re-opens the access log (logrotate).
 pub async fn on_signals(shutdown: CancellationToken, proxy: Option<ProxyHandle>) {
-    let name = crate::signals::wait_for_stop(|| {
-        let proxy = proxy.clone();
-        async move {
-            match proxy {
-                // Outcome logged and counted by the reload itself.
-                Some(p) => drop(p.reload_from_source().await),
-                None => info!("SIGHUP ignored: nothing to reload"),
+    let reopen_with = proxy.clone();
+    let name = crate::signals::wait_for_stop(
+        || {
+            let proxy = proxy.clone();
+            async move {
+                match proxy {
+                    // Outcome logged and counted by the reload itself.
+                    Some(p) => drop(p.reload_from_source().await),
+                    None => info!("SIGHUP ignored: nothing to reload"),
+                }
             }
-        }
-    })
+        },
+        || {
+            if let Some(p) = &reopen_with {
+                p.reopen_logs();
+            }
+        },
+    )
     .await;
     info!(signal = name, "shutting down: no new connections, draining");
     shutdown.cancel();

@@ -19,6 +19,8 @@
 //! * [`proxy_protocol`] — PROXY protocol v1/v2 headers sent to brokers.
 //! * [`secret`] — secrets from configuration, never printed.
 //! * [`ratelog`] — rate limits for log lines a peer can trigger.
+//! * [`accesslog`] — one line per ended or refused connection, written
+//!   off the data path (docs/access-log.md).
 //! * [`ratelimit`] — per-key admission rates (source address, client id).
 //! * [`broker`] — `mqttlb broker`: a minimal MQTT 3.1.1/5.0 broker,
 //!   sessions, retained messages, and the peer mesh.
@@ -57,6 +59,7 @@
     )
 )]
 
+pub mod accesslog;
 pub mod admin;
 pub mod balance;
 pub mod bench;

@@ -126,7 +126,7 @@ fn main() -> ExitCode {
             }
             Err(e) => config_failure(&e),
         },
-        Command::Proxy(args) => run_proxy(args),
+        Command::Proxy(args) => run_proxy(args, cli.log_format),
         Command::Broker(args) => run_broker(args),
         Command::Health { url, timeout } => match mqttlb::admin::probe(&url, timeout) {
             Ok(()) => ExitCode::SUCCESS,
@@ -227,7 +227,7 @@ fn run_demo(opts: DemoOptions, admin: std::net::SocketAddr, failover: bool) -> E
     })
 }
 
-fn run_proxy(args: ProxyArgs) -> ExitCode {
+fn run_proxy(args: ProxyArgs, log_format: LogFormat) -> ExitCode {
     let (config, source) = match args.load() {
         Ok(c) => c,
         Err(e) => return config_failure(&e),
@@ -248,6 +248,11 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         source,
         inherited,
         takeover: args.takeover,
+        // The access log follows the process's log format.
+        access_format: match log_format {
+            LogFormat::Text => mqttlb::accesslog::Format::Text,
+            LogFormat::Json => mqttlb::accesslog::Format::Json,
+        },
         ..ProxyLaunch::new(config)
     };
     runtime.block_on(async move {

@@ -312,6 +312,9 @@ pub struct Metrics {
     pub health_check_duration: Family<BackendLabel, Histogram>,
     pub bytes: Family<DirectionLabel, Counter>,
     pub accept_errors: Counter,
+    /// Access-log lines dropped: the writer's queue was full (or the
+    /// destination could not be written).
+    pub access_log_dropped: Counter,
     pub config_reloads: Family<OutcomeLabel, Counter>,
     pub tls_certificate_not_after: Family<CertLabel, Gauge>,
     pub pool_queue_length: Family<PoolLabel, Gauge>,
@@ -350,6 +353,7 @@ impl Metrics {
             health_check_duration: Family::new_with_constructor(latency_histogram),
             bytes: Family::default(),
             accept_errors: Counter::default(),
+            access_log_dropped: Counter::default(),
             config_reloads: Family::default(),
             tls_certificate_not_after: Family::default(),
             pool_queue_length: Family::default(),
@@ -461,6 +465,11 @@ impl Metrics {
             "accept_errors",
             "Failed accept() calls (e.g. EMFILE)",
             m.accept_errors.clone(),
+        );
+        r.register(
+            "access_log_dropped",
+            "Access-log lines dropped because the writer's queue was full or the destination failed",
+            m.access_log_dropped.clone(),
         );
         r.register(
             "config_reloads",

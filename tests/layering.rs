@@ -19,6 +19,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("upgrade", 0),
     // metric families, TLS setup, development certificates
     ("metrics", 1),
+    // the access log (uses ratelog)
+    ("accesslog", 1),
     ("tls", 1),
     ("certs", 1),
     // PROXY headers (carry TLS facts)
@@ -154,10 +156,12 @@ const ROOMS: &[(&str, &[(&str, u8)])] = &[
         ],
     ),
     ("proxy/websocket", &[("frame", 0)]),
+    ("accesslog", &[("line", 0)]),
     (
         "proxy/conn",
         &[
             ("refusal", 0),
+            ("access", 0),
             ("inbound", 1),
             ("admit", 1),
             ("queue", 2),

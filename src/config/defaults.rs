@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 pub const LISTEN_TLS: &str = "0.0.0.0:8883";
+/// `[log] access`: on, to stderr, as NGINX and HAProxy log connections
+/// by default; journald or the container runtime collects it.
+pub const ACCESS_LOG: crate::accesslog::Destination = crate::accesslog::Destination::Stderr;
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9100";
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 pub const ADMIN_MAX_CONNECTIONS_PER_SOURCE: usize = 8;

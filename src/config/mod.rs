@@ -39,6 +39,7 @@ use crate::mqtt::ProtocolVersion;
 
 // Types a lower layer owns, re-exported: the configuration schema in one
 // place for callers, the definitions beside the code that uses them.
+pub use crate::accesslog::{AccessConfig, Destination as AccessDestination};
 pub use crate::balance::config::{
     AdmissionConfig, DnsServerConfig, HashKey, HealthCheckKind, HealthConfig, PoolConfig,
     ResolverConfig, ServerConfig, Strategy,
@@ -115,6 +116,8 @@ pub struct Config {
     pub upgrade: Option<UpgradeConfig>,
     /// `[resolver]`: where pool servers' DNS names are resolved.
     pub resolver: ResolverConfig,
+    /// `[log]`: the access log.
+    pub log: AccessConfig,
 }
 
 /// Bounds on admin connections (`[admin]`). The admin port shares the
@@ -363,6 +366,7 @@ impl Config {
         });
         let upgrade = raw.upgrade.and_then(|u| cx.upgrade(u));
         let resolver = cx.resolver(raw.resolver.as_ref());
+        let log = cx.log(raw.log.unwrap_or_default());
         if cx.errors.is_empty() {
             Ok(Config {
                 source: source.to_string(),
@@ -374,6 +378,7 @@ impl Config {
                 admin_limits,
                 upgrade,
                 resolver,
+                log,
             })
         } else {
             Err(ConfigErrors(cx.errors))
@@ -781,6 +786,42 @@ mod tests {
                 .contains("resolver.nameservers: expected 1 to 8"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_access_log_goes_to_stderr_off_or_a_file_whose_directory_exists() {
+        let c = load_str(MINIMAL).expect("valid");
+        assert_eq!(
+            c.log.destination,
+            AccessDestination::Stderr,
+            "on by default"
+        );
+        assert!(!c.log.username);
+        let c = load_str(&format!(
+            "{MINIMAL}\n[log]\naccess = \"off\"\naccess_username = true\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.log.destination, AccessDestination::Off);
+        assert!(c.log.username);
+        let c =
+            load_str(&format!("{MINIMAL}\n[log]\naccess = \"/tmp/access.log\"\n")).expect("valid");
+        assert_eq!(
+            c.log.destination,
+            AccessDestination::File("/tmp/access.log".into())
+        );
+        for (value, reason) in [
+            ("", "expected \"off\", \"stderr\" or a file path"),
+            ("/nonexistent/dir/access.log", "does not exist"),
+            ("/tmp", "is a directory"),
+        ] {
+            let e = load_str(&format!("{MINIMAL}\n[log]\naccess = \"{value}\"\n")).unwrap_err();
+            assert_eq!(e.0.len(), 1, "{e}");
+            assert_eq!(e.0[0].key, "log.access");
+            assert!(e.0[0].reason.contains(reason), "{value:?}: {e}");
+            assert!(e.to_string().starts_with("test.toml: log.access: "), "{e}");
+        }
+        let e = load_str(&format!("{MINIMAL}\n[log]\naccess_user = true\n")).unwrap_err();
+        assert!(e.to_string().contains("access_user"), "unknown keys: {e}");
     }
 
     #[test]

@@ -18,6 +18,15 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub upgrade: Option<RawUpgrade>,
     pub resolver: Option<RawResolver>,
+    pub log: Option<RawLog>,
+}
+
+/// `[log]`: the access log.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub access: Option<String>,
+    pub access_username: Option<bool>,
 }
 
 /// `[resolver]`: where pool servers' DNS names are resolved.

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::{
-    RawAdmin, RawIdentity, RawListener, RawPool, RawResolver, RawTls, RawUpgrade, RawWebSocket,
+    RawAdmin, RawIdentity, RawListener, RawLog, RawPool, RawResolver, RawTls, RawUpgrade,
+    RawWebSocket,
 };
 use super::*;
 use crate::proxy_protocol::IdentityTlvs;
@@ -326,6 +327,47 @@ impl Cx {
         ResolverConfig {
             nameservers,
             timeout,
+        }
+    }
+
+    /// `[log]`: `access` is "off", "stderr" or a file path (relative to
+    /// the configuration's directory) whose directory exists.
+    pub(super) fn log(&mut self, raw: RawLog) -> AccessConfig {
+        let destination = match raw.access.as_deref() {
+            None => defaults::ACCESS_LOG,
+            Some("off") => AccessDestination::Off,
+            Some("stderr") => AccessDestination::Stderr,
+            Some("") => {
+                self.err("log.access", "expected \"off\", \"stderr\" or a file path");
+                AccessDestination::Off
+            }
+            Some(path) => {
+                let p = Path::new(path);
+                let p = if p.is_absolute() {
+                    p.to_path_buf()
+                } else {
+                    self.base.join(p)
+                };
+                if p.is_dir() {
+                    self.err(
+                        "log.access",
+                        &format!("{} is a directory; expected a file path", p.display()),
+                    );
+                } else if !p.parent().is_some_and(Path::is_dir) {
+                    self.err(
+                        "log.access",
+                        &format!(
+                            "the directory of {} does not exist (expected \"off\", \"stderr\" or a file path)",
+                            p.display()
+                        ),
+                    );
+                }
+                AccessDestination::File(p)
+            }
+        };
+        AccessConfig {
+            destination,
+            username: raw.access_username.unwrap_or(false),
         }
     }
 

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use super::{Generation, ListenerSlot, ProxyState, conn, lock};
+use crate::accesslog::{End, Record};
 use crate::config::ListenerConfig;
 use crate::metrics::Rejection;
 use crate::sys::ListenerSockets;
@@ -75,12 +76,18 @@ async fn accept_loop(listener: TcpListener, slot: Arc<ListenerSlot>, state: Arc<
         // Before any TLS work: a reconnect storm costs an accept and a
         // close. Behind a balancer (inbound PROXY header) the peer is the
         // balancer: the connection task checks the client's address.
+        let refused = |reason: Rejection| {
+            ctx.metrics.rejected(reason);
+            if let Some(log) = &ctx.access {
+                log.log(&Record::new(&ctx.name, peer, End::Refused(reason.as_str())));
+            }
+        };
         if ctx.proxy_protocol.is_none() && !ctx.state.source_limit.admit(&peer.ip()) {
-            ctx.metrics.rejected(Rejection::SourceRateLimit);
+            refused(Rejection::SourceRateLimit);
             return;
         }
         let Ok(permit) = state.limit.clone().try_acquire_owned() else {
-            ctx.metrics.rejected(Rejection::MaxConnections);
+            refused(Rejection::MaxConnections);
             debug!(listener = %ctx.name, client.addr = %peer, "connection limit reached; refusing");
             return;
         };

@@ -72,6 +72,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::accesslog::{AccessLog, Format as AccessFormat};
 use crate::balance::{LastCheck, Pool, discovery};
 use crate::config::{
     Config, ConfigErrors, InboundProxy, Limits, ListenerConfig, MqttListenerConfig, Overrides,
@@ -109,6 +110,8 @@ pub struct ListenerCtx {
     /// The listener's long-lived state (rate limiters), shared by every
     /// generation of its context.
     pub state: Arc<ListenerState>,
+    /// The process's access log; `None` while `[log] access = "off"`.
+    pub access: Option<Arc<AccessLog>>,
 }
 
 /// What belongs to a listener rather than to a generation: kept by name
@@ -145,6 +148,15 @@ impl ListenerState {
     }
 }
 
+/// `[log] access` names a file that cannot be opened.
+fn access_log_error(config: &Config, e: &std::io::Error) -> ConfigErrors {
+    ConfigErrors(vec![crate::config::ConfigError {
+        file: config.source.clone(),
+        key: "log.access".into(),
+        reason: format!("cannot open: {e}"),
+    }])
+}
+
 /// A configured, not yet running proxy.
 pub struct Proxy {
     state: Arc<ProxyState>,
@@ -176,6 +188,9 @@ struct ListenerSlot {
 
 struct ProxyState {
     metrics: Metrics,
+    /// The access log: the process's, like the session-ticket keys (a
+    /// reload re-configures and re-opens it).
+    access: Arc<AccessLog>,
     instance_nonce: u64,
     /// Session-ticket keys of listeners without `ticket_keys`: the
     /// process's, not a generation's (every reload keeps them).
@@ -276,6 +291,12 @@ impl Proxy {
         })?);
         let tls = load_tls(&config, &session_keys)?;
         let metrics = Metrics::new(registry);
+        let access = AccessLog::start(
+            &config.log,
+            AccessFormat::default(),
+            metrics.access_log_dropped.clone(),
+        )
+        .map_err(|e| access_log_error(&config, &e))?;
         let pools = config
             .pools
             .iter()
@@ -284,6 +305,7 @@ impl Proxy {
         let max = config.limits.max_connections.min(Semaphore::MAX_PERMITS);
         let state = Arc::new(ProxyState {
             metrics,
+            access: Arc::new(access),
             instance_nonce: instance_nonce(),
             session_keys,
             conn_ids: AtomicU64::new(0),
@@ -317,6 +339,12 @@ impl Proxy {
                 .unwrap_or_default()
         });
         Ok(Proxy { state })
+    }
+
+    /// Write access-log lines in `format` (the process's `--log-format`).
+    pub fn with_access_format(self, format: AccessFormat) -> Proxy {
+        self.state.access.set_format(format);
+        self
     }
 
     /// Remember the file (and flags) to read again on reload.
@@ -465,6 +493,12 @@ impl ProxyState {
             metrics: self.metrics.listener(&cfg.name),
             instance_nonce: self.instance_nonce,
             state,
+            access: generation
+                .config
+                .log
+                .destination
+                .ne(&crate::accesslog::Destination::Off)
+                .then(|| self.access.clone()),
         })
     }
 
@@ -539,6 +573,11 @@ impl ProxyState {
 }
 
 impl ProxyHandle {
+    /// Re-open the access log's file (SIGUSR1: logrotate renamed it).
+    pub fn reopen_logs(&self) {
+        self.state.access.reopen();
+    }
+
     /// Every backend of every pool, for `GET /api/v1/backends`.
     pub fn backends(&self) -> Vec<BackendStatus> {
         let generation = self.state.current.load();

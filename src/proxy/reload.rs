@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use super::accept::bind_listener;
 use super::{Generation, ListenerSlot, ProxyHandle, lock};
+use crate::accesslog::AccessLog;
 use crate::balance::{Pool, discovery};
 use crate::config::{Config, ConfigError, ConfigErrors, ListenerConfig};
 use crate::sys::ListenerSockets;
@@ -112,6 +113,8 @@ impl ProxyHandle {
         let _one_at_a_time = state.reload_lock.lock().await;
         let old = state.current.load_full();
         let tls = load_tls(&config, &state.session_keys)?;
+        AccessLog::check(&config.log.destination)
+            .map_err(|e| super::access_log_error(&config, &e))?;
 
         // Listeners to open: new names, or a name whose address changed.
         // Bind them all before changing anything, so a busy port refuses
@@ -173,6 +176,8 @@ impl ProxyHandle {
             }
         }
 
+        // Before the listeners' contexts: they follow it on or off.
+        state.access.configure(&config.log);
         let generation = Arc::new(Generation { config, pools, tls });
         state.current.store(generation.clone());
         state.export_certificates(&generation);

@@ -76,6 +76,22 @@ impl Routes {
             .unwrap_or(&self.default)
     }
 
+    /// Where `route` (one of these) stands: the rules in order, then the
+    /// default. [`Routes::at`] finds it again.
+    pub fn position(&self, route: &Route) -> Option<usize> {
+        self.rules
+            .iter()
+            .chain(std::iter::once(&self.default))
+            .position(|r| std::ptr::eq(r, route))
+    }
+
+    /// The route at `position`.
+    pub fn at(&self, position: usize) -> Option<&Route> {
+        self.rules
+            .get(position)
+            .or_else(|| (position == self.rules.len()).then_some(&self.default))
+    }
+
     /// Does the listener have rules (else every client takes the default)?
     pub fn any(&self) -> bool {
         !self.rules.is_empty()

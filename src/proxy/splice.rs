@@ -75,6 +75,9 @@ pub enum SpliceError {
 pub struct Transferred {
     pub upstream: u64,
     pub downstream: u64,
+    /// The client's side reached EOF before the backend's (a
+    /// [`SpliceEnd::Closed`] splice: who closed first).
+    pub client_closed_first: bool,
 }
 
 struct Half {
@@ -221,6 +224,8 @@ struct Splice<'a, C: ?Sized, B: ?Sized> {
     down: Half,
     last_activity: Instant,
     kick: Option<(std::sync::Arc<crate::balance::KickSignal>, &'static [u8])>,
+    /// The client→backend direction ended first.
+    client_first: bool,
 }
 
 impl<C, B> Future for Splice<'_, C, B>
@@ -245,7 +250,10 @@ where
                 Pin::new(&mut *this.backend),
                 &mut this.last_activity,
             ) {
-                Poll::Ready(Ok(())) => this.up.done = true,
+                Poll::Ready(Ok(())) => {
+                    this.up.done = true;
+                    this.client_first = !this.down.done;
+                }
                 Poll::Ready(Err((Side::Read, e))) => {
                     return Poll::Ready(Err(SpliceError::Client(e)));
                 }
@@ -312,6 +320,7 @@ where
         down,
         last_activity: Instant::now(),
         kick: kick.map(|k| (k.token, k.packet)),
+        client_first: false,
     };
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
@@ -332,6 +341,7 @@ where
     let t = Transferred {
         upstream: s.up.bytes,
         downstream: s.down.bytes,
+        client_closed_first: s.client_first,
     };
     (result, t)
 }
@@ -375,6 +385,7 @@ mod tests {
         let (r, t) = task.await.unwrap();
         assert_eq!(r.unwrap(), SpliceEnd::Closed);
         assert_eq!((t.upstream, t.downstream), (5, 100_000));
+        assert!(t.client_closed_first);
     }
 
     #[tokio::test(start_paused = true)]

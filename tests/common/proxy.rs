@@ -34,12 +34,22 @@ impl ProxyUnderTest {
     /// Start from TOML text; its first listener must use `listen =
     /// "127.0.0.1:0"`. Relative paths resolve against `base`.
     pub async fn start(toml: &str, base: &Path) -> ProxyUnderTest {
+        ProxyUnderTest::start_with(toml, base, |p| p).await
+    }
+
+    /// [`ProxyUnderTest::start`], with `edit` applied to the built proxy
+    /// (e.g. `Proxy::with_access_format`).
+    pub async fn start_with(
+        toml: &str,
+        base: &Path,
+        edit: impl FnOnce(Proxy) -> Proxy,
+    ) -> ProxyUnderTest {
         let raw = parse_toml("test.toml", toml).expect("test config parses");
         let config = Config::from_raw("test.toml", base, raw).expect("test config converts");
         let pool_names: Vec<String> = config.pools.keys().cloned().collect();
         let listener_count = config.listeners.len();
         let mut registry = Registry::default();
-        let proxy = Proxy::build(config, &mut registry).expect("proxy builds");
+        let proxy = edit(Proxy::build(config, &mut registry).expect("proxy builds"));
         let pools = pool_names.iter().filter_map(|n| proxy.pool(n)).collect();
         let listeners = proxy.bind().expect("bind");
         let addr = listeners[0].local_addr().expect("local addr");
@@ -100,7 +110,7 @@ impl ProxyUnderTest {
 /// The standard test proxy, typed (the file schema of `mqttlb::config::raw`):
 /// a TLS, MQTT-aware listener `mqtts` on 127.0.0.1:0 (CONNECT within 2 s)
 /// forwarding to pool `brokers` of `servers`; handshakes within 2 s, drain
-/// 5 s. Tests change fields, then render with `to_toml()`.
+/// 5 s; no access log. Tests change fields, then render with `to_toml()`.
 pub fn proxy_config(certs: &Certs, servers: &[(&str, SocketAddr)]) -> RawConfig {
     let addrs: Vec<(String, String)> = servers
         .iter()
@@ -122,6 +132,12 @@ pub fn proxy_config(certs: &Certs, servers: &[(&str, SocketAddr)]) -> RawConfig 
     }
     raw.limits.tls_handshake_timeout = Some("2s".into());
     raw.limits.drain_timeout = Some("5s".into());
+    // The access log is on (to stderr) by default: test output would
+    // carry a line per connection. tests/access_log.rs turns it on.
+    raw.log = Some(mqttlb::config::raw::RawLog {
+        access: Some("off".into()),
+        access_username: None,
+    });
     raw
 }
 

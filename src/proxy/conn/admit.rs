@@ -20,6 +20,7 @@ use tracing::{Span, debug, info};
 
 use super::super::route::Route;
 use super::super::websocket::{self, Upgrade};
+use super::access::keep;
 use super::{Conn, Refusal};
 use crate::balance::route::{ConnectFacts, Facts};
 use crate::config::{ClientIdMatch, HashKey, MqttListenerConfig, WebSocketConfig};
@@ -60,7 +61,7 @@ impl Conn {
     ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo), Refusal> {
         let ctx = &self.ctx;
         let started = Instant::now();
-        match timeout(
+        let done = match timeout(
             ctx.limits.tls_handshake_timeout,
             acceptor.accept(tcp, ctx.identity),
         )
@@ -94,7 +95,9 @@ impl Conn {
                     .observe(started.elapsed().as_secs_f64());
                 Ok(done)
             }
-        }
+        };
+        self.note(|f| f.timings.tls = Some(started.elapsed()));
+        done
     }
 
     /// Read and check the WebSocket upgrade request under `upgrade_timeout`.
@@ -178,6 +181,7 @@ impl Conn {
     where
         S: AsyncRead + Unpin,
     {
+        let started = Instant::now();
         let limit = mqtt.max_connect_size;
         let mut buf = vec![0u8; INITIAL_CONNECT_READ.min(limit)];
         let mut filled = 0;
@@ -214,7 +218,9 @@ impl Conn {
                 }
             }
         };
-        let mut hello = match timeout(mqtt.connect_timeout, read).await {
+        let read = timeout(mqtt.connect_timeout, read).await;
+        self.note(|f| f.timings.connect = Some(started.elapsed()));
+        let mut hello = match read {
             Ok(checked) => checked?,
             Err(_) => {
                 static LATE: LogLimiter = crate::ratelog::per_kind();
@@ -241,6 +247,14 @@ impl Conn {
         let tls = self.tls.as_ref();
         ctx.metrics.mqtt_connect(connect.protocol);
         Span::current().record("client_id", connect.client_id);
+        // Copied only while the access log is on.
+        self.note(|f| {
+            f.protocol = Some(connect.protocol);
+            f.client_id = Some(keep(connect.client_id));
+            if self.wants_username() {
+                f.username = connect.username.map(keep);
+            }
+        });
         debug!(
             protocol = connect.protocol.as_str(),
             keep_alive = connect.keep_alive,

@@ -102,6 +102,7 @@ impl Conn {
         let route = hello.route;
         let pool = &route.pool;
         route.routed.inc();
+        self.note(|f| f.route = ctx.routes.position(route));
         if ctx.routes.any() {
             Span::current().record("route", route.name.as_str());
         }
@@ -127,8 +128,14 @@ impl Conn {
             // reserved in the connection task for its whole life.
             let attempted = Box::pin(attempt(pool, &backend, slot, &first, hello.protocol));
             match attempted.await {
-                Ok((upstream, active, answer)) => {
+                Ok((upstream, active, answer, steps)) => {
                     Span::current().record("backend", backend.name.as_str());
+                    self.note(|f| {
+                        f.backend = Some(backend.clone());
+                        f.timings.backend = Some(steps.connect);
+                        f.timings.connack = steps.connack;
+                        f.bytes = Some((client_bytes, 0));
+                    });
                     // The client's bytes read before routing count as
                     // upstream traffic too.
                     ctx.metrics.upstream_bytes.inc_by(client_bytes);
@@ -185,6 +192,13 @@ impl Conn {
     }
 }
 
+/// How long the candidate that took the client took: its TCP connect,
+/// and (MQTT listeners) from the forward to its CONNACK.
+struct Steps {
+    connect: Duration,
+    connack: Option<Duration>,
+}
+
 /// One candidate: connect, send `first`, and for an MQTT client wait for
 /// the CONNACK. `slot`: the node's connection slot when it was reserved
 /// before the connect (capped nodes), else it is counted once connected.
@@ -194,17 +208,18 @@ async fn attempt(
     slot: Option<ActiveGuard>,
     first: &[u8],
     protocol: Option<ProtocolVersion>,
-) -> Result<(TcpStream, ActiveGuard, Vec<u8>), Miss> {
+) -> Result<(TcpStream, ActiveGuard, Vec<u8>, Steps), Miss> {
     let started = Instant::now();
     let mut stream = match timeout(pool.connect_timeout, TcpStream::connect(backend.addr)).await {
         Err(_) => return Err(Miss::ConnectTimeout(pool.connect_timeout)),
         Ok(Err(e)) => return Err(Miss::Connect(e)),
         Ok(Ok(stream)) => stream,
     };
+    let connected = started.elapsed();
     backend
         .metrics
         .connect_duration
-        .observe(started.elapsed().as_secs_f64());
+        .observe(connected.as_secs_f64());
     let _ = stream.set_nodelay(true);
     let active = match slot {
         Some(slot) => slot,
@@ -216,7 +231,11 @@ async fn attempt(
             stream.write_all(first).await.map_err(Miss::Io)?;
         }
         backend.observe_passive(true);
-        return Ok((stream, active, Vec::new()));
+        let steps = Steps {
+            connect: connected,
+            connack: None,
+        };
+        return Ok((stream, active, Vec::new(), steps));
     };
     let started = Instant::now();
     let m = &backend.metrics.connacks;
@@ -257,6 +276,10 @@ async fn attempt(
             return Err(Miss::ConnackTimeout(started.elapsed()));
         }
     };
+    let steps = Steps {
+        connect: connected,
+        connack: Some(started.elapsed()),
+    };
     backend
         .metrics
         .connack_duration
@@ -269,7 +292,7 @@ async fn attempt(
                 "late CONNACK while the pool paces admission: forwarded, not a node failure"
             );
             m.late.inc();
-            return Ok((stream, active, answer));
+            return Ok((stream, active, answer, steps));
         }
         ConnackVerdict::Accepted => m.accepted.inc(),
         ConnackVerdict::Refused => {
@@ -285,7 +308,7 @@ async fn attempt(
         }
     };
     backend.observe_passive(true);
-    Ok((stream, active, answer))
+    Ok((stream, active, answer, steps))
 }
 
 /// Read from a backend until the head of its first packet shows a CONNACK.

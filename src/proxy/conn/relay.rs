@@ -9,9 +9,11 @@ use tracing::{debug, info};
 use super::super::splice::{Kick, SpliceEnd, SpliceError, splice};
 use super::Conn;
 use super::place::Placed;
+use crate::accesslog::End;
 use crate::metrics::Disconnect;
 use crate::mqtt::ProtocolVersion;
 use crate::mqtt::framing::FrameTracker;
+use crate::mqtt::packets::{ConnackHead, connack_head};
 
 impl Conn {
     /// Relay a placed client until the connection ends.
@@ -25,7 +27,7 @@ impl Conn {
         // `connack_timeout`; the frame tracker learns where the stream
         // stands so a drain kick still lands on a packet boundary. (A
         // block: what only this step uses is not kept across the splice.)
-        let (backend, mut upstream, _active, protocol, idle, key, downstream) = {
+        let (backend, mut upstream, _active, protocol, idle, key, downstream, answer_len) = {
             let Placed {
                 backend,
                 upstream,
@@ -37,6 +39,9 @@ impl Conn {
                 pool,
             } = placed;
             let mut downstream = FrameTracker::default();
+            if let ConnackHead::Complete { code, .. } = connack_head(&answer) {
+                self.note(|f| f.connack = Some(code));
+            }
             if !answer.is_empty() {
                 downstream.advance(&answer, false);
                 let forwarded = timeout(pool.connack_timeout, async {
@@ -46,11 +51,21 @@ impl Conn {
                 .await;
                 if !matches!(forwarded, Ok(Ok(()))) {
                     debug!("client left before its CONNACK was forwarded");
+                    self.note(|f| f.end = Some(End::ClientError));
                     return;
                 }
                 ctx.metrics.downstream_bytes.inc_by(answer.len() as u64);
             }
-            (backend, upstream, active, protocol, idle, key, downstream)
+            (
+                backend,
+                upstream,
+                active,
+                protocol,
+                idle,
+                key,
+                downstream,
+                answer.len() as u64,
+            )
         };
 
         // MQTT clients can be asked to move: by a drain (MQTT 5: DISCONNECT
@@ -106,5 +121,20 @@ impl Conn {
             }
         };
         ctx.metrics.closed(how);
+        self.note(|f| {
+            f.end = Some(match how {
+                Disconnect::Closed if moved.client_closed_first => End::ClosedByClient,
+                Disconnect::Closed => End::ClosedByBroker,
+                Disconnect::IdleTimeout => End::IdleTimeout,
+                // A drain or rebalance kick.
+                Disconnect::Drained => End::Moved,
+                Disconnect::ClientError => End::ClientError,
+                Disconnect::BackendError => End::BackendError,
+            });
+            if let Some((up, down)) = &mut f.bytes {
+                *up += moved.upstream;
+                *down += answer_len + moved.downstream;
+            }
+        });
     }
 }
