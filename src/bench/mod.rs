@@ -19,6 +19,7 @@
 
 pub mod calibrate;
 pub mod net;
+pub mod outage;
 pub mod report;
 pub mod scenario;
 pub mod session;
@@ -38,7 +39,7 @@ use crate::mqtt::ProtocolVersion;
 use crate::proxy_protocol::ProxyProtocol;
 use net::{Connector, TlsOptions};
 pub use report::Summary;
-use report::{Connections, Generator, Handshakes, Messages};
+use report::{Connections, Generator, Handshakes, Messages, Reconnect};
 use scenario::{Run, RunOptions};
 use stats::{Counters, STAMP_LEN};
 
@@ -169,6 +170,13 @@ pub struct BenchArgs {
     /// Client id prefix (ids are PREFIX + c|p|s|h + index).
     #[arg(long, default_value = "bench-")]
     pub client_id_prefix: String,
+    /// conn: reconnect at once, without back-off, whenever a connection
+    /// ends, fails or is refused; report reconnect attempts, CONNACK
+    /// refusals by code and every outage (from a lost connection until all
+    /// --count clients are connected again). The measured phase ends after
+    /// --duration or at SIGINT/SIGTERM, and the summary is printed.
+    #[arg(long)]
+    pub reconnect: bool,
     /// Persistent sessions (clean session off; MQTT 5 expiry 1 h).
     #[arg(long)]
     pub persistent: bool,
@@ -298,6 +306,9 @@ fn validate(a: &BenchArgs) -> Result<(), String> {
         crate::mqtt::topic::validate_filter(&scenario::expand(f, 0))
             .map_err(|e| format!("--filter {f:?}: {e}"))?;
     }
+    if a.reconnect && a.scenario != Scenario::Conn {
+        return Err("--reconnect is for the conn scenario".into());
+    }
     if a.tls && a.cafile.is_none() && !a.insecure {
         return Err("--tls needs --cafile or --insecure".into());
     }
@@ -422,12 +433,25 @@ async fn run(a: &BenchArgs, threads: usize) -> Result<Summary, String> {
         },
         published: Default::default(),
         received: Default::default(),
+        outages: a
+            .reconnect
+            .then(|| outage::Watch::new(a.count as u64, Instant::now())),
     });
+    let started_unix_s = stats::unix_ns() as f64 / 1e9;
     let cpu_start = cpu_time::ProcessTime::try_now().ok();
     let started = Instant::now();
+    // --reconnect runs end early on a stop signal, with their summary.
+    let stop_signal = CancellationToken::new();
+    if a.reconnect {
+        let s = stop_signal.clone();
+        tokio::spawn(async move {
+            crate::signals::wait_for_stop(|| async {}).await;
+            s.cancel();
+        });
+    }
     let progress = (!a.quiet).then(|| tokio::spawn(progress(run.clone(), started)));
     let tasks = TaskTracker::new();
-    let measured = drive(a, &run, &tasks).await;
+    let measured = drive(a, &run, &tasks, &stop_signal).await;
     let open_at_end = Counters::get(&run.counters.connected);
     run.stop.cancel();
     tasks.close();
@@ -482,6 +506,12 @@ async fn run(a: &BenchArgs, threads: usize) -> Result<Summary, String> {
             rate: Counters::get(&c.handshakes) as f64 / secs,
         },
         errors: c.errors().into_iter().collect(),
+        refused_by_code: c.refusals(),
+        reconnect: run.outages.as_ref().map(|w| Reconnect {
+            started_unix_s,
+            attempts: Counters::get(&c.reconnects),
+            outages: w.report(),
+        }),
         generator: Generator {
             threads,
             cpu_s,
@@ -494,9 +524,39 @@ async fn run(a: &BenchArgs, threads: usize) -> Result<Summary, String> {
 
 /// Start the clients of the scenario and run its phases; returns the
 /// length of the measured phase.
-async fn drive(a: &BenchArgs, run: &Arc<Run>, tasks: &TaskTracker) -> Duration {
+async fn drive(
+    a: &BenchArgs,
+    run: &Arc<Run>,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> Duration {
     let pace = Duration::from_secs_f64(1.0 / a.connect_rate);
     match a.scenario {
+        Scenario::Conn if a.reconnect => {
+            let ramped = async {
+                ramp(a.count, pace, tasks, |i| {
+                    scenario::reconnecting_holder(run.clone(), i)
+                })
+                .await;
+                let all = a.count as u64;
+                settle(
+                    run,
+                    |c| Counters::get(&c.connected) >= all,
+                    a.connect_timeout,
+                )
+                .await;
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return Duration::ZERO,
+                _ = ramped => {}
+            }
+            let started = Instant::now();
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = measure(run, a.duration, None) => {}
+            }
+            started.elapsed()
+        }
         Scenario::Conn => {
             ramp(a.count, pace, tasks, |i| scenario::holder(run.clone(), i)).await;
             let all = a.count as u64;

@@ -1,10 +1,11 @@
 //! The summary of a bench run: what `--json` prints, and its text form.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
 use super::Scenario;
+use super::outage::OutageReport;
 use super::stats::LatencySummary;
 
 /// Summary of a run (`--json`).
@@ -24,8 +25,26 @@ pub struct Summary {
     pub messages: Messages,
     pub handshakes: Handshakes,
     pub errors: HashMap<&'static str, u64>,
+    /// CONNACK refusals by return/reason code ("0x89"); part of
+    /// `errors.refused`.
+    pub refused_by_code: BTreeMap<String, u64>,
+    /// `conn --reconnect` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconnect: Option<Reconnect>,
     pub generator: Generator,
     pub warnings: Vec<String>,
+}
+
+/// `conn --reconnect`: how the clients fared when their connections ended.
+#[derive(Debug, Serialize)]
+pub struct Reconnect {
+    /// Unix time (seconds) of the run's start, the origin of the
+    /// outages' `start_s` and `end_s`.
+    pub started_unix_s: f64,
+    /// Attempts after each client's first.
+    pub attempts: u64,
+    #[serde(flatten)]
+    pub outages: OutageReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -163,6 +182,34 @@ impl Summary {
                 ""
             }
         ));
+        if !self.refused_by_code.is_empty() {
+            let codes: Vec<String> = self
+                .refused_by_code
+                .iter()
+                .map(|(c, n)| format!("{c}={n}"))
+                .collect();
+            s.push_str(&format!("CONNACK refusals: {}\n", codes.join(" ")));
+        }
+        if let Some(r) = &self.reconnect {
+            let o = &r.outages;
+            s.push_str(&format!(
+                "reconnects: {} attempts; {} outage(s){}",
+                r.attempts,
+                o.outages_total,
+                if o.still_open {
+                    ", the last still open at the end"
+                } else {
+                    ""
+                }
+            ));
+            if let Some(l) = &o.longest {
+                s.push_str(&format!(
+                    "; longest {:.2} s from {:.2} s ({} dropped, {} attempts, down to {} connected)",
+                    l.duration_s, l.start_s, l.dropped, l.attempts, l.min_connected
+                ));
+            }
+            s.push('\n');
+        }
         for w in &self.warnings {
             s.push_str(&format!("warning: {w}\n"));
         }

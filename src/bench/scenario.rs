@@ -12,7 +12,8 @@ use tokio::time::{Instant, MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 
 use super::net::Connector;
-use super::session::{Hello, Session};
+use super::outage::Watch;
+use super::session::{Hello, OpenError, Session};
 use super::stats::{
     Counters, ErrorKind, Latency, STAMP_LEN, SeqTracker, read_stamp, stamp, unix_ns,
 };
@@ -38,6 +39,8 @@ pub struct Run {
     pub published: Mutex<HashMap<u32, (String, u64)>>,
     /// What each subscriber received, by publisher id, as subscribers end.
     pub received: Mutex<Vec<(String, HashMap<u32, SeqTracker>)>>,
+    /// `conn --reconnect`: the run's outages.
+    pub outages: Option<Watch>,
 }
 
 /// Per-client settings of a run.
@@ -65,7 +68,7 @@ pub fn expand(pattern: &str, index: usize) -> String {
 
 impl Run {
     /// Connect client `index` as `client_id`, timing TCP + TLS + CONNACK.
-    async fn open(&self, index: usize, client_id: &str) -> Result<Session, ErrorKind> {
+    async fn open(&self, index: usize, client_id: &str) -> Result<Session, OpenError> {
         let started = Instant::now();
         let io = self.connector.connect(index).await?;
         let o = &self.opts;
@@ -84,8 +87,16 @@ impl Run {
         Ok(s)
     }
 
-    fn failed(&self, e: ErrorKind) {
-        self.counters.error(e);
+    /// Count a failure (and a refusing CONNACK's code).
+    fn failed(&self, e: impl Into<OpenError>) {
+        let OpenError { kind, connack } = e.into();
+        self.counters.error(kind);
+        if let Some(code) = connack {
+            self.counters.refused_with(code);
+        }
+        if let Some(w) = &self.outages {
+            w.failed(kind, connack);
+        }
     }
 
     fn keepalive_timer(&self) -> tokio::time::Interval {
@@ -154,6 +165,80 @@ pub async fn holder(run: Arc<Run>, index: usize) {
         }
     };
     end_session(&run, s, result).await;
+}
+
+/// `conn --reconnect`: as [`holder`], but whenever the connection ends,
+/// an attempt fails or a CONNACK refuses, connect again at once (no
+/// back-off: the worst case of a device fleet) until the run stops.
+/// Only a local limit (no source port, no descriptor) or a refused TCP
+/// connect (nothing listens: no proxy, not a storm through one) waits
+/// 10 ms, so the generator does not spin on them.
+pub async fn reconnecting_holder(run: Arc<Run>, index: usize) {
+    let id = format!("{}c-{index}", run.opts.client_id_prefix);
+    let mut first = true;
+    while !run.stop.is_cancelled() {
+        if !first {
+            Counters::inc(&run.counters.reconnects);
+        }
+        first = false;
+        if let Some(w) = &run.outages {
+            w.attempt();
+        }
+        let opened = tokio::select! {
+            _ = run.stop.cancelled() => break,
+            r = run.open(index, &id) => r,
+        };
+        let mut s = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                let pause = matches!(e.kind, ErrorKind::LocalLimit | ErrorKind::ConnectRefused);
+                run.failed(e);
+                if pause {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                } else {
+                    tokio::task::yield_now().await;
+                }
+                continue;
+            }
+        };
+        Counters::inc(&run.counters.connected);
+        if let Some(w) = &run.outages {
+            w.up();
+        }
+        let mut pinger = Pinger::new(&run);
+        let result = loop {
+            tokio::select! {
+                _ = run.stop.cancelled() => break Ok(()),
+                _ = pinger.due() => {
+                    if let Err(e) = pinger.ping(&mut s).await { break Err(e) }
+                }
+                p = s.next() => match p {
+                    Ok(Packet::Pingresp) => pinger.answered(),
+                    // MQTT 5 DISCONNECT (0x9C "use another server" from a
+                    // rebalance): the server ends it; read on to the close.
+                    Ok(_) => {}
+                    Err(e) => break Err(e),
+                }
+            }
+        };
+        run.counters
+            .connected
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                s.close().await;
+                break;
+            }
+            Err(e) => {
+                // A drop, counted as such: not a failed attempt of the outage.
+                run.counters.error(e);
+                Counters::inc(&run.counters.disconnected);
+                if let Some(w) = &run.outages {
+                    w.down();
+                }
+            }
+        }
+    }
 }
 
 async fn end_session(run: &Run, s: Session, result: Result<(), ErrorKind>) {

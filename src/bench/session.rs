@@ -37,6 +37,23 @@ pub struct Hello<'a> {
     pub session_expiry: Option<u32>,
 }
 
+/// Why [`Session::open`] failed: the kind, and for a CONNACK that refused
+/// the client its return (3.1.1) or reason (5.0) code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenError {
+    pub kind: ErrorKind,
+    pub connack: Option<u8>,
+}
+
+impl From<ErrorKind> for OpenError {
+    fn from(kind: ErrorKind) -> OpenError {
+        OpenError {
+            kind,
+            connack: None,
+        }
+    }
+}
+
 impl Session {
     /// CONNECT and wait for an accepted CONNACK within `deadline`.
     pub async fn open(
@@ -44,7 +61,7 @@ impl Session {
         protocol: ProtocolVersion,
         hello: &Hello<'_>,
         deadline: Duration,
-    ) -> Result<Session, ErrorKind> {
+    ) -> Result<Session, OpenError> {
         let mut s = Session {
             io,
             rbuf: BytesMut::with_capacity(1024),
@@ -69,11 +86,14 @@ impl Session {
         })));
         s.flush().await?;
         match timeout(deadline, s.next()).await {
-            Err(_) => Err(ErrorKind::NoAnswer),
-            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ErrorKind::NoAnswer.into()),
+            Ok(Err(e)) => Err(e.into()),
             Ok(Ok(Packet::Connack { code: 0, .. })) => Ok(s),
-            Ok(Ok(Packet::Connack { .. })) => Err(ErrorKind::Refused),
-            Ok(Ok(_)) => Err(ErrorKind::Protocol),
+            Ok(Ok(Packet::Connack { code, .. })) => Err(OpenError {
+                kind: ErrorKind::Refused,
+                connack: Some(code),
+            }),
+            Ok(Ok(_)) => Err(ErrorKind::Protocol.into()),
         }
     }
 

@@ -3,6 +3,7 @@
 //! per-publisher sequence trackers that find lost, duplicated and
 //! reordered messages.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -84,7 +85,11 @@ pub struct Counters {
     pub acked: AtomicU64,
     pub received: AtomicU64,
     pub handshakes: AtomicU64,
+    /// `conn --reconnect`: attempts after a client's first.
+    pub reconnects: AtomicU64,
     errors: [AtomicU64; 9],
+    /// CONNACK refusals by code (rare: a lock is fine).
+    refused: Mutex<BTreeMap<u8, u64>>,
 }
 
 impl Counters {
@@ -104,6 +109,27 @@ impl Counters {
                     .map_or(0, |c| c.load(Ordering::Relaxed));
                 (k.as_str(), n)
             })
+            .collect()
+    }
+
+    /// A CONNACK refused a client with `code` (its `Refused` error is
+    /// counted apart).
+    pub fn refused_with(&self, code: u8) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(code)
+            .or_default() += 1;
+    }
+
+    /// CONNACK refusals by code, labelled "0x89".
+    pub fn refusals(&self) -> BTreeMap<String, u64> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(c, n)| (super::outage::code_label(*c), *n))
             .collect()
     }
 
