@@ -445,7 +445,7 @@ async fn run(a: &BenchArgs, threads: usize) -> Result<Summary, String> {
     if a.reconnect {
         let s = stop_signal.clone();
         tokio::spawn(async move {
-            crate::signals::wait_for_stop(|| async {}).await;
+            crate::signals::wait_for_stop(|| async {}, || {}).await;
             s.cancel();
         });
     }
