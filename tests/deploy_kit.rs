@@ -195,18 +195,70 @@ fn metric_names(expr: &str) -> Vec<String> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_dashboard_metric_exists_in_a_live_scrape() {
+/// The dashboard's panels, those inside collapsed rows included (a row
+/// header is a panel of type `row`).
+fn dashboard_panels() -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(Path::new(ROOT).join("deploy/grafana/mqttlb.json"))
         .expect("dashboard");
     let dash: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
-    let mut wanted = BTreeSet::new();
+    let mut out = Vec::new();
     for panel in dash["panels"].as_array().expect("panels") {
-        for t in panel["targets"].as_array().expect("targets") {
+        out.extend(panel["panels"].as_array().into_iter().flatten().cloned());
+        out.push(panel.clone());
+    }
+    out
+}
+
+/// Every panel has a unique id and its own place on the 24-column grid;
+/// every panel but a row header queries something.
+#[test]
+fn dashboard_panels_have_unique_ids_and_do_not_overlap() {
+    let panels = dashboard_panels();
+    assert!(panels.len() >= 30, "{} panels", panels.len());
+    let mut ids = BTreeSet::new();
+    let mut cells = BTreeSet::new();
+    for p in &panels {
+        let title = p["title"].as_str().expect("title");
+        assert!(
+            ids.insert(p["id"].as_u64().expect("id")),
+            "{title}: id taken"
+        );
+        let at = |k: &str| {
+            p["gridPos"][k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{title}: gridPos.{k}"))
+        };
+        let (x, y, w, h) = (at("x"), at("y"), at("w"), at("h"));
+        assert!(w >= 1 && h >= 1 && x + w <= 24, "{title}: {}", p["gridPos"]);
+        for cx in x..x + w {
+            for cy in y..y + h {
+                assert!(
+                    cells.insert((cx, cy)),
+                    "{title} overlaps another panel at ({cx}, {cy})"
+                );
+            }
+        }
+        if p["type"] != "row" {
+            let targets = p["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "{title}: no query");
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+            assert!(
+                p["fieldConfig"]["defaults"]["unit"].is_string(),
+                "{title}: unit"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_metric_exists_in_a_live_scrape() {
+    let mut wanted = BTreeSet::new();
+    for panel in dashboard_panels() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
             wanted.extend(metric_names(t["expr"].as_str().expect("expr")));
         }
     }
-    assert!(wanted.len() >= 12, "{wanted:?}");
+    assert!(wanted.len() >= 24, "{wanted:?}");
 
     // A live proxy that has seen connections, a refusal, health checks
     // and a failing backend, so every family has samples.
