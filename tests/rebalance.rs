@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use mqttlb::mqtt::packets::DISCONNECT_USE_ANOTHER_SERVER;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -24,23 +24,12 @@ struct Held {
     stream: TlsStream<TcpStream>,
 }
 
-/// Connect `id` (MQTT `level` 4 or 5) through the proxy, accepted; the
-/// whole CONNACK is read (MQTT 5's carries properties).
+/// Connect `id` (MQTT `level` 4 or 5) through the proxy, accepted.
 async fn hold(proxy: SocketAddr, certs: &Certs, id: &str, level: u8) -> Held {
-    let mut stream = tls_connect(proxy, certs, false).await.expect("TLS");
-    stream
-        .write_all(&connect_packet(level, id))
-        .await
-        .expect("CONNECT");
-    let mut head = [0u8; 2];
-    stream.read_exact(&mut head).await.expect("CONNACK");
-    let mut body = vec![0u8; usize::from(head[1])];
-    stream.read_exact(&mut body).await.expect("CONNACK body");
-    assert_eq!((head[0], body.get(1)), (0x20, Some(&0)), "{id}");
     Held {
         id: id.to_string(),
         level,
-        stream,
+        stream: tls_session(proxy, certs, id, level).await,
     }
 }
 

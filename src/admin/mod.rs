@@ -35,6 +35,7 @@ use tracing::{debug, info, warn};
 use crate::balance::rebalance::Trigger;
 use crate::broker::Broker;
 use crate::config::defaults;
+use crate::proxy::clients::{ClientIndex, ClientInfo, MAX_LIST};
 use crate::proxy::{BackendStatus, PoolStatus, ProxyHandle, RebalanceError, ReloadError};
 use crate::ratelog::LogLimiter;
 
@@ -547,6 +548,68 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
             Role::Broker { .. } => not_found(),
         },
+        (&Method::GET, ["api", "v1", "clients"]) => match &admin.role {
+            Role::Proxy(p) => clients_route(p, |index| {
+                let prefix = query_param(&req, "prefix")
+                    .and_then(status::decode_segment)
+                    .unwrap_or_default();
+                let limit = match query_param(&req, "limit").map(str::parse::<usize>) {
+                    None => 100,
+                    Some(Ok(n)) if (1..=MAX_LIST).contains(&n) => n,
+                    Some(_) => {
+                        return error(StatusCode::BAD_REQUEST, format!("limit: 1 to {MAX_LIST}"));
+                    }
+                };
+                let (list, more) = index.list(&prefix, limit);
+                json(
+                    StatusCode::OK,
+                    &ClientList {
+                        clients: list.iter().map(ClientJson::from).collect(),
+                        more,
+                    },
+                )
+            }),
+            Role::Broker { .. } => not_found(),
+        },
+        (&Method::GET, ["api", "v1", "clients", id]) => match &admin.role {
+            Role::Proxy(p) => clients_route(p, |index| {
+                let Some(id) = status::decode_segment(id) else {
+                    return not_found();
+                };
+                match index.get(&id) {
+                    Some(c) => json(StatusCode::OK, &ClientJson::from(&c)),
+                    None => error(
+                        StatusCode::NOT_FOUND,
+                        format!("no client {id:?} is connected"),
+                    ),
+                }
+            }),
+            Role::Broker { .. } => not_found(),
+        },
+        (&Method::POST, ["api", "v1", "clients", id, "disconnect"]) => match &admin.role {
+            Role::Proxy(p) => clients_route(p, |index| {
+                let Some(id) = status::decode_segment(id) else {
+                    return not_found();
+                };
+                if index.disconnect(&id) {
+                    info!(client_id = %id, "client disconnected by the admin API");
+                    json(
+                        StatusCode::OK,
+                        &Message {
+                            status: "disconnecting",
+                            errors: Vec::new(),
+                            changes: None,
+                        },
+                    )
+                } else {
+                    error(
+                        StatusCode::NOT_FOUND,
+                        format!("no client {id:?} is connected"),
+                    )
+                }
+            }),
+            Role::Broker { .. } => not_found(),
+        },
         (&Method::POST, ["api", "v1", "pools", pool, "rebalance"]) => match &admin.role {
             Role::Proxy(p) => {
                 let rate = match query_param(&req, "rate").map(str::parse::<u32>) {
@@ -685,10 +748,80 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         (_, ["" | "metrics" | "healthz" | "readyz"])
         | (_, ["api", "v1", "backends" | "pools" | "reload"])
         | (_, ["api", "v1", "backends", _, "drain" | "enable"])
-        | (_, ["api", "v1", "pools", _, "rebalance"]) => {
+        | (_, ["api", "v1", "pools", _, "rebalance"])
+        | (_, ["api", "v1", "clients"])
+        | (_, ["api", "v1", "clients", _])
+        | (_, ["api", "v1", "clients", _, "disconnect"]) => {
             reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
         }
         _ => not_found(),
+    }
+}
+
+/// Answer from the client index, or 404 saying it is off.
+fn clients_route(
+    p: &ProxyHandle,
+    f: impl FnOnce(&ClientIndex) -> Response<Full<Bytes>>,
+) -> Response<Full<Bytes>> {
+    match p.clients() {
+        Some(index) => f(&index),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "the client index is off (admin.client_index = false)".into(),
+        ),
+    }
+}
+
+fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    json(
+        status,
+        &Message {
+            status: "error",
+            errors: vec![message],
+            changes: None,
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct ClientList {
+    clients: Vec<ClientJson>,
+    /// More clients matched than `limit`.
+    more: bool,
+}
+
+#[derive(Serialize)]
+struct ClientJson {
+    client_id: String,
+    listener: String,
+    address: String,
+    sni: Option<String>,
+    protocol: &'static str,
+    backend: String,
+    /// Unix time, seconds.
+    connected_since: f64,
+    bytes_in: u64,
+    bytes_out: u64,
+    tls_resumed: bool,
+}
+
+impl From<&ClientInfo> for ClientJson {
+    fn from(c: &ClientInfo) -> Self {
+        ClientJson {
+            client_id: c.client_id.clone(),
+            listener: c.listener.clone(),
+            address: c.peer.to_string(),
+            sni: c.sni.clone(),
+            protocol: c.protocol.as_str(),
+            backend: c.backend.clone(),
+            connected_since: c
+                .since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            tls_resumed: c.resumed,
+        }
     }
 }
 

@@ -419,6 +419,10 @@ impl KickGuard {
     pub fn token(&self) -> Arc<KickSignal> {
         self.token.clone()
     }
+
+    pub fn signal(&self) -> &Arc<KickSignal> {
+        &self.token
+    }
 }
 
 /// A connection's "please move" switch (drain, rebalance): set once, it
@@ -429,7 +433,14 @@ impl KickGuard {
 #[derive(Debug, Default)]
 pub struct KickSignal {
     kicked: AtomicBool,
+    /// MQTT 5 DISCONNECT reason the client is sent (0: 0x9C "use another
+    /// server").
+    reason: std::sync::atomic::AtomicU8,
     waker: futures_util::task::AtomicWaker,
+    /// Bytes relayed so far (from, to the client): kept by the splice for
+    /// `/api/v1/clients`.
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
 }
 
 impl KickSignal {
@@ -437,6 +448,23 @@ impl KickSignal {
     pub fn kick(&self) {
         self.kicked.store(true, Ordering::Release);
         self.waker.wake();
+    }
+
+    /// Close the connection for an operator: MQTT 5 clients get DISCONNECT
+    /// 0x98 "administrative action".
+    pub fn kick_by_admin(&self) {
+        self.reason
+            .store(crate::mqtt::rc::ADMINISTRATIVE_ACTION, Ordering::Relaxed);
+        self.kick();
+    }
+
+    /// The MQTT 5 DISCONNECT to send when kicked.
+    pub fn packet(&self) -> &'static [u8] {
+        if self.reason.load(Ordering::Relaxed) == crate::mqtt::rc::ADMINISTRATIVE_ACTION {
+            crate::mqtt::packets::DISCONNECT_ADMINISTRATIVE_ACTION
+        } else {
+            crate::mqtt::packets::DISCONNECT_USE_ANOTHER_SERVER
+        }
     }
 
     pub fn is_kicked(&self) -> bool {

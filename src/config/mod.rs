@@ -142,6 +142,8 @@ pub struct AdminLimits {
     /// From connect (or the end of the previous response) to a complete
     /// request head.
     pub header_timeout: Duration,
+    /// `admin.client_index`: keep the index behind `/api/v1/clients`.
+    pub client_index: bool,
     /// Longest life of one keep-alive connection (a scraper reconnects).
     pub max_connection_age: Duration,
 }
@@ -155,6 +157,7 @@ impl Default for AdminLimits {
             first_byte_timeout: defaults::ADMIN_FIRST_BYTE_TIMEOUT,
             header_timeout: defaults::ADMIN_REQUEST_TIMEOUT,
             max_connection_age: Duration::from_secs(300),
+            client_index: true,
         }
     }
 }

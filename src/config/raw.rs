@@ -55,6 +55,7 @@ pub struct RawAdmin {
     pub local_reserve: Option<u32>,
     pub first_byte_timeout: Option<String>,
     pub request_timeout: Option<String>,
+    pub client_index: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

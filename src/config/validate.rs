@@ -272,6 +272,7 @@ impl Cx {
             local_reserve,
             first_byte_timeout,
             header_timeout,
+            client_index: raw.client_index.unwrap_or(true),
             ..AdminLimits::default()
         }
     }

@@ -55,6 +55,8 @@ pub fn connack_not_authorized(protocol: ProtocolVersion) -> &'static [u8] {
 /// MQTT 5 DISCONNECT 0x9C "use another server" (empty properties): the
 /// proxy's word to a client whose backend is draining.
 pub const DISCONNECT_USE_ANOTHER_SERVER: &[u8] = &[0xe0, 0x02, rc::USE_ANOTHER_SERVER, 0x00];
+/// DISCONNECT 0x98 "administrative action" (MQTT 5), no properties.
+pub const DISCONNECT_ADMINISTRATIVE_ACTION: &[u8] = &[0xe0, 0x02, rc::ADMINISTRATIVE_ACTION, 0x00];
 
 /// DISCONNECT (normal disconnection) for the given version.
 pub fn disconnect(protocol: ProtocolVersion) -> &'static [u8] {

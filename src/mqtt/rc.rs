@@ -32,5 +32,6 @@ pub const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
 pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
 pub const PACKET_TOO_LARGE: u8 = 0x95;
 pub const QUOTA_EXCEEDED: u8 = 0x97;
+pub const ADMINISTRATIVE_ACTION: u8 = 0x98;
 pub const USE_ANOTHER_SERVER: u8 = 0x9c;
 pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9f;

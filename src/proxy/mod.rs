@@ -44,6 +44,7 @@
 //!   over and adopted on `--takeover`.
 
 mod accept;
+pub mod clients;
 pub mod conn;
 mod drain;
 mod handover;
@@ -112,6 +113,11 @@ pub struct ListenerCtx {
     pub state: Arc<ListenerState>,
     /// The process's access log; `None` while `[log] access = "off"`.
     pub access: Option<Arc<AccessLog>>,
+    /// The process's client index; `None` with `admin.client_index =
+    /// false`.
+    pub clients: Option<Arc<clients::ClientIndex>>,
+    /// `name`, shared by the index's entries.
+    pub label: Arc<str>,
 }
 
 /// What belongs to a listener rather than to a generation: kept by name
@@ -191,6 +197,8 @@ struct ProxyState {
     /// The access log: the process's, like the session-ticket keys (a
     /// reload re-configures and re-opens it).
     access: Arc<AccessLog>,
+    /// `/api/v1/clients` (`admin.client_index`).
+    clients: Arc<clients::ClientIndex>,
     instance_nonce: u64,
     /// Session-ticket keys of listeners without `ticket_keys`: the
     /// process's, not a generation's (every reload keeps them).
@@ -306,6 +314,7 @@ impl Proxy {
         let state = Arc::new(ProxyState {
             metrics,
             access: Arc::new(access),
+            clients: Arc::default(),
             instance_nonce: instance_nonce(),
             session_keys,
             conn_ids: AtomicU64::new(0),
@@ -453,6 +462,12 @@ impl Running {
     }
 }
 
+/// The client index is kept while there is an admin listener to ask it
+/// and `admin.client_index` is on.
+fn client_index_on(config: &Config) -> bool {
+    config.admin.is_some() && config.admin_limits.client_index
+}
+
 // A poisoned lock only means a panic elsewhere while holding it; the data
 // (a map of handles) is still consistent.
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -499,6 +514,8 @@ impl ProxyState {
                 .destination
                 .ne(&crate::accesslog::Destination::Off)
                 .then(|| self.access.clone()),
+            clients: client_index_on(&generation.config).then(|| self.clients.clone()),
+            label: cfg.name.as_str().into(),
         })
     }
 
@@ -683,6 +700,11 @@ impl ProxyHandle {
             reloads_ok,
             reloads_failed,
         }
+    }
+
+    /// The client index, while `admin.client_index` is on.
+    pub fn clients(&self) -> Option<Arc<clients::ClientIndex>> {
+        client_index_on(&self.state.current.load().config).then(|| self.state.clients.clone())
     }
 
     /// Ready: at least one backend in rotation.

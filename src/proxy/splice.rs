@@ -19,6 +19,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -52,10 +53,12 @@ pub enum SpliceEnd {
 
 /// Ask a spliced MQTT client to go elsewhere: when `token` is kicked,
 /// the backend→client direction stops at the next packet boundary, writes
-/// `packet` to the client and closes.
+/// the signal's DISCONNECT (MQTT 5; nothing for 3.1.1) to the client and
+/// closes. The splice also keeps the signal's byte counts up to date.
 pub struct Kick {
     pub token: std::sync::Arc<crate::balance::KickSignal>,
-    pub packet: &'static [u8],
+    /// An MQTT 5 client (it gets a DISCONNECT before the close).
+    pub v5: bool,
     /// Where the backend→client stream stands when the splice starts (the
     /// proxy may already have forwarded part of it, e.g. the CONNACK).
     pub downstream: FrameTracker,
@@ -223,7 +226,9 @@ struct Splice<'a, C: ?Sized, B: ?Sized> {
     up: Half,
     down: Half,
     last_activity: Instant,
-    kick: Option<(std::sync::Arc<crate::balance::KickSignal>, &'static [u8])>,
+    kick: Option<(std::sync::Arc<crate::balance::KickSignal>, bool)>,
+    /// Where the byte counts go (`/api/v1/clients`).
+    live: Option<std::sync::Arc<crate::balance::KickSignal>>,
     /// The client→backend direction ended first.
     client_first: bool,
 }
@@ -237,9 +242,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let Some((token, packet)) = &this.kick {
+        if let Some((token, v5)) = &this.kick {
             if token.poll_kicked(cx) {
-                this.down.kick = Some(*packet);
+                this.down.kick = Some(if *v5 { token.packet() } else { &[] });
                 this.kick = None;
             }
         }
@@ -287,6 +292,10 @@ where
                 Poll::Pending => {}
             }
         }
+        if let Some(live) = &this.live {
+            live.bytes_in.store(this.up.bytes, Ordering::Relaxed);
+            live.bytes_out.store(this.down.bytes, Ordering::Relaxed);
+        }
         if this.up.done && this.down.done {
             Poll::Ready(Ok(()))
         } else {
@@ -319,7 +328,8 @@ where
         up: Half::new(upstream),
         down,
         last_activity: Instant::now(),
-        kick: kick.map(|k| (k.token, k.packet)),
+        live: kick.as_ref().map(|k| k.token.clone()),
+        kick: kick.map(|k| (k.token, k.v5)),
         client_first: false,
     };
     let timer = tokio::time::sleep(idle);

@@ -438,3 +438,24 @@ pub fn homed_on(home: &str, nodes: &[&str], n: usize) -> Vec<String> {
         .take(n)
         .collect()
 }
+
+/// Connect `id` (MQTT `level` 4 or 5) over TLS through `proxy` and read
+/// the whole CONNACK (MQTT 5's carries properties), which must accept it.
+pub async fn tls_session(
+    proxy: SocketAddr,
+    certs: &Certs,
+    id: &str,
+    level: u8,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut stream = tls_connect(proxy, certs, false).await.expect("TLS");
+    stream
+        .write_all(&connect_packet(level, id))
+        .await
+        .expect("CONNECT");
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).await.expect("CONNACK");
+    let mut body = vec![0u8; usize::from(head[1])];
+    stream.read_exact(&mut body).await.expect("CONNACK body");
+    assert_eq!((head[0], body.get(1)), (0x20, Some(&0)), "{id}");
+    stream
+}

@@ -50,6 +50,9 @@ pub(super) struct Hello<'c> {
     pub key: Option<Vec<u8>>,
     /// The relay's idle timeout.
     pub idle: Duration,
+    /// The client id, kept for the client index (`None`: index off,
+    /// empty id, or no CONNECT read).
+    pub client_id: Option<Box<str>>,
 }
 
 impl Conn {
@@ -168,6 +171,7 @@ impl Conn {
                 protocol: None,
                 key: None,
                 idle: self.ctx.limits.idle_timeout,
+                client_id: None,
             }),
         }
     }
@@ -300,6 +304,8 @@ impl Conn {
             protocol: Some(connect.protocol),
             key,
             idle: idle_timeout(mqtt, connect.keep_alive, ctx.limits.idle_timeout),
+            client_id: (ctx.clients.is_some() && !connect.client_id.is_empty())
+                .then(|| connect.client_id.into()),
         })
     }
 

@@ -53,6 +53,8 @@ pub(super) struct Placed<'c> {
     pub idle: Duration,
     /// The client's hash key, on hash pools (for rebalancing).
     pub key: Option<Box<[u8]>>,
+    /// The client id, for the client index.
+    pub client_id: Option<Box<str>>,
     /// The route's pool (the client has its `connack_timeout` to take the
     /// CONNACK).
     pub pool: &'c Pool,
@@ -153,6 +155,7 @@ impl Conn {
                             .take()
                             .filter(|_| pool.strategy == Strategy::ClientId)
                             .map(Vec::into_boxed_slice),
+                        client_id: hello.client_id.take(),
                         pool,
                     });
                 }

@@ -27,7 +27,17 @@ impl Conn {
         // `connack_timeout`; the frame tracker learns where the stream
         // stands so a drain kick still lands on a packet boundary. (A
         // block: what only this step uses is not kept across the splice.)
-        let (backend, mut upstream, _active, protocol, idle, key, downstream, answer_len) = {
+        let (
+            backend,
+            mut upstream,
+            _active,
+            protocol,
+            idle,
+            key,
+            client_id,
+            downstream,
+            answer_len,
+        ) = {
             let Placed {
                 backend,
                 upstream,
@@ -36,6 +46,7 @@ impl Conn {
                 protocol,
                 idle,
                 key,
+                client_id,
                 pool,
             } = placed;
             let mut downstream = FrameTracker::default();
@@ -63,6 +74,7 @@ impl Conn {
                 protocol,
                 idle,
                 key,
+                client_id,
                 downstream,
                 answer.len() as u64,
             )
@@ -73,11 +85,24 @@ impl Conn {
         // packet boundary). Pass-through connections have no boundaries.
         let v5 = protocol == Some(ProtocolVersion::V5);
         let kickable = protocol.map(|_| backend.kickable(self.id, v5, key));
-        let packet: &'static [u8] = if v5 {
-            crate::mqtt::packets::DISCONNECT_USE_ANOTHER_SERVER
-        } else {
-            &[]
+        // "Where is device X?": in the index while relayed.
+        let _indexed = match (&ctx.clients, &client_id, protocol, &kickable) {
+            (Some(index), Some(id), Some(protocol), Some(k)) => {
+                Some(index.register(crate::proxy::clients::Registration {
+                    client_id: id,
+                    conn: self.id,
+                    listener: &ctx.label,
+                    peer: self.peer,
+                    sni: self.tls.as_ref().and_then(|t| t.sni.as_deref()),
+                    protocol,
+                    resumed: self.tls.as_ref().is_some_and(|t| t.resumed),
+                    backend: &backend,
+                    signal: k.signal(),
+                }))
+            }
+            _ => None,
         };
+        drop(client_id);
         let started = Instant::now();
         let (result, moved) = splice(
             client,
@@ -87,7 +112,7 @@ impl Conn {
             ctx.metrics.downstream_bytes.clone(),
             kickable.as_ref().map(|k| Kick {
                 token: k.token(),
-                packet,
+                v5,
                 downstream,
             }),
         )
