@@ -150,21 +150,29 @@ pub async fn holder(run: Arc<Run>, index: usize) {
         Err(e) => return run.failed(e),
     };
     Counters::inc(&run.counters.connected);
-    let mut pinger = Pinger::new(&run);
-    let result = loop {
+    let result = hold(&run, &mut s).await;
+    end_session(&run, s, result).await;
+}
+
+/// Keep a session alive (PINGREQ at the keep-alive) until the run stops
+/// (`Ok`) or the connection ends (`Err`). Other packets are read and
+/// dropped: an MQTT 5 DISCONNECT (0x9C "use another server" from a
+/// rebalance) is the server ending it, and the close follows.
+async fn hold(run: &Run, s: &mut Session) -> Result<(), ErrorKind> {
+    let mut pinger = Pinger::new(run);
+    loop {
         tokio::select! {
-            _ = run.stop.cancelled() => break Ok(()),
+            _ = run.stop.cancelled() => return Ok(()),
             _ = pinger.due() => {
-                if let Err(e) = pinger.ping(&mut s).await { break Err(e) }
+                pinger.ping(s).await?;
             }
             p = s.next() => match p {
                 Ok(Packet::Pingresp) => pinger.answered(),
                 Ok(_) => {}
-                Err(e) => break Err(e),
+                Err(e) => return Err(e),
             }
         }
-    };
-    end_session(&run, s, result).await;
+    }
 }
 
 /// `conn --reconnect`: as [`holder`], but whenever the connection ends,
@@ -205,22 +213,7 @@ pub async fn reconnecting_holder(run: Arc<Run>, index: usize) {
         if let Some(w) = &run.outages {
             w.up();
         }
-        let mut pinger = Pinger::new(&run);
-        let result = loop {
-            tokio::select! {
-                _ = run.stop.cancelled() => break Ok(()),
-                _ = pinger.due() => {
-                    if let Err(e) = pinger.ping(&mut s).await { break Err(e) }
-                }
-                p = s.next() => match p {
-                    Ok(Packet::Pingresp) => pinger.answered(),
-                    // MQTT 5 DISCONNECT (0x9C "use another server" from a
-                    // rebalance): the server ends it; read on to the close.
-                    Ok(_) => {}
-                    Err(e) => break Err(e),
-                }
-            }
-        };
+        let result = hold(&run, &mut s).await;
         run.counters
             .connected
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
