@@ -132,7 +132,7 @@ pub fn encode(
                     tlvs.push(Tlv::Alpn(alpn.as_slice().into()));
                 }
                 if let Some(sni) = &tls.sni {
-                    tlvs.push(Tlv::Authority(sni.as_str().into()));
+                    tlvs.push(Tlv::Authority(sni.as_ref().into()));
                 }
                 // verify = 0 means "verified" (or no certificate to verify):
                 // rustls only finishes a handshake whose certificate verified.

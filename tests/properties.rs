@@ -226,7 +226,7 @@ proptest! {
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::from(b)), ports.1),
             )
         };
-        let tls = TlsInfo { sni: sni.clone(), version: "TLSv1.3", ..TlsInfo::default() };
+        let tls = TlsInfo { sni: sni.as_deref().map(Into::into), version: "TLSv1.3", ..TlsInfo::default() };
         let mut out = Vec::new();
         encode(ProxyProtocol::V2, client, local, Some(&tls), &IdentityTlvs::default(), &id, None, &mut out);
         let header = ppp::v2::Header::try_from(out.as_slice()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::balance::{Backend, KickSignal};
 use crate::mqtt::ProtocolVersion;
@@ -25,15 +25,18 @@ const SHARDS: usize = 64;
 /// Most clients one listing returns.
 pub const MAX_LIST: usize = 1000;
 
-/// One connection of a client, as the index keeps it.
+/// One connection of a client, as the index keeps it (boxed in the map:
+/// a map slot is then two words, and a half-empty table costs little).
 struct Entry {
     conn: u64,
     listener: Arc<str>,
     peer: SocketAddr,
-    sni: Option<Box<str>>,
+    /// Shared with the connection's `TlsInfo`.
+    sni: Option<Arc<str>>,
     protocol: ProtocolVersion,
     resumed: bool,
-    since: SystemTime,
+    /// Unix time, milliseconds.
+    since_ms: u64,
     backend: Arc<Backend>,
     signal: Arc<KickSignal>,
 }
@@ -59,7 +62,7 @@ pub struct Registration<'a> {
     pub conn: u64,
     pub listener: &'a Arc<str>,
     pub peer: SocketAddr,
-    pub sni: Option<&'a str>,
+    pub sni: Option<&'a Arc<str>>,
     pub protocol: ProtocolVersion,
     pub resumed: bool,
     pub backend: &'a Arc<Backend>,
@@ -67,7 +70,7 @@ pub struct Registration<'a> {
 }
 
 /// One shard: client id → its newest connection.
-type Shard = Mutex<HashMap<Box<str>, Entry>>;
+type Shard = Mutex<HashMap<Arc<str>, Box<Entry>>>;
 
 pub struct ClientIndex {
     shards: Box<[Shard]>,
@@ -82,7 +85,7 @@ impl Default for ClientIndex {
 }
 
 impl ClientIndex {
-    fn shard(&self, id: &str) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Entry>> {
+    fn shard(&self, id: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Box<Entry>>> {
         let i =
             usize::try_from(xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % SHARDS as u64).unwrap_or(0);
         // `i < SHARDS == shards.len()`; the fallback is never taken.
@@ -95,23 +98,27 @@ impl ClientIndex {
 
     /// Enter a connection; it leaves when the guard drops.
     pub fn register(self: &Arc<Self>, r: Registration<'_>) -> ClientGuard {
+        let client_id: Arc<str> = r.client_id.into();
+        let since_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self.shard(r.client_id).insert(
-            r.client_id.into(),
-            Entry {
+            client_id.clone(),
+            Box::new(Entry {
                 conn: r.conn,
                 listener: r.listener.clone(),
                 peer: r.peer,
-                sni: r.sni.map(Into::into),
+                sni: r.sni.cloned(),
                 protocol: r.protocol,
                 resumed: r.resumed,
-                since: SystemTime::now(),
+                since_ms,
                 backend: r.backend.clone(),
                 signal: r.signal.clone(),
-            },
+            }),
         );
         ClientGuard {
             index: self.clone(),
-            client_id: r.client_id.into(),
+            client_id,
             conn: r.conn,
         }
     }
@@ -184,7 +191,7 @@ fn info(id: &str, e: &Entry) -> ClientInfo {
         protocol: e.protocol,
         resumed: e.resumed,
         backend: e.backend.name.clone(),
-        since: e.since,
+        since: UNIX_EPOCH + std::time::Duration::from_millis(e.since_ms),
         bytes_in: e.signal.bytes_in.load(Relaxed),
         bytes_out: e.signal.bytes_out.load(Relaxed),
     }
@@ -194,7 +201,8 @@ fn info(id: &str, e: &Entry) -> ClientInfo {
 /// the same client id took it over.
 pub struct ClientGuard {
     index: Arc<ClientIndex>,
-    client_id: Box<str>,
+    /// The map's key, shared.
+    client_id: Arc<str>,
     conn: u64,
 }
 
@@ -243,7 +251,7 @@ mod tests {
             conn,
             listener: &listener,
             peer: "10.0.0.7:40000".parse().expect("addr"),
-            sni: Some("mqtt.example.com"),
+            sni: Some(&"mqtt.example.com".into()),
             protocol: ProtocolVersion::V5,
             resumed: true,
             backend: b,

@@ -35,7 +35,8 @@ pub struct TlsAcceptor {
 /// Facts about a finished handshake that the PROXY header and routing use.
 #[derive(Debug, Clone, Default)]
 pub struct TlsInfo {
-    pub sni: Option<String>,
+    /// Shared with the client index (`proxy::clients`).
+    pub sni: Option<std::sync::Arc<str>>,
     pub alpn: Option<Vec<u8>>,
     pub version: &'static str,
     /// The client presented a certificate (and, rustls having accepted the
@@ -179,7 +180,7 @@ impl TlsAcceptor {
         let (_, conn) = stream.get_ref();
         let client_cert = conn.peer_certificates().and_then(|c| c.first());
         let info = TlsInfo {
-            sni: conn.server_name().map(str::to_owned),
+            sni: conn.server_name().map(Into::into),
             alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
             version: match conn.protocol_version() {
                 Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",

@@ -93,7 +93,7 @@ impl Conn {
                     conn: self.id,
                     listener: &ctx.label,
                     peer: self.peer,
-                    sni: self.tls.as_ref().and_then(|t| t.sni.as_deref()),
+                    sni: self.tls.as_ref().and_then(|t| t.sni.as_ref()),
                     protocol,
                     resumed: self.tls.as_ref().is_some_and(|t| t.resumed),
                     backend: &backend,
