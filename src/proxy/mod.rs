@@ -182,6 +182,24 @@ struct Generation {
     tls: Vec<Option<TlsAcceptor>>,
 }
 
+impl Generation {
+    /// Every certificate the generation's listeners serve.
+    fn served_certificates(&self) -> impl Iterator<Item = CertStatus> + '_ {
+        self.config
+            .listeners
+            .iter()
+            .zip(&self.tls)
+            .filter_map(|(l, tls)| Some((l, tls.as_ref()?)))
+            .flat_map(|(l, tls)| {
+                tls.certificates().iter().map(|c| CertStatus {
+                    listener: l.name.clone(),
+                    cert: c.cert.display().to_string(),
+                    not_after: c.not_after,
+                })
+            })
+    }
+}
+
 /// A running listener: its swappable context and its own stop switch.
 struct ListenerSlot {
     addr: SocketAddr,
@@ -523,16 +541,8 @@ impl ProxyState {
     /// serve; series of certificates no longer served go.
     fn export_certificates(&self, generation: &Generation) {
         let certs = generation
-            .config
-            .listeners
-            .iter()
-            .zip(&generation.tls)
-            .filter_map(|(l, tls)| Some((l, tls.as_ref()?)))
-            .flat_map(|(l, tls)| {
-                tls.certificates()
-                    .iter()
-                    .map(|c| (l.name.clone(), c.cert.display().to_string(), c.not_after))
-            });
+            .served_certificates()
+            .map(|c| (c.listener, c.cert, c.not_after));
         self.metrics.set_certificates(certs);
     }
 
@@ -675,20 +685,10 @@ impl ProxyHandle {
     /// Every certificate the running generation serves, for the status
     /// page (the same set as `mqttlb_tls_certificate_not_after_seconds`).
     pub fn certificates(&self) -> Vec<CertStatus> {
-        let generation = self.state.current.load();
-        generation
-            .config
-            .listeners
-            .iter()
-            .zip(&generation.tls)
-            .filter_map(|(l, tls)| Some((l, tls.as_ref()?)))
-            .flat_map(|(l, tls)| {
-                tls.certificates().iter().map(|c| CertStatus {
-                    listener: l.name.clone(),
-                    cert: c.cert.display().to_string(),
-                    not_after: c.not_after,
-                })
-            })
+        self.state
+            .current
+            .load()
+            .served_certificates()
             .collect()
     }
 
