@@ -685,11 +685,7 @@ impl ProxyHandle {
     /// Every certificate the running generation serves, for the status
     /// page (the same set as `mqttlb_tls_certificate_not_after_seconds`).
     pub fn certificates(&self) -> Vec<CertStatus> {
-        self.state
-            .current
-            .load()
-            .served_certificates()
-            .collect()
+        self.state.current.load().served_certificates().collect()
     }
 
     /// Uptime and reloads, for the status page.
