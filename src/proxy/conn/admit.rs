@@ -99,7 +99,7 @@ impl Conn {
                 Ok(done)
             }
         };
-        self.note(|f| f.timings.tls = Some(started.elapsed()));
+        self.note(|f| f.timings.tls = started.elapsed().into());
         done
     }
 
@@ -223,7 +223,7 @@ impl Conn {
             }
         };
         let read = timeout(mqtt.connect_timeout, read).await;
-        self.note(|f| f.timings.connect = Some(started.elapsed()));
+        self.note(|f| f.timings.connect = started.elapsed().into());
         let mut hello = match read {
             Ok(checked) => checked?,
             Err(_) => {

@@ -104,7 +104,12 @@ impl Conn {
         let route = hello.route;
         let pool = &route.pool;
         route.routed.inc();
-        self.note(|f| f.route = ctx.routes.position(route));
+        self.note(|f| {
+            f.route = ctx
+                .routes
+                .position(route)
+                .and_then(|i| u16::try_from(i).ok())
+        });
         if ctx.routes.any() {
             Span::current().record("route", route.name.as_str());
         }
@@ -134,8 +139,8 @@ impl Conn {
                     Span::current().record("backend", backend.name.as_str());
                     self.note(|f| {
                         f.backend = Some(backend.clone());
-                        f.timings.backend = Some(steps.connect);
-                        f.timings.connack = steps.connack;
+                        f.timings.backend = steps.connect.into();
+                        f.timings.connack = steps.connack.into();
                         f.bytes = Some((client_bytes, 0));
                     });
                     // The client's bytes read before routing count as
