@@ -66,18 +66,7 @@ async fn json_line(path: &Path, n: usize) -> Value {
 /// One TLS client configuration, so a second connection can resume the
 /// first one's session.
 fn client_tls(certs: &Certs) -> tokio_rustls::TlsConnector {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(certs.path("ca.pem")).expect("ca") {
-        roots.add(c.expect("ca cert")).expect("add ca");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(mqttlb::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(tls_client_config(certs, None)))
 }
 
 /// Connect through `connector`: the client's own address, and the stream.

@@ -448,19 +448,10 @@ async fn tls_over(
     tcp: TcpStream,
     certs: &Certs,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(certs.path("ca.pem")).expect("ca") {
-        roots.add(c.expect("ca cert")).expect("add ca");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(mqttlb::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = ServerName::try_from("localhost").expect("name").to_owned();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    let name = rustls_pki_types::ServerName::try_from("localhost")
+        .expect("name")
+        .to_owned();
+    tokio_rustls::TlsConnector::from(Arc::new(tls_client_config(certs, None)))
         .connect(name, tcp)
         .await
 }

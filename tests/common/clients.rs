@@ -43,27 +43,22 @@ pub async fn tls_connect_as(
     tls_connect_named(addr, source, certs, identity, "localhost").await
 }
 
-/// [`tls_connect_as`] for `server_name` (sent as SNI; the proxy's
-/// certificate must name it).
-pub async fn tls_connect_named(
-    addr: SocketAddr,
-    source: Option<std::net::IpAddr>,
-    certs: &Certs,
-    identity: Option<&str>,
-    server_name: &str,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+/// A TLS client configuration trusting `certs`' CA, presenting
+/// `<identity>.pem`/`<identity>.key` from `certs`, or no certificate.
+/// One configuration serves several connections (a second one can resume
+/// the first one's session).
+pub fn tls_client_config(certs: &Certs, identity: Option<&str>) -> rustls::ClientConfig {
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let provider = mqttlb::tls::provider();
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(certs.path("ca.pem")).expect("ca") {
         roots.add(c.expect("ca cert")).expect("add ca");
     }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(mqttlb::tls::provider())
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(roots);
-    let config = match identity {
+    match identity {
         Some(name) => {
             let chain: Vec<CertificateDer<'static>> =
                 CertificateDer::pem_file_iter(certs.path(&format!("{name}.pem")))
@@ -77,8 +72,19 @@ pub async fn tls_connect_named(
                 .expect("client auth")
         }
         None => builder.with_no_client_auth(),
-    };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    }
+}
+
+/// [`tls_connect_as`] for `server_name` (sent as SNI; the proxy's
+/// certificate must name it).
+pub async fn tls_connect_named(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    certs: &Certs,
+    identity: Option<&str>,
+    server_name: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client_config(certs, identity)));
     let tcp = match source {
         None => TcpStream::connect(addr).await?,
         Some(ip) => {
@@ -90,7 +96,8 @@ pub async fn tls_connect_named(
             socket.connect(addr).await?
         }
     };
-    let name = ServerName::try_from(server_name.to_string()).expect("server name");
+    let name =
+        rustls_pki_types::ServerName::try_from(server_name.to_string()).expect("server name");
     connector.connect(name, tcp).await
 }
 
