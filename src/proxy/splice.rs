@@ -54,11 +54,15 @@ pub enum SpliceEnd {
 /// Ask a spliced MQTT client to go elsewhere: when `token` is kicked,
 /// the backend→client direction stops at the next packet boundary, writes
 /// the signal's DISCONNECT (MQTT 5; nothing for 3.1.1) to the client and
-/// closes. The splice also keeps the signal's byte counts up to date.
+/// closes. The splice also keeps the signal's byte counts up to date when
+/// asked.
 pub struct Kick {
     pub token: std::sync::Arc<crate::balance::KickSignal>,
     /// An MQTT 5 client (it gets a DISCONNECT before the close).
     pub v5: bool,
+    /// Keep the signal's byte counts up to date (only the client index
+    /// reads them).
+    pub count_bytes: bool,
     /// Where the backend→client stream stands when the splice starts (the
     /// proxy may already have forwarded part of it, e.g. the CONNACK).
     pub downstream: FrameTracker,
@@ -328,7 +332,10 @@ where
         up: Half::new(upstream),
         down,
         last_activity: Instant::now(),
-        live: kick.as_ref().map(|k| k.token.clone()),
+        live: kick
+            .as_ref()
+            .filter(|k| k.count_bytes)
+            .map(|k| k.token.clone()),
         kick: kick.map(|k| (k.token, k.v5)),
         client_first: false,
     };

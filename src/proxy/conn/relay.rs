@@ -86,7 +86,7 @@ impl Conn {
         let v5 = protocol == Some(ProtocolVersion::V5);
         let kickable = protocol.map(|_| backend.kickable(self.id, v5, key));
         // "Where is device X?": in the index while relayed.
-        let _indexed = match (&ctx.clients, &client_id, protocol, &kickable) {
+        let indexed = match (&ctx.clients, &client_id, protocol, &kickable) {
             (Some(index), Some(id), Some(protocol), Some(k)) => {
                 Some(index.register(crate::proxy::clients::Registration {
                     client_id: id,
@@ -113,6 +113,7 @@ impl Conn {
             kickable.as_ref().map(|k| Kick {
                 token: k.token(),
                 v5,
+                count_bytes: indexed.is_some(),
                 downstream,
             }),
         )
