@@ -23,19 +23,33 @@ payload_bytes = 100
 [proxy]
 tls_connect_cpu_us = 1000.0
 plain_connect_cpu_us = 100.0
-relay_cpu_us_per_packet = 10.0
-relay_cpu_ns_per_byte = 10.0
+packet_cpu_us = 9.0
+byte_cpu_ns = 10.0
 rss_base_mib = 10.0
 rss_per_tls_connection_kib = 16.0
 rss_per_plain_connection_kib = 8.0
 
+[proxy.wakeups]
+background_cpu_us_per_s = 1000.0
+thread_wakeup_cpu_us = 1.0
+wakeup_cpu_us = 2.0
+coalesce_us = 0.0
+thread_coalesce_us = 0.0
+
 [broker]
 cpu_us_per_publish_in = 5.0
 cpu_us_per_delivery = 4.0
-qos1_extra_cpu_us = 2.0
+cpu_us_per_ack = 1.0
 connect_cpu_us = 50.0
 rss_base_mib = 20.0
 rss_per_connection_kib = 10.0
+
+[broker.wakeups]
+background_cpu_us_per_s = 0.0
+thread_wakeup_cpu_us = 0.0
+wakeup_cpu_us = 0.0
+coalesce_us = 0.0
+thread_coalesce_us = 0.0
 "#;
 
 fn run(args: &[&str]) -> Output {
@@ -120,19 +134,26 @@ fn json_arithmetic_matches_a_hand_computation() {
     assert_eq!(p["nodes"], 2);
     assert_eq!(p["per_node"]["live_nodes"], 1);
     assert_close(term(p, "handshakes"), 0.01); // 10/s × 1000 µs
-    assert_close(term(p, "relay_publish"), 3.0); // (100k + 200k)/s × 10 µs
-    assert_close(term(p, "relay_acks"), 2.7); // 300k PUBACK/s × (10 − 100 B × 10 ns) µs
+    assert_close(term(p, "relay_publish"), 3.0); // (100k + 200k)/s × (9 + 100 B × 10 ns) µs
+    assert_close(term(p, "relay_acks"), 2.7); // 300k PUBACK/s × 9 µs
     assert_close(term(p, "keep_alive"), 0.0018); // 2 × 1000 / 10 s × 9 µs
-    assert_close(&p["per_node"]["cpu_busy"], 5.7118);
-    assert_eq!(p["per_node"]["cores"], 12); // 5.7118 / 0.5
-    assert_eq!(p["per_node_all_up"]["cores"], 6); // 2.8559 / 0.5
+    // No shape given: each of the 1,000 clients publishes 100/s and
+    // receives 200/s, each with its PUBACK, and pings: 600,200 socket
+    // reads a second, none sharing a wake-up (coalescing 0), each waking
+    // a thread.
+    assert_close(term(p, "relay_wakeups"), 1.2004); // 600,200/s × 2 µs
+    assert_close(term(p, "relay_thread_wakeups"), 0.6002); // 600,200/s × 1 µs
+    assert_close(term(p, "background"), 0.001); // 1,000 µs a second
+    assert_close(&p["per_node"]["cpu_busy"], 7.5134);
+    assert_eq!(p["per_node"]["cores"], 16); // 7.5134 / 0.5
+    assert_eq!(p["per_node_all_up"]["cores"], 8); // 3.7572 / 0.5
     // 10 MiB + 1000 × 16 KiB + 2000 sockets × 4 KiB = 33.4375 MiB.
     assert_close(&p["per_node"]["memory_used_mib"], 33.4375);
     assert_close(&p["per_node"]["memory_mib"], 66.875);
     assert_eq!(p["bottleneck"], "message_relay");
-    // Losing one proxy: 500 clients × 1000 µs on 12 − 5.7118 spare cores.
+    // Losing one proxy: 500 clients × 1000 µs on 16 − 7.5134 spare cores.
     assert_close(&p["reconnect_storm"]["cpu_seconds"], 0.5);
-    assert_close(&p["reconnect_storm"]["seconds_at_spare"], 0.5 / 6.2882);
+    assert_close(&p["reconnect_storm"]["seconds_at_spare"], 0.5 / 8.4866);
 
     // Broker: 3 nodes, sized for 2; every node parses every message.
     let b = &v["broker"];
@@ -140,7 +161,7 @@ fn json_arithmetic_matches_a_hand_computation() {
     assert_close(term(b, "connects"), 0.00025); // 5/s × 50 µs
     assert_close(term(b, "publish_in"), 0.25); // 50k/s × 5 µs
     assert_close(term(b, "deliveries"), 0.4); // 100k/s × 4 µs
-    assert_close(term(b, "qos_acks"), 0.15); // 150k exchanges × 2/2 µs
+    assert_close(term(b, "qos_acks"), 0.15); // 150k exchanges × 1 ack × 1 µs
     assert_close(term(b, "mesh"), 0.55); // 50k × (5 + 4 + 2 × 1) µs
     assert_close(term(b, "keep_alive"), 0.00045); // 50/s × (5 + 4) µs
     assert_close(&b["per_node"]["cpu_busy"], 1.3507);
@@ -152,13 +173,13 @@ fn json_arithmetic_matches_a_hand_computation() {
     );
     assert_eq!(b["bottleneck"], "message_routing");
     // Losing a broker node, nothing paced: its 333 clients come back as
-    // fast as the 2 proxies handshake on their spare cores, (12 − 2.8559)
+    // fast as the 2 proxies handshake on their spare cores, (16 − 3.7572)
     // / 1000 µs each, and the 2 survivors take them on top of 1.3507.
     let a = &b["reconnect_storm"]["admission"];
     assert_eq!(a["paced"], false);
-    assert_close(&a["arrival_per_s"], 2.0 * 9144.1);
-    assert_close(&a["broker_rate_per_s"], 2.0 * 9144.1);
-    assert_close(&a["broker_cpu_peak"], 1.3507 + 9144.1 * 50e-6);
+    assert_close(&a["arrival_per_s"], 2.0 * 12242.8);
+    assert_close(&a["broker_rate_per_s"], 2.0 * 12242.8);
+    assert_close(&a["broker_cpu_peak"], 1.3507 + 12242.8 * 50e-6);
     assert_eq!(a["queue"], Value::Null);
     assert_eq!(v["warnings"].as_array().map(Vec::len), Some(0));
 }
@@ -301,11 +322,15 @@ fn bad_calibration_exits_64_naming_file_and_key() {
             ROUND.replace("cpus = 64", "cpus = 64\ncores = 64"),
             "unknown field `cores`",
         ),
+        (ROUND.replace("byte_cpu_ns = 10.0", ""), "byte_cpu_ns"),
         (
-            ROUND.replace("relay_cpu_ns_per_byte = 10.0", ""),
-            "relay_cpu_ns_per_byte",
+            ROUND.replace(
+                "coalesce_us = 0.0\nthread_coalesce_us",
+                "coalesce_us = -1.0\nthread_coalesce_us",
+            ),
+            "proxy.wakeups.coalesce_us",
         ),
-        (ROUND.replace("[broker]", "[broker"), "line 19"),
+        (ROUND.replace("[broker]", "[broker"), "line 26"),
     ];
     for (text, key) in &cases {
         let path = write_calibration(dir.path(), text);

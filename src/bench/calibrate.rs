@@ -10,15 +10,21 @@
 //! 1. idle: resident memory of both processes;
 //! 2. `handshake` on the TLS listener, then on the plain one: proxy (and
 //!    broker) CPU per connection;
-//! 3. `pubsub` QoS 0 at fan-out 1 and at fan-out 4 (the same deliveries
-//!    from a quarter of the publishes): the broker's cost per publish in
-//!    and per delivery (two equations), the proxy's per relayed packet;
-//! 4. the fan-out-1 run with 1 KiB payloads: the proxy's cost per byte;
-//!    with QoS 1: the broker's extra per delivery;
-//! 5. 1,000 idle TLS clients, then 1,000 plain subscribers: memory per
+//! 3. the relay at twelve message rates and connection shapes (many slow
+//!    publishers, few fast ones, fan-in to one or two subscribers,
+//!    fan-out 1, 1 KiB payloads, QoS 1; [`RELAY_POINTS`]): each run's CPU
+//!    is sampled only once every client is connected (the proxy's own
+//!    metrics say so) and publishing has settled, and the relay model of
+//!    `estimate::relay` is fitted to them (`estimate::fit`) for the proxy
+//!    and for the broker; the file records each run, the fitted value and
+//!    the error;
+//! 4. 1,000 idle TLS clients, then 1,000 plain subscribers: memory per
 //!    connection of the proxy and the broker.
 //!
-//! Linux only (it reads `/proc`). Each step lasts `--duration`.
+//! The proxy runs one worker thread pinned to the first CPU, the broker
+//! and this process (the load generator) on the second (`taskset`, where
+//! the machine has two CPUs): the setup `scripts/sizing-check` checks the
+//! estimate in. Linux only (it reads `/proc`). Each step lasts `--duration`.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -31,7 +37,12 @@ use tokio::time::Instant;
 
 use super::{BenchArgs, Summary};
 use crate::config::raw::{RawListener, RawPool};
-use crate::estimate::{BrokerCosts, Calibration, Measured, ProxyCosts};
+use crate::estimate::fit::{self, Fit};
+use crate::estimate::relay::{self, Shape};
+use crate::estimate::{
+    BrokerCosts, Calibration, FitPoint, FitRecord, Measured, ProxyCosts, PubSub, Qos, Term,
+    Wakeups, Workload,
+};
 
 #[derive(Parser)]
 struct Wrap {
@@ -41,9 +52,63 @@ struct Wrap {
 
 /// Connections held by the memory steps.
 const HELD: usize = 1000;
-/// Relay steps: publishers × rate per publisher.
-const RELAY_PUBLISHERS: usize = 8;
-const RELAY_RATE: f64 = 500.0;
+/// One relay run: publishers at a rate each, subscribers spread over
+/// `topics` (1: each receives everything; = publishers: each follows one),
+/// and `idle` connections held beside them.
+#[derive(Debug, Clone, Copy)]
+struct RelayPoint {
+    name: &'static str,
+    publishers: u64,
+    subscribers: u64,
+    rate: f64,
+    topics: u64,
+    qos: u8,
+    payload: u64,
+    idle: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+const fn point(
+    name: &'static str,
+    publishers: u64,
+    subscribers: u64,
+    rate: f64,
+    topics: u64,
+    qos: u8,
+    payload: u64,
+    idle: u64,
+) -> RelayPoint {
+    RelayPoint {
+        name,
+        publishers,
+        subscribers,
+        rate,
+        topics,
+        qos,
+        payload,
+        idle,
+    }
+}
+
+/// The relay runs, 500 to 14,000 msg/s published: unlike the runs
+/// `scripts/sizing-check` checks the estimate against, so that check is on
+/// workloads the fit never saw. The slow publishers are 2,000 or more, so
+/// that each wake-up finds its connection's state cold, as in production.
+const RELAY_POINTS: [RelayPoint; 13] = [
+    point("many slow, 500/s", 2000, 2, 0.25, 1, 0, 64, 0),
+    point("many slow, 1.5k/s", 3000, 1, 0.5, 1, 0, 64, 0),
+    point("many slow, 3k/s", 2500, 2, 1.2, 1, 0, 64, 0),
+    point("many slow, 8k/s", 2000, 1, 4.0, 1, 0, 64, 0),
+    point("many slow, 14k/s", 2000, 1, 7.0, 1, 0, 64, 0),
+    point("few fast, 500/s", 1, 1, 500.0, 1, 0, 64, 0),
+    point("few fast, 2k/s + idle", 4, 4, 500.0, 4, 0, 64, 2000),
+    point("few fast, 12k/s", 8, 8, 1500.0, 8, 0, 64, 0),
+    point("few fast, 6k/s fan-in + idle", 2, 1, 3000.0, 1, 0, 64, 2000),
+    point("few fast, 4k/s, 1 KiB", 4, 4, 1000.0, 4, 0, 1024, 0),
+    point("many slow, 2k/s, 1 KiB", 2000, 2, 1.0, 1, 0, 1024, 0),
+    point("many slow, 3k/s, QoS 1", 2500, 2, 1.2, 1, 1, 64, 0),
+    point("few fast, 4k/s, QoS 1 + idle", 4, 4, 1000.0, 4, 1, 64, 2000),
+];
 
 pub async fn run(args: &BenchArgs) -> u8 {
     match calibrate(args).await {
@@ -78,10 +143,20 @@ struct Proc {
 }
 
 impl Proc {
-    async fn spawn(args: &[&str], log: &Path) -> Result<Proc, String> {
+    /// Start this binary with `args`, on CPU `cpu` when given (`taskset`
+    /// execs it, so the child's pid is the program's).
+    async fn spawn(args: &[&str], log: &Path, cpu: Option<usize>) -> Result<Proc, String> {
         let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
         let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = Command::new(exe)
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpu.to_string()).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let child = command
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -115,6 +190,55 @@ impl Proc {
         };
         // Fields 14 and 15 of stat(5), counted from the state (field 3).
         Ok((get(11)? + get(12)?) / clock_ticks())
+    }
+
+    /// Start this binary with `args` as a generator: stdout to `out`,
+    /// stderr to `log`, on CPU `cpu` when given; the caller waits for it.
+    fn spawn_to(
+        args: &[&str],
+        log: &Path,
+        out: &Path,
+        cpu: Option<usize>,
+    ) -> Result<Generator, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+        let err = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let stdout = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpu.to_string()).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        command
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .map(|child| Generator { child })
+            .map_err(|e| format!("start mqttlb {}: {e}", args.join(" ")))
+    }
+
+    /// Voluntary context switches of all its threads so far: how often a
+    /// thread went to sleep (and was woken again).
+    fn thread_wakeups(&self) -> Result<f64, String> {
+        let dir = format!("/proc/{}/task", self.pid);
+        let mut total = 0u64;
+        for task in std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))? {
+            let path = task
+                .map_err(|e| format!("{dir}: {e}"))?
+                .path()
+                .join("status");
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            total += text
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Ok(total as f64)
     }
 
     /// Resident set size in KiB.
@@ -174,6 +298,73 @@ async fn wait_port(port: u16) -> Result<(), String> {
     Err(format!("nothing listens on 127.0.0.1:{port} after 10 s"))
 }
 
+/// A load generator child; killed if dropped before it ends.
+struct Generator {
+    child: Child,
+}
+
+impl Generator {
+    fn wait(mut self) -> Result<std::process::ExitStatus, String> {
+        self.child.wait().map_err(|e| format!("generator: {e}"))
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What one relay run measured, per second of its window.
+#[derive(Debug, Clone, Copy)]
+struct RelaySample {
+    proxy_cores: f64,
+    broker_cores: f64,
+    proxy_thread_wakeups: f64,
+    broker_thread_wakeups: f64,
+    /// As the generator counted it over its whole run.
+    publish_rate: f64,
+}
+
+/// Connections the proxy counts as active (`mqttlb_connections_active`,
+/// summed over listeners), from its admin listener.
+async fn active_connections(admin_port: u16) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
+        .await
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut body))
+        .await
+        .ok()?
+        .ok()?;
+    Some(
+        body.lines()
+            .filter(|l| l.starts_with("mqttlb_connections_active{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+/// Whether to pin the proxy and the rest to CPUs of their own: with two
+/// CPUs or more and `taskset` (util-linux) at hand.
+fn pinning() -> Option<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let taskset = Command::new("taskset")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    (cpus >= 2 && taskset).then_some(())
+}
+
 /// What one step cost each child.
 struct Cost {
     summary: Summary,
@@ -186,6 +377,9 @@ struct Cost {
 struct Lab {
     proxy: Proc,
     broker: Proc,
+    dir: std::path::PathBuf,
+    pin: Option<()>,
+    admin_port: u16,
     tls_port: u16,
     plain_port: u16,
     ca: String,
@@ -198,6 +392,7 @@ impl Lab {
     /// loopback ports; certificates are in `dir`.
     async fn start(dir: &Path, duration: Duration, threads: usize) -> Result<Lab, String> {
         let (broker_port, tls_port, plain_port) = (free_port()?, free_port()?, free_port()?);
+        let admin_port = free_port()?;
         let p = |f: &str| dir.join(f).display().to_string();
         let broker = format!("127.0.0.1:{broker_port}");
         let mut raw = crate::config::raw::RawConfig::default();
@@ -212,12 +407,23 @@ impl Lab {
         ));
         raw.pool
             .insert("b".into(), RawPool::of(&[("broker", &broker)]));
+        raw.limits.worker_threads = Some(1);
+        raw.admin = Some(crate::config::raw::RawAdmin {
+            listen: Some(format!("127.0.0.1:{admin_port}")),
+            ..Default::default()
+        });
+        raw.log = Some(crate::config::raw::RawLog {
+            access: Some("off".into()),
+            ..Default::default()
+        });
+        let pin = pinning();
         let config = raw.to_toml();
         std::fs::write(dir.join("proxy.toml"), config).map_err(|e| format!("proxy.toml: {e}"))?;
         let broker_listen = format!("127.0.0.1:{broker_port}");
         let broker = Proc::spawn(
             &["broker", "--listen", &broker_listen],
             &dir.join("broker.log"),
+            pin.map(|_| 1),
         )
         .await?;
         wait_port(broker_port).await?;
@@ -225,15 +431,20 @@ impl Lab {
         let proxy = Proc::spawn(
             &["proxy", "--config", &proxy_config],
             &dir.join("proxy.log"),
+            pin.map(|_| 0),
         )
         .await?;
         wait_port(tls_port).await?;
         wait_port(plain_port).await?;
         // Let both settle before anything is read off them.
         tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_port(admin_port).await?;
         Ok(Lab {
             proxy,
             broker,
+            dir: dir.to_path_buf(),
+            pin,
+            admin_port,
             tls_port,
             plain_port,
             ca: p("ca.pem"),
@@ -292,6 +503,162 @@ impl Lab {
         Ok(cost)
     }
 
+    /// One relay run: the clients connect, publishing settles, then the
+    /// proxy's and broker's CPU and the proxy's thread wake-ups are
+    /// sampled over `duration`.
+    async fn relay_step(&self, p: &RelayPoint) -> Result<RelaySample, String> {
+        // Idle clients first, held by a generator of their own until the
+        // run is over.
+        let idle = if p.idle > 0 {
+            let flags: Vec<String> = [
+                "bench",
+                "--quiet",
+                "conn",
+                "--tls",
+                "--client-id-prefix",
+                "idle-",
+            ]
+            .iter()
+            .map(|s| (*s).to_string())
+            .chain(self.tls())
+            .chain([
+                "-c".into(),
+                p.idle.to_string(),
+                "--connect-rate".into(),
+                "2000".into(),
+                "--duration".into(),
+                "600s".into(),
+            ])
+            .collect();
+            let out = self.dir.join("idle.out");
+            let g = Proc::spawn_to(
+                &refs(&flags),
+                &self.dir.join("idle.log"),
+                &out,
+                self.pin.map(|_| 1),
+            )?;
+            self.wait_connected(p.idle).await?;
+            Some(g)
+        } else {
+            None
+        };
+        let clients = p.idle + p.publishers + p.subscribers;
+        let offered = p.publishers as f64 * p.rate;
+        // Connect the publishers over about one period, so their phases
+        // spread (bounded: the handshakes must not crowd the window).
+        let connect_rate = offered.clamp(100.0, 2000.0);
+        let settle = (1.0 / p.rate).max(2.0) + 1.0;
+        let window = self.duration.as_secs_f64();
+        let total = (p.publishers + p.subscribers) as f64 / connect_rate + 5.0 + settle + window;
+        let filter = if p.topics == 1 { "cal/#" } else { "cal/%i" };
+        let flags: Vec<String> = [
+            "bench", "--quiet", "--json", "--drain", "1s", "pubsub", "--tls", "--topic", "cal/%i",
+            "--filter", filter,
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .chain(self.tls())
+        .chain([
+            "--publishers".into(),
+            p.publishers.to_string(),
+            "--subscribers".into(),
+            p.subscribers.to_string(),
+            "--rate".into(),
+            p.rate.to_string(),
+            "--qos".into(),
+            p.qos.to_string(),
+            "--payload".into(),
+            p.payload.to_string(),
+            "--connect-rate".into(),
+            format!("{connect_rate:.0}"),
+            "--duration".into(),
+            format!("{:.0}ms", total * 1000.0),
+        ])
+        .collect();
+        // The generator is a process of its own beside the broker, as in
+        // `scripts/sizing-check`: how it batches its sends shapes what the
+        // proxy sees, so the calibration and the check must share it.
+        let out = self.dir.join("relay.json");
+        let generator = Proc::spawn_to(
+            &refs(&flags),
+            &self.dir.join("generator.log"),
+            &out,
+            self.pin.map(|_| 1),
+        )?;
+        let sample = self.sample(clients, settle, window).await;
+        drop(idle);
+        let status = tokio::task::spawn_blocking(move || generator.wait())
+            .await
+            .map_err(|e| format!("{}: {e}", p.name))??;
+        let sample = sample.map_err(|e| format!("{}: {e}", p.name))?;
+        if !status.success() {
+            return Err(format!("{}: the generator failed ({status})", p.name));
+        }
+        let summary: serde_json::Value = std::fs::read_to_string(&out)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .ok_or_else(|| format!("{}: no summary from the generator", p.name))?;
+        let lost = summary["messages"]["lost"].as_u64().unwrap_or(u64::MAX);
+        let failures: u64 = summary["errors"].as_object().map_or(0, |m| {
+            m.values().filter_map(serde_json::Value::as_u64).sum()
+        });
+        if failures > 0 || lost > 0 {
+            return Err(format!(
+                "{}: the run was not clean ({failures} errors, {lost} lost): {}",
+                p.name, summary["errors"]
+            ));
+        }
+        let publish_rate = summary["messages"]["publish_rate"].as_f64().unwrap_or(0.0);
+        eprintln!(
+            "calibrate: relay, {}: proxy {:.3} cores, {:.0} thread wake-ups/s; broker {:.3} cores",
+            p.name, sample.proxy_cores, sample.proxy_thread_wakeups, sample.broker_cores
+        );
+        Ok(RelaySample {
+            publish_rate,
+            ..sample
+        })
+    }
+
+    /// Wait until `clients` connections are through the proxy, `settle`
+    /// seconds more, then measure over `window` seconds.
+    async fn sample(&self, clients: u64, settle: f64, window: f64) -> Result<RelaySample, String> {
+        self.wait_connected(clients).await?;
+        tokio::time::sleep(Duration::from_secs_f64(settle)).await;
+        let (p0, b0, w0, bw0) = (
+            self.proxy.cpu_s()?,
+            self.broker.cpu_s()?,
+            self.proxy.thread_wakeups()?,
+            self.broker.thread_wakeups()?,
+        );
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs_f64(window)).await;
+        let dt = started.elapsed().as_secs_f64();
+        Ok(RelaySample {
+            proxy_cores: (self.proxy.cpu_s()? - p0) / dt,
+            broker_cores: (self.broker.cpu_s()? - b0) / dt,
+            proxy_thread_wakeups: (self.proxy.thread_wakeups()? - w0) / dt,
+            broker_thread_wakeups: (self.broker.thread_wakeups()? - bw0) / dt,
+            publish_rate: 0.0,
+        })
+    }
+
+    /// Wait until the proxy counts `clients` connections.
+    async fn wait_connected(&self, clients: u64) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let active = active_connections(self.admin_port).await.unwrap_or(0.0);
+            if active >= clients as f64 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "only {active} of {clients} clients connected after 120 s"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn tls(&self) -> [String; 4] {
         [
             "--target".into(),
@@ -332,6 +699,18 @@ async fn calibrate(args: &BenchArgs) -> Result<Calibration, String> {
         .and_then(|c| c.write(dir.path()))
         .map_err(|e| format!("certificates: {e}"))?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if pinning().is_some() {
+        // The generator (this process, every thread) on the second CPU,
+        // beside the broker; the proxy gets the first to itself.
+        let pinned = Command::new("taskset")
+            .args(["-a", "-p", "-c", "1", &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !pinned {
+            eprintln!("calibrate: warning: could not pin the generator to CPU 1");
+        }
+    }
     let duration = args
         .duration
         .clamp(Duration::from_secs(1), Duration::from_secs(120));
@@ -357,54 +736,13 @@ async fn calibrate(args: &BenchArgs) -> Result<Calibration, String> {
     let hs_plain = with(&["handshake", "--concurrency", "8"], &plain, &[]);
     let hs_plain = lab.step("plain connects", &refs(&hs_plain)).await?;
 
-    // 3. Relay, fan-out 1 and 4, QoS 0, TLS clients.
-    let pubs = RELAY_PUBLISHERS.to_string();
-    let rate = RELAY_RATE.to_string();
-    let quarter = (RELAY_PUBLISHERS / 4).max(1).to_string();
-    let relay = |p: &str, s: &str, extra: &[&str]| {
-        with(
-            &["pubsub", "--tls", "--topic", "cal/%i", "--filter", "cal/#"],
-            &tls,
-            &[
-                &[
-                    "--publishers",
-                    p,
-                    "--subscribers",
-                    s,
-                    "--rate",
-                    rate.as_str(),
-                ],
-                extra,
-            ]
-            .concat(),
-        )
-    };
-    let fan1 = lab
-        .step(
-            "relay, fan-out 1",
-            &refs(&relay(&pubs, "1", &["--payload", "64"])),
-        )
-        .await?;
-    let fan4 = lab
-        .step(
-            "relay, fan-out 4",
-            &refs(&relay(&quarter, "4", &["--payload", "64"])),
-        )
-        .await?;
-    let big = lab
-        .step(
-            "relay, 1 KiB payloads",
-            &refs(&relay(&pubs, "1", &["--payload", "1024"])),
-        )
-        .await?;
-    let qos1 = lab
-        .step(
-            "relay, QoS 1",
-            &refs(&relay(&pubs, "1", &["--payload", "64", "--qos", "1"])),
-        )
-        .await?;
+    // 3. The relay at several rates and shapes.
+    let mut samples = Vec::with_capacity(RELAY_POINTS.len());
+    for p in &RELAY_POINTS {
+        samples.push(lab.relay_step(p).await?);
+    }
 
-    // 5. Memory per connection, each on fresh processes: memory a process
+    // 4. Memory per connection, each on fresh processes: memory a process
     //    freed is not always returned to the system, so an earlier step
     //    would hide the growth.
     drop(lab);
@@ -412,52 +750,117 @@ async fn calibrate(args: &BenchArgs) -> Result<Calibration, String> {
     let (subs, plain_proxy_base, subs_broker_base) =
         memory_step(dir.path(), duration, threads, false).await?;
 
-    // Broker: publish-in and delivery costs from the two fan-outs.
-    let (m1, d1) = (
-        fan1.summary.messages.published as f64,
-        fan1.summary.messages.received as f64,
-    );
-    let (m4, d4) = (
-        fan4.summary.messages.published as f64,
-        fan4.summary.messages.received as f64,
-    );
-    let (a, b) = solve2(m1, d1, fan1.broker_cpu, m4, d4, fan4.broker_cpu)
-        .ok_or("the two relay runs could not separate publish and delivery costs")?;
-    let packets = |c: &Cost| c.summary.messages.published + c.summary.messages.received;
-    let relay_us = per(fan1.proxy_cpu, packets(&fan1));
-    let big_us = per(big.proxy_cpu, packets(&big));
+    let relay = fit_relay(&samples)?;
     let held_n = HELD as f64;
+    let costs = |f: &Fit, i: usize| f.costs.get(i).copied().unwrap_or(0.0);
+    let wakeups = |f: &Fit, thread_tau: f64, connections: bool| Wakeups {
+        background_cpu_us_per_s: costs(f, 0),
+        connection_cpu_us_per_s: if connections { costs(f, 3) } else { 0.0 },
+        thread_wakeup_cpu_us: costs(f, 1),
+        wakeup_cpu_us: costs(f, 2),
+        coalesce_us: f.coalescing.stream * 1e6,
+        thread_coalesce_us: thread_tau * 1e6,
+    };
     let proxy = ProxyCosts {
         tls_connect_cpu_us: per(hs_tls.proxy_cpu, hs_tls.summary.handshakes.completed),
         plain_connect_cpu_us: per(hs_plain.proxy_cpu, hs_plain.summary.handshakes.completed),
-        relay_cpu_us_per_packet: relay_us,
-        relay_cpu_ns_per_byte: ((big_us - relay_us) * 1000.0 / (1024.0 - 64.0)).max(0.0),
+        packet_cpu_us: costs(&relay.proxy, 4),
+        byte_cpu_ns: costs(&relay.proxy, 5),
         rss_base_mib: proxy_base / 1024.0,
         rss_per_tls_connection_kib: ((idle_tls.proxy_peak_kib - tls_proxy_base) / held_n).max(0.0),
         rss_per_plain_connection_kib: ((subs.proxy_peak_kib - plain_proxy_base) / held_n).max(0.0),
+        wakeups: wakeups(&relay.proxy, relay.proxy_thread_tau, true),
     };
-    let qos1_per_delivery = per(qos1.broker_cpu, qos1.summary.messages.received);
-    let qos0_per_delivery = per(fan1.broker_cpu, fan1.summary.messages.received);
     let broker = BrokerCosts {
-        cpu_us_per_publish_in: a * 1e6,
-        cpu_us_per_delivery: b * 1e6,
-        qos1_extra_cpu_us: (qos1_per_delivery - qos0_per_delivery).max(0.0),
+        cpu_us_per_publish_in: costs(&relay.broker, 3),
+        cpu_us_per_delivery: costs(&relay.broker, 4),
+        cpu_us_per_ack: costs(&relay.broker, 5),
         connect_cpu_us: per(hs_plain.broker_cpu, hs_plain.summary.handshakes.completed),
         rss_base_mib: broker_base / 1024.0,
         rss_per_connection_kib: ((subs.broker_peak_kib - subs_broker_base) / held_n).max(0.0),
+        wakeups: wakeups(&relay.broker, relay.broker_thread_tau, false),
     };
-    Ok(Calibration {
-        measured: Measured {
-            command: std::env::args().collect::<Vec<_>>().join(" "),
-            date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            mqttlb_version: env!("CARGO_PKG_VERSION").to_string(),
-            cpu_model: cpu_model(),
-            cpus: u32::try_from(threads).unwrap_or(u32::MAX),
-            payload_bytes: 64,
-        },
+    let measured = Measured {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        mqttlb_version: env!("CARGO_PKG_VERSION").to_string(),
+        cpu_model: cpu_model(),
+        cpus: u32::try_from(threads).unwrap_or(u32::MAX),
+        payload_bytes: 64,
+    };
+    let mut cal = Calibration {
+        measured,
         proxy,
         broker,
-    })
+        fit: None,
+    };
+    // What the estimate itself says for each run (its own thread
+    // wake-ups): the error an operator gets.
+    let mut estimate_errors = Vec::with_capacity(samples.len());
+    let mut points = Vec::with_capacity(samples.len());
+    for (i, (p, m)) in RELAY_POINTS.iter().zip(&samples).enumerate() {
+        let w = workload_of(p);
+        let e = crate::estimate::estimate(&w, &cal).map_err(|e| format!("{}: {e}", p.name))?;
+        let estimated = e.proxy.per_node.cpu_busy;
+        let rate_of = |terms: &[crate::estimate::CpuTerm], t: Term| {
+            terms
+                .iter()
+                .find(|x| x.term == t)
+                .map_or(0.0, |x| x.rate_per_s)
+        };
+        estimate_errors.push(estimated / m.proxy_cores - 1.0);
+        let fitted = |f: &Fit| f.errors.get(i).map_or(0.0, |e| 1.0 + e);
+        points.push(
+            FitPoint {
+                name: p.name.to_string(),
+                connections: p.idle + p.publishers + p.subscribers,
+                publishers: p.publishers,
+                subscribers: p.subscribers,
+                rate_per_publisher: p.rate,
+                topics: p.topics,
+                qos: p.qos,
+                payload_bytes: p.payload,
+                idle: p.idle,
+                publish_rate: m.publish_rate,
+                proxy_cores: m.proxy_cores,
+                proxy_fitted_cores: m.proxy_cores * fitted(&relay.proxy),
+                proxy_thread_wakeups: m.proxy_thread_wakeups,
+                proxy_fitted_thread_wakeups: rate_of(&e.proxy.cpu, Term::RelayThreadWakeups),
+                proxy_estimated_cores: estimated,
+                broker_cores: m.broker_cores,
+                broker_fitted_cores: m.broker_cores * fitted(&relay.broker),
+                broker_thread_wakeups: m.broker_thread_wakeups,
+                broker_fitted_thread_wakeups: rate_of(&e.broker.cpu, Term::BrokerThreadWakeups),
+            }
+            .rounded(),
+        );
+    }
+    let rms = |v: &[f64]| (v.iter().map(|e| e * e).sum::<f64>() / v.len().max(1) as f64).sqrt();
+    let largest = |v: &[f64]| {
+        v.iter()
+            .copied()
+            .fold(0.0, |m: f64, e| if e.abs() > m.abs() { e } else { m })
+    };
+    let fit = FitRecord {
+        proxy_rms_error: round4(relay.proxy.rms_error()),
+        proxy_max_error: round4(relay.proxy.max_error()),
+        proxy_estimate_rms_error: round4(rms(&estimate_errors)),
+        proxy_estimate_max_error: round4(largest(&estimate_errors)),
+        broker_rms_error: round4(relay.broker.rms_error()),
+        broker_max_error: round4(relay.broker.max_error()),
+        points,
+    };
+    eprintln!(
+        "calibrate: relay fit: proxy rms error {:.1} %, largest {:+.1} % (with its own thread wake-ups: rms {:.1} %, largest {:+.1} %); broker rms {:.1} %, largest {:+.1} %",
+        100.0 * fit.proxy_rms_error,
+        100.0 * fit.proxy_max_error,
+        100.0 * fit.proxy_estimate_rms_error,
+        100.0 * fit.proxy_estimate_max_error,
+        100.0 * fit.broker_rms_error,
+        100.0 * fit.broker_max_error
+    );
+    cal.fit = Some(fit);
+    Ok(cal)
 }
 
 /// Hold [`HELD`] idle clients on fresh processes: TLS clients on the TLS
@@ -497,20 +900,111 @@ fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-/// Solve `a·x1 + b·y1 = c1`, `a·x2 + b·y2 = c2` (a, b ≥ 0).
-fn solve2(x1: f64, y1: f64, c1: f64, x2: f64, y2: f64, c2: f64) -> Option<(f64, f64)> {
-    let det = x1 * y2 - x2 * y1;
-    if det.abs() < 1e-9 {
-        return None;
+/// The estimate's view of a relay run: one proxy, one broker, no churn,
+/// the generator's 60 s keep-alive.
+fn workload_of(p: &RelayPoint) -> Workload {
+    Workload {
+        connections: p.idle + p.publishers + p.subscribers,
+        publish_rate: p.publishers as f64 * p.rate,
+        fan_out: p.subscribers as f64 / p.topics.max(1) as f64,
+        pubsub: Some(PubSub {
+            publishers: p.publishers,
+            subscribers: p.subscribers,
+            rate_per_publisher: p.rate,
+            topics: p.topics,
+        }),
+        payload_bytes: p.payload,
+        qos: Qos::from_level(p.qos).unwrap_or(Qos::AtMostOnce),
+        keep_alive_s: 60.0,
+        new_connections_per_s: 0.0,
+        new_connections_default: false,
+        proxy_nodes: 1,
+        broker_nodes: 1,
+        ..Workload::default()
     }
-    let a = (c1 * y2 - c2 * y1) / det;
-    let b = (x1 * c2 - x2 * c1) / det;
-    // Noise can push a small coefficient below zero: clamp, and re-fit the
-    // other from the run it dominates.
-    match (a >= 0.0, b >= 0.0) {
-        (true, true) => Some((a, b)),
-        (false, _) => Some((0.0, (c1 / y1.max(1.0)).max(0.0))),
-        (true, false) => Some(((c2 / x2.max(1.0)).max(0.0), 0.0)),
+}
+
+/// The fitted relay model of both processes.
+struct RelayFit {
+    proxy: Fit,
+    broker: Fit,
+    proxy_thread_tau: f64,
+    broker_thread_tau: f64,
+}
+
+/// Fit the relay model to the runs. The costs are fitted with the thread
+/// wake-ups measured in each run (so they are not blurred by how well
+/// thread wake-ups can be predicted); the thread coalescing time is
+/// fitted to the measured thread wake-ups on its own.
+fn fit_relay(samples: &[RelaySample]) -> Result<RelayFit, String> {
+    let shapes: Vec<Shape> = RELAY_POINTS
+        .iter()
+        .map(|p| Shape::of(&workload_of(p), 1))
+        .collect();
+    let proxy: Vec<f64> = samples.iter().map(|s| s.proxy_cores * 1e6).collect();
+    let broker: Vec<f64> = samples.iter().map(|s| s.broker_cores * 1e6).collect();
+    let proxy = fit::fit(&proxy, false, |i, c| {
+        relay::proxy_features(&shapes[i], c.stream, samples[i].proxy_thread_wakeups)
+    })
+    .ok_or("the relay runs could not be fitted (proxy)")?;
+    let broker = fit::fit(&broker, false, |i, c| {
+        relay::broker_features(&shapes[i], c.stream, samples[i].broker_thread_wakeups)
+    })
+    .ok_or("the relay runs could not be fitted (broker)")?;
+    let thread_tau = |measured: Vec<f64>,
+                      stream: f64,
+                      busy: Vec<f64>,
+                      streams: &dyn Fn(&Shape) -> Vec<relay::Stream>| {
+        fit::fit_time(&measured, |i, t| {
+            let c = fit::Coalescing { stream, thread: t };
+            relay::wakeup_rates(&streams(&shapes[i]), c, 1.0, busy[i]).thread
+        })
+        .map(|(t, _)| t)
+    };
+    let proxy_thread_tau = thread_tau(
+        samples.iter().map(|s| s.proxy_thread_wakeups).collect(),
+        proxy.coalescing.stream,
+        samples.iter().map(|s| s.proxy_cores).collect(),
+        &|s| s.proxy_streams().to_vec(),
+    )
+    .ok_or("no thread wake-ups measured (proxy)")?;
+    let broker_thread_tau = thread_tau(
+        samples.iter().map(|s| s.broker_thread_wakeups).collect(),
+        broker.coalescing.stream,
+        samples.iter().map(|s| s.broker_cores).collect(),
+        &|s| s.broker_streams().to_vec(),
+    )
+    .ok_or("no thread wake-ups measured (broker)")?;
+    Ok(RelayFit {
+        proxy,
+        broker,
+        proxy_thread_tau,
+        broker_thread_tau,
+    })
+}
+
+fn round4(v: f64) -> f64 {
+    (v * 1e4).round() / 1e4
+}
+
+impl FitPoint {
+    /// Four significant decimals: the file is read by people.
+    fn rounded(mut self) -> FitPoint {
+        for v in [
+            &mut self.publish_rate,
+            &mut self.proxy_cores,
+            &mut self.proxy_fitted_cores,
+            &mut self.proxy_thread_wakeups,
+            &mut self.proxy_fitted_thread_wakeups,
+            &mut self.proxy_estimated_cores,
+            &mut self.broker_cores,
+            &mut self.broker_fitted_cores,
+            &mut self.broker_thread_wakeups,
+            &mut self.broker_fitted_thread_wakeups,
+        ] {
+            *v = round4(*v);
+        }
+        self
     }
 }
 
@@ -524,20 +1018,4 @@ fn cpu_model() -> String {
             })
         })
         .unwrap_or_else(|| "unknown".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn two_equations() {
-        // 2 µs per publish, 1 µs per delivery.
-        let (a, b) = solve2(1000.0, 1000.0, 0.003, 250.0, 1000.0, 0.0015).unwrap();
-        assert!(
-            (a - 2e-6).abs() < 1e-12 && (b - 1e-6).abs() < 1e-12,
-            "{a} {b}"
-        );
-        assert_eq!(solve2(1.0, 1.0, 1.0, 2.0, 2.0, 2.0), None);
-    }
 }

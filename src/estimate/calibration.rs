@@ -22,6 +22,9 @@ pub struct Calibration {
     pub measured: Measured,
     pub proxy: ProxyCosts,
     pub broker: BrokerCosts,
+    /// How well the relay model explains the runs it was fitted to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fit: Option<FitRecord>,
 }
 
 /// Where and how a calibration was measured.
@@ -41,6 +44,33 @@ pub struct Measured {
     pub payload_bytes: u32,
 }
 
+/// What wake-ups cost a process, and how packets share them (see
+/// `estimate::relay`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wakeups {
+    /// CPU a second of the process's own timers whatever the traffic
+    /// (health checks, watchers, the runtime's housekeeping), µs per s.
+    pub background_cpu_us_per_s: f64,
+    /// CPU a second of each connection held, beyond its packets (timers,
+    /// the memory it keeps warm); not fitted for the broker (0).
+    #[serde(default)]
+    pub connection_cpu_us_per_s: f64,
+    /// CPU per thread woken from waiting for sockets (context switch,
+    /// `epoll_wait`, the runtime's bookkeeping).
+    pub thread_wakeup_cpu_us: f64,
+    /// CPU per connection wake-up: a socket read with what it had (for the
+    /// proxy's TLS side: a record decrypted or encrypted, and the write on
+    /// the other side).
+    pub wakeup_cpu_us: f64,
+    /// A stream of `r` packets a second wakes its reader `r / (1 + r·τ)`
+    /// times a second; τ in µs.
+    pub coalesce_us: f64,
+    /// `e` connection wake-ups a second wake an idle thread `e / (1 +
+    /// e·τₜ)` times (a thread busy a share ρ: times 1 − ρ); τₜ in µs.
+    pub thread_coalesce_us: f64,
+}
+
 /// Proxy (TLS offload) costs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,37 +80,88 @@ pub struct ProxyCosts {
     pub tls_connect_cpu_us: f64,
     /// The same without TLS.
     pub plain_connect_cpu_us: f64,
-    /// Proxy CPU per MQTT packet relayed in one direction between a TLS
-    /// client and a backend (decrypt or encrypt + two socket operations),
-    /// at `payload_bytes`.
-    pub relay_cpu_us_per_packet: f64,
-    /// Extra proxy CPU per payload byte relayed (from a second payload size).
-    pub relay_cpu_ns_per_byte: f64,
+    /// Proxy CPU per MQTT packet relayed, beyond its wake-ups (parse,
+    /// copy, the packet's share of a TLS record).
+    pub packet_cpu_us: f64,
+    /// Proxy CPU per payload byte relayed.
+    pub byte_cpu_ns: f64,
     /// Resident memory of an idle proxy.
     pub rss_base_mib: f64,
     /// Resident memory per idle TLS MQTT connection (client TLS + backend TCP).
     pub rss_per_tls_connection_kib: f64,
     /// Resident memory per idle plain MQTT connection.
     pub rss_per_plain_connection_kib: f64,
+    pub wakeups: Wakeups,
 }
 
 /// `mqttlb broker` costs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerCosts {
-    /// Broker CPU per QoS 0 PUBLISH received (parse, route).
+    /// Broker CPU per PUBLISH received, beyond its wake-up (parse, route).
     pub cpu_us_per_publish_in: f64,
-    /// Broker CPU per QoS 0 delivery to a subscriber (encode, write).
+    /// Broker CPU per delivery to a subscriber (encode, write).
     pub cpu_us_per_delivery: f64,
-    /// Extra broker CPU per message for QoS 1 (PUBACKs both ways), per
-    /// delivery.
-    pub qos1_extra_cpu_us: f64,
+    /// Broker CPU per QoS acknowledgement packet (sent or received).
+    pub cpu_us_per_ack: f64,
     /// Broker CPU per client connection (CONNECT → CONNACK → close).
     pub connect_cpu_us: f64,
     /// Resident memory of an idle broker.
     pub rss_base_mib: f64,
     /// Resident memory per idle connected client with one subscription.
     pub rss_per_connection_kib: f64,
+    pub wakeups: Wakeups,
+}
+
+/// The relay runs the model was fitted to, and its error on each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FitRecord {
+    /// Root mean square of the relative errors of the proxy's CPU, with
+    /// the measured thread wake-ups (the cost fit) and with the model's
+    /// own (what estimates carry).
+    pub proxy_rms_error: f64,
+    pub proxy_estimate_rms_error: f64,
+    pub proxy_estimate_max_error: f64,
+    /// The largest relative error of the proxy's CPU (signed).
+    pub proxy_max_error: f64,
+    pub broker_rms_error: f64,
+    pub broker_max_error: f64,
+    #[serde(default)]
+    pub points: Vec<FitPoint>,
+}
+
+/// One calibration run of the relay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FitPoint {
+    pub name: String,
+    pub connections: u64,
+    pub publishers: u64,
+    pub subscribers: u64,
+    pub rate_per_publisher: f64,
+    pub topics: u64,
+    pub qos: u8,
+    pub payload_bytes: u64,
+    /// Messages published per second, as measured.
+    pub publish_rate: f64,
+    /// Proxy CPU (cores busy): measured, and the fitted model's.
+    pub proxy_cores: f64,
+    pub proxy_fitted_cores: f64,
+    /// Held idle beside the publishers and subscribers.
+    #[serde(default)]
+    pub idle: u64,
+    /// Thread wake-ups a second: measured (voluntary context switches),
+    /// and the model's.
+    pub proxy_thread_wakeups: f64,
+    pub proxy_fitted_thread_wakeups: f64,
+    /// Proxy CPU the model gives with its own thread wake-ups (not the
+    /// measured ones): what `mqttlb estimate` would say for this run.
+    pub proxy_estimated_cores: f64,
+    pub broker_cores: f64,
+    pub broker_fitted_cores: f64,
+    pub broker_thread_wakeups: f64,
+    pub broker_fitted_thread_wakeups: f64,
 }
 
 impl Calibration {
@@ -106,13 +187,14 @@ impl Calibration {
     }
 
     /// Every cost coefficient with its key path.
-    pub fn coefficients(&self) -> [(&'static str, f64); 13] {
+    pub fn coefficients(&self) -> [(&'static str, f64); 25] {
         let (p, b) = (&self.proxy, &self.broker);
+        let (pw, bw) = (&p.wakeups, &b.wakeups);
         [
             ("proxy.tls_connect_cpu_us", p.tls_connect_cpu_us),
             ("proxy.plain_connect_cpu_us", p.plain_connect_cpu_us),
-            ("proxy.relay_cpu_us_per_packet", p.relay_cpu_us_per_packet),
-            ("proxy.relay_cpu_ns_per_byte", p.relay_cpu_ns_per_byte),
+            ("proxy.packet_cpu_us", p.packet_cpu_us),
+            ("proxy.byte_cpu_ns", p.byte_cpu_ns),
             ("proxy.rss_base_mib", p.rss_base_mib),
             (
                 "proxy.rss_per_tls_connection_kib",
@@ -122,12 +204,42 @@ impl Calibration {
                 "proxy.rss_per_plain_connection_kib",
                 p.rss_per_plain_connection_kib,
             ),
+            (
+                "proxy.wakeups.background_cpu_us_per_s",
+                pw.background_cpu_us_per_s,
+            ),
+            (
+                "proxy.wakeups.connection_cpu_us_per_s",
+                pw.connection_cpu_us_per_s,
+            ),
+            (
+                "proxy.wakeups.thread_wakeup_cpu_us",
+                pw.thread_wakeup_cpu_us,
+            ),
+            ("proxy.wakeups.wakeup_cpu_us", pw.wakeup_cpu_us),
+            ("proxy.wakeups.coalesce_us", pw.coalesce_us),
+            ("proxy.wakeups.thread_coalesce_us", pw.thread_coalesce_us),
             ("broker.cpu_us_per_publish_in", b.cpu_us_per_publish_in),
             ("broker.cpu_us_per_delivery", b.cpu_us_per_delivery),
-            ("broker.qos1_extra_cpu_us", b.qos1_extra_cpu_us),
+            ("broker.cpu_us_per_ack", b.cpu_us_per_ack),
             ("broker.connect_cpu_us", b.connect_cpu_us),
             ("broker.rss_base_mib", b.rss_base_mib),
             ("broker.rss_per_connection_kib", b.rss_per_connection_kib),
+            (
+                "broker.wakeups.background_cpu_us_per_s",
+                bw.background_cpu_us_per_s,
+            ),
+            (
+                "broker.wakeups.connection_cpu_us_per_s",
+                bw.connection_cpu_us_per_s,
+            ),
+            (
+                "broker.wakeups.thread_wakeup_cpu_us",
+                bw.thread_wakeup_cpu_us,
+            ),
+            ("broker.wakeups.wakeup_cpu_us", bw.wakeup_cpu_us),
+            ("broker.wakeups.coalesce_us", bw.coalesce_us),
+            ("broker.wakeups.thread_coalesce_us", bw.thread_coalesce_us),
         ]
     }
 
@@ -169,7 +281,7 @@ mod tests {
             "the shipped calibration was measured"
         );
         assert!(cal.measured.command.contains("bench calibrate"));
-        assert_eq!(cal.coefficients().len(), 13);
+        assert_eq!(cal.coefficients().len(), 25);
         let (source, loaded) = load_calibration(None).unwrap();
         assert_eq!((source.as_str(), loaded), (DEFAULT_CALIBRATION_SOURCE, cal));
     }
@@ -187,19 +299,33 @@ payload_bytes = 64
 [proxy]
 tls_connect_cpu_us = 200.0
 plain_connect_cpu_us = 80.0
-relay_cpu_us_per_packet = 10.0
-relay_cpu_ns_per_byte = 0.5
+packet_cpu_us = 10.0
+byte_cpu_ns = 0.5
 rss_base_mib = 12.0
 rss_per_tls_connection_kib = 14.0
 rss_per_plain_connection_kib = 7.0
 
+[proxy.wakeups]
+background_cpu_us_per_s = 1000.0
+thread_wakeup_cpu_us = 10.0
+wakeup_cpu_us = 5.0
+coalesce_us = 1000.0
+thread_coalesce_us = 100.0
+
 [broker]
 cpu_us_per_publish_in = 5.0
 cpu_us_per_delivery = 8.0
-qos1_extra_cpu_us = 5.0
+cpu_us_per_ack = 2.5
 connect_cpu_us = 60.0
 rss_base_mib = 7.0
 rss_per_connection_kib = 12.0
+
+[broker.wakeups]
+background_cpu_us_per_s = 1000.0
+thread_wakeup_cpu_us = 10.0
+wakeup_cpu_us = 5.0
+coalesce_us = 1000.0
+thread_coalesce_us = 100.0
 "#;
 
     #[test]
@@ -227,11 +353,11 @@ rss_per_connection_kib = 12.0
             "cal.toml: proxy.rss_base_mib: expected a finite number ≥ 0, got -1"
         );
 
-        let nan = SAMPLE.replace("relay_cpu_ns_per_byte = 0.5", "relay_cpu_ns_per_byte = nan");
+        let nan = SAMPLE.replace("byte_cpu_ns = 0.5", "byte_cpu_ns = nan");
         let e = Calibration::parse("cal.toml", &nan)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("proxy.relay_cpu_ns_per_byte"), "{e}");
+        assert!(e.contains("proxy.byte_cpu_ns"), "{e}");
 
         let e = Calibration::parse("cal.toml", "[measured\n")
             .unwrap_err()

@@ -16,6 +16,19 @@ pub enum Term {
     RelayAcks,
     /// PINGREQ and PINGRESP.
     KeepAlive,
+    /// Proxy: sockets read with what they had (a TLS record each way).
+    RelayWakeups,
+    /// Proxy: threads woken from waiting for sockets.
+    RelayThreadWakeups,
+    /// Broker: sockets read with what they had.
+    BrokerWakeups,
+    /// Broker: threads woken from waiting for sockets.
+    BrokerThreadWakeups,
+    /// The process's own timers, whatever the traffic.
+    Background,
+    /// CPU of each connection held beyond its packets (timers, memory
+    /// kept warm).
+    HeldConnections,
     /// Broker: CONNECT → CONNACK.
     Connects,
     /// Broker: PUBLISH received from its own clients.
@@ -41,6 +54,12 @@ impl Term {
             Term::RelayPublish => "relay_publish",
             Term::RelayAcks => "relay_acks",
             Term::KeepAlive => "keep_alive",
+            Term::RelayWakeups => "relay_wakeups",
+            Term::RelayThreadWakeups => "relay_thread_wakeups",
+            Term::BrokerWakeups => "broker_wakeups",
+            Term::BrokerThreadWakeups => "broker_thread_wakeups",
+            Term::Background => "background",
+            Term::HeldConnections => "connections_held",
             Term::Connects => "connects",
             Term::PublishIn => "publish_in",
             Term::Deliveries => "deliveries",
@@ -58,6 +77,10 @@ impl Term {
             Term::RelayPublish => "relay PUBLISH",
             Term::RelayAcks => "relay acks",
             Term::KeepAlive => "keep-alive",
+            Term::RelayWakeups | Term::BrokerWakeups => "wake-ups",
+            Term::RelayThreadWakeups | Term::BrokerThreadWakeups => "thread wake-ups",
+            Term::Background => "background",
+            Term::HeldConnections => "connections held",
             Term::Connects => "connects",
             Term::PublishIn => "publish in",
             Term::Deliveries => "deliveries",
@@ -73,12 +96,19 @@ impl Term {
     pub fn bottleneck(self) -> Bottleneck {
         match self {
             Term::Handshakes => Bottleneck::Handshakes,
-            Term::RelayPublish | Term::RelayAcks => Bottleneck::MessageRelay,
-            Term::KeepAlive => Bottleneck::KeepAlive,
+            Term::RelayPublish
+            | Term::RelayAcks
+            | Term::RelayWakeups
+            | Term::RelayThreadWakeups => Bottleneck::MessageRelay,
+            Term::KeepAlive | Term::HeldConnections => Bottleneck::KeepAlive,
             Term::Connects => Bottleneck::Connects,
-            Term::PublishIn | Term::Deliveries | Term::QosAcks => Bottleneck::MessageRouting,
+            Term::PublishIn
+            | Term::Deliveries
+            | Term::QosAcks
+            | Term::BrokerWakeups
+            | Term::BrokerThreadWakeups => Bottleneck::MessageRouting,
             Term::Mesh => Bottleneck::Mesh,
-            Term::BaseMemory => Bottleneck::BaseFootprint,
+            Term::BaseMemory | Term::Background => Bottleneck::BaseFootprint,
             Term::ConnectionMemory | Term::KernelSockets => Bottleneck::ConnectionMemory,
         }
     }
@@ -127,7 +157,7 @@ impl Bottleneck {
         match self {
             Bottleneck::Handshakes => "handshakes (new connections: TLS and CONNECT)",
             Bottleneck::MessageRelay => "message relay (PUBLISH and acknowledgements)",
-            Bottleneck::KeepAlive => "keep-alive pings",
+            Bottleneck::KeepAlive => "keep-alive pings and held connections",
             Bottleneck::Connects => "connects (CONNECT → CONNACK)",
             Bottleneck::MessageRouting => "message routing (publishes, deliveries, acks)",
             Bottleneck::Mesh => "the mesh (every node handles every message)",

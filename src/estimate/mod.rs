@@ -15,31 +15,35 @@
 //!   QoS 0, 1 at QoS 1 (PUBACK), 3 at QoS 2 (PUBREC, PUBREL, PUBCOMP).
 //! * **Proxy CPU** (CPU-seconds per second, per node):
 //!   - handshakes: `C/k × (s·tls_connect + (1−s)·plain_connect)`;
-//!   - PUBLISH relay: `(M + D)/k × relay(B)`: every published message
-//!     crosses the proxy once client→broker, every delivery once
-//!     broker→client;
-//!   - acknowledgement relay: `a·(M + D)/k × relay(0)`;
-//!   - keep-alive: `2·N/K/k × relay(0)` (PINGREQ and PINGRESP, charged as
-//!     if every client were otherwise idle: conservative);
-//!   - `relay(b) = max(0, relay_cpu_us_per_packet + (b − payload_bytes) ×
-//!     relay_cpu_ns_per_byte / 1000)`: the per-packet figure was measured at
-//!     the calibration's `payload_bytes`, the per-byte one is the extra
-//!     beyond it. There is no plain-relay coefficient, so every packet is
-//!     charged at the TLS rate (conservative when `s < 1`).
+//!   - the relay, by wake-ups ([`relay`] explains the mechanism): every
+//!     connection's streams (a publisher's PUBLISHes and their acks, a
+//!     subscriber's deliveries and its acks, PINGREQ and PINGRESP) wake
+//!     the proxy `r/(1 + r·τ)` times a second each; those connection
+//!     wake-ups `E` wake its threads `E/(1 + E·τₜ)` times (per thread,
+//!     the node's threads sharing `E`); CPU is thread wake-ups ×
+//!     `thread_wakeup_cpu_us` + `E × wakeup_cpu_us` + packets ×
+//!     `packet_cpu_us` + payload bytes × `byte_cpu_ns`. Publishers,
+//!     subscribers and per-publisher rates come from `--publishers`,
+//!     `--subscribers`, `--rate-per-publisher`, `--topics`; with
+//!     `--publish-rate` every connection is taken to publish and receive
+//!     an equal share (the most wake-ups those rates allow). There is no
+//!     plain-relay coefficient, so every packet is charged at the TLS rate
+//!     (conservative when `s < 1`).
 //! * **Proxy memory** (per node): `rss_base + N/k × (s·rss_per_tls +
 //!   (1−s)·rss_per_plain) + 2·N/k × 4 KiB` of kernel socket memory (two
 //!   sockets per client, about 4 KiB each when idle: `struct tcp_sock`,
 //!   inode, file, epoll entry; charged to the container's memory cgroup
 //!   but not part of RSS).
-//! * **Broker CPU** (per node; `e = qos1_extra_cpu_us / 2` is the cost of
-//!   one acknowledged exchange, because `bench calibrate` measures
-//!   `qos1_extra_cpu_us` per delivery at fan-out 1, where each delivery
-//!   comes with two exchanges: publisher → broker and broker → subscriber):
+//! * **Broker CPU** (per node; `e = a × cpu_us_per_ack`, the
+//!   acknowledgements of one exchange):
+//!   - wake-ups: the same shape as the proxy's over what the broker reads
+//!     (PUBLISHes, its subscribers' acknowledgements, PINGREQs), with its
+//!     own costs and coalescing times;
 //!   - connects: `C/k × connect_cpu_us`;
 //!   - publish in: `M/k × cpu_us_per_publish_in`;
 //!   - deliveries: `D/k × cpu_us_per_delivery`;
-//!   - QoS acknowledgements: `(M + D)/k × a·e`;
-//!   - mesh: `M·(k−1)/k × (publish_in + delivery + 2·a·e)`: in a full
+//!   - QoS acknowledgements: `(M + D)/k × e`;
+//!   - mesh: `M·(k−1)/k × (publish_in + delivery + 2·e)`: in a full
 //!     mesh every node forwards what its own clients publish to each of
 //!     the `k−1` others, which parse it like a local publish, so every
 //!     node handles every message whatever the node count;
@@ -83,14 +87,16 @@
 
 mod calibration;
 mod figures;
+pub mod fit;
 mod model;
 mod num;
+pub mod relay;
 mod render;
 mod workload;
 
 pub use calibration::{
-    BrokerCosts, Calibration, DEFAULT_CALIBRATION, DEFAULT_CALIBRATION_SOURCE, Measured,
-    ProxyCosts, load_calibration,
+    BrokerCosts, Calibration, DEFAULT_CALIBRATION, DEFAULT_CALIBRATION_SOURCE, FitPoint, FitRecord,
+    Measured, ProxyCosts, Wakeups, load_calibration,
 };
 pub use figures::{
     Bottleneck, ComponentEstimate, CpuTerm, Estimate, MemTerm, NodeFigures, PacedStorm, QueueLimit,

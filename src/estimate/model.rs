@@ -3,12 +3,13 @@
 //! reader must know ([`warnings`]).
 
 use super::EstimateError;
-use super::calibration::Calibration;
+use super::calibration::{Calibration, Wakeups};
 use super::figures::{
     Bottleneck, ComponentEstimate, CpuTerm, Estimate, MemTerm, NodeFigures, PacedStorm, QueueLimit,
     ReconnectStorm, StormQueue, Term,
 };
 use super::num::{fmt_num, to_f64};
+use super::relay::{Shape, Stream, wakeup_rates};
 use super::workload::Workload;
 use crate::config::defaults::{MAX_QUEUE_SIZE, MAX_QUEUE_TIMEOUT, MAX_RATE};
 
@@ -43,35 +44,87 @@ fn cores_for(x: f64) -> u64 {
     (rounded as u64).max(1)
 }
 
-/// Proxy CPU per packet of `payload` bytes (µs).
-fn relay_unit_us(cal: &Calibration, payload: f64) -> f64 {
+/// Proxy CPU per packet of `payload` bytes (µs), beyond its wake-ups.
+fn packet_us(cal: &Calibration, payload: f64) -> f64 {
     let p = &cal.proxy;
-    let extra = payload - f64::from(cal.measured.payload_bytes);
-    (p.relay_cpu_us_per_packet + extra * p.relay_cpu_ns_per_byte / 1000.0).max(0.0)
+    p.packet_cpu_us + payload * p.byte_cpu_ns / 1000.0
+}
+
+/// Most threads a node is assumed to spread its wake-ups over (the
+/// iteration below stops long before for any real load).
+const MAX_THREADS: f64 = 1024.0;
+
+/// The wake-up terms of a node whose other terms keep `other_cores` busy
+/// and that holds `connections`: its threads (as many as the node keeps
+/// busy, at least one) share the socket wake-ups, and a thread is woken
+/// only while idle, so the thread wake-ups depend on how busy the node is;
+/// iterated until the thread count and the busy share settle.
+fn wakeup_terms(
+    streams: &[Stream],
+    wk: &Wakeups,
+    other_cores: f64,
+    connections: f64,
+    terms: (Term, Term),
+) -> [CpuTerm; 4] {
+    let c = wk.coalescing();
+    let mut threads = 1.0_f64;
+    let mut busy = other_cores;
+    let mut rates = wakeup_rates(streams, c, threads, busy);
+    for _ in 0..64 {
+        let next = other_cores + wk.cpu_us(rates, connections) / 1e6;
+        let need = next.ceil().clamp(1.0, MAX_THREADS);
+        let settled = need <= threads && (next - busy).abs() <= 1e-9 * next.max(1e-9);
+        threads = threads.max(need);
+        busy = next;
+        rates = wakeup_rates(streams, c, threads, busy);
+        if settled {
+            break;
+        }
+    }
+    [
+        CpuTerm::new(terms.0, rates.thread, wk.thread_wakeup_cpu_us),
+        CpuTerm::new(terms.1, rates.connection, wk.wakeup_cpu_us),
+        CpuTerm::new(
+            Term::HeldConnections,
+            connections,
+            wk.connection_cpu_us_per_s,
+        ),
+        CpuTerm::new(Term::Background, 1.0, wk.background_cpu_us_per_s),
+    ]
 }
 
 fn proxy_load(w: &Workload, cal: &Calibration, live: u32) -> NodeLoad {
     let p = &cal.proxy;
     let k = f64::from(live.max(1));
     let s = w.tls_share;
-    let publishes = (w.publish_rate + w.deliveries_per_s()) / k;
+    let shape = Shape::of(w, live);
+    let publishes = shape.published() + shape.delivered();
     let connections = to_f64(w.connections) / k;
     let handshake_us = s * p.tls_connect_cpu_us + (1.0 - s) * p.plain_connect_cpu_us;
-    let ack_us = relay_unit_us(cal, 0.0);
+    let ack_us = packet_us(cal, 0.0);
     let per_conn_kib =
         s * p.rss_per_tls_connection_kib + (1.0 - s) * p.rss_per_plain_connection_kib;
+    let mut cpu = vec![
+        CpuTerm::new(Term::Handshakes, w.new_connections_per_s / k, handshake_us),
+        CpuTerm::new(
+            Term::RelayPublish,
+            publishes,
+            packet_us(cal, shape.payload_bytes),
+        ),
+        CpuTerm::new(Term::RelayAcks, publishes * shape.acks, ack_us),
+        CpuTerm::new(Term::KeepAlive, 2.0 * shape.pings(), ack_us),
+    ];
+    let other: f64 = cpu.iter().map(|t| t.cores).sum();
+    cpu.extend(wakeup_terms(
+        &shape.proxy_streams(),
+        &p.wakeups,
+        other,
+        connections,
+        (Term::RelayThreadWakeups, Term::RelayWakeups),
+    ));
     NodeLoad {
         connections,
-        cpu: vec![
-            CpuTerm::new(Term::Handshakes, w.new_connections_per_s / k, handshake_us),
-            CpuTerm::new(
-                Term::RelayPublish,
-                publishes,
-                relay_unit_us(cal, to_f64(w.payload_bytes)),
-            ),
-            CpuTerm::new(Term::RelayAcks, publishes * w.qos.ack_packets(), ack_us),
-            CpuTerm::new(Term::KeepAlive, 2.0 * w.pingreqs_per_s() / k, ack_us),
-        ],
+        cpu,
         memory: vec![
             MemTerm::new(Term::BaseMemory, 1.0, p.rss_base_mib * 1024.0),
             MemTerm::new(Term::ConnectionMemory, connections, per_conn_kib),
@@ -84,35 +137,47 @@ fn broker_load(w: &Workload, cal: &Calibration, live: u32) -> NodeLoad {
     let b = &cal.broker;
     let k = f64::from(live.max(1));
     let m = w.publish_rate;
-    let d = w.deliveries_per_s();
-    // One acknowledged exchange; `qos1_extra_cpu_us` covers two (see the
-    // module documentation).
-    let exchange_us = w.qos.ack_packets() * b.qos1_extra_cpu_us / 2.0;
+    let shape = Shape::of(w, live);
+    // The acknowledgements of one exchange.
+    let exchange_us = shape.acks * b.cpu_us_per_ack;
     // Messages this node forwards to the others, and receives from them.
     let forwards = m * (k - 1.0) / k;
     let connections = to_f64(w.connections) / k;
+    let mut cpu = vec![
+        CpuTerm::new(
+            Term::Connects,
+            w.new_connections_per_s / k,
+            b.connect_cpu_us,
+        ),
+        CpuTerm::new(Term::PublishIn, shape.published(), b.cpu_us_per_publish_in),
+        CpuTerm::new(Term::Deliveries, shape.delivered(), b.cpu_us_per_delivery),
+        CpuTerm::new(
+            Term::QosAcks,
+            shape.published() + shape.delivered(),
+            exchange_us,
+        ),
+        CpuTerm::new(
+            Term::Mesh,
+            forwards,
+            b.cpu_us_per_publish_in + b.cpu_us_per_delivery + 2.0 * exchange_us,
+        ),
+        CpuTerm::new(
+            Term::KeepAlive,
+            shape.pings(),
+            b.cpu_us_per_publish_in + b.cpu_us_per_delivery,
+        ),
+    ];
+    let other: f64 = cpu.iter().map(|t| t.cores).sum();
+    cpu.extend(wakeup_terms(
+        &shape.broker_streams(),
+        &b.wakeups,
+        other,
+        connections,
+        (Term::BrokerThreadWakeups, Term::BrokerWakeups),
+    ));
     NodeLoad {
         connections,
-        cpu: vec![
-            CpuTerm::new(
-                Term::Connects,
-                w.new_connections_per_s / k,
-                b.connect_cpu_us,
-            ),
-            CpuTerm::new(Term::PublishIn, m / k, b.cpu_us_per_publish_in),
-            CpuTerm::new(Term::Deliveries, d / k, b.cpu_us_per_delivery),
-            CpuTerm::new(Term::QosAcks, (m + d) / k, exchange_us),
-            CpuTerm::new(
-                Term::Mesh,
-                forwards,
-                b.cpu_us_per_publish_in + b.cpu_us_per_delivery + 2.0 * exchange_us,
-            ),
-            CpuTerm::new(
-                Term::KeepAlive,
-                w.pingreqs_per_s() / k,
-                b.cpu_us_per_publish_in + b.cpu_us_per_delivery,
-            ),
-        ],
+        cpu,
         memory: vec![
             MemTerm::new(Term::BaseMemory, 1.0, b.rss_base_mib * 1024.0),
             MemTerm::new(
@@ -613,20 +678,35 @@ pub(super) mod tests {
             proxy: ProxyCosts {
                 tls_connect_cpu_us: 1000.0,
                 plain_connect_cpu_us: 100.0,
-                relay_cpu_us_per_packet: 10.0,
-                relay_cpu_ns_per_byte: 10.0,
+                packet_cpu_us: 9.0,
+                byte_cpu_ns: 10.0,
                 rss_base_mib: 10.0,
                 rss_per_tls_connection_kib: 16.0,
                 rss_per_plain_connection_kib: 8.0,
+                wakeups: no_wakeups(),
             },
             broker: BrokerCosts {
                 cpu_us_per_publish_in: 5.0,
                 cpu_us_per_delivery: 4.0,
-                qos1_extra_cpu_us: 2.0,
+                cpu_us_per_ack: 1.0,
                 connect_cpu_us: 50.0,
                 rss_base_mib: 20.0,
                 rss_per_connection_kib: 10.0,
+                wakeups: no_wakeups(),
             },
+            fit: None,
+        }
+    }
+
+    /// Wake-ups that cost nothing: the by-hand tests count packets only.
+    fn no_wakeups() -> Wakeups {
+        Wakeups {
+            background_cpu_us_per_s: 0.0,
+            connection_cpu_us_per_s: 0.0,
+            thread_wakeup_cpu_us: 0.0,
+            wakeup_cpu_us: 0.0,
+            coalesce_us: 0.0,
+            thread_coalesce_us: 0.0,
         }
     }
 
@@ -646,6 +726,13 @@ pub(super) mod tests {
 
     pub(in crate::estimate) fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+    }
+
+    fn cpu_rate(c: &ComponentEstimate, term: Term) -> f64 {
+        c.cpu
+            .iter()
+            .find(|t| t.term == term)
+            .map_or(0.0, |t| t.rate_per_s)
     }
 
     fn cpu(c: &ComponentEstimate, term: Term) -> f64 {
@@ -1108,11 +1195,72 @@ pub(super) mod tests {
         assert_eq!(cores_for(f64::MAX), u64::MAX);
     }
 
+    /// The same message rate from many slow publishers costs more than
+    /// from a few fast ones: they wake the proxy once per message.
     #[test]
-    fn relay_cost_below_the_calibration_payload_never_goes_negative() {
+    fn wakeups_follow_the_connection_shape() {
         let mut cal = round();
-        cal.proxy.relay_cpu_ns_per_byte = 1e6;
-        assert_eq!(relay_unit_us(&cal, 0.0), 0.0);
+        cal.proxy.wakeups = Wakeups {
+            background_cpu_us_per_s: 0.0,
+            connection_cpu_us_per_s: 0.0,
+            thread_wakeup_cpu_us: 10.0,
+            wakeup_cpu_us: 10.0,
+            coalesce_us: 1000.0,
+            thread_coalesce_us: 100.0,
+        };
+        let shaped = |publishers: u64, rate: f64| Workload {
+            connections: publishers + 2,
+            publish_rate: to_f64(publishers) * rate,
+            fan_out: 2.0,
+            pubsub: Some(crate::estimate::PubSub {
+                publishers,
+                subscribers: 2,
+                rate_per_publisher: rate,
+                topics: 1,
+            }),
+            proxy_nodes: 1,
+            ..workload()
+        };
+        let many = estimate(&shaped(2000, 2.0), &cal).unwrap();
+        let few = estimate(&shaped(2, 2000.0), &cal).unwrap();
+        let wakeups = |e: &Estimate| cpu_rate(&e.proxy, Term::RelayWakeups);
+        assert_eq!(
+            cpu(&many.proxy, Term::RelayPublish),
+            cpu(&few.proxy, Term::RelayPublish)
+        );
+        assert!(wakeups(&many) > 4000.0, "{}", wakeups(&many));
+        assert!(wakeups(&few) < 3000.0, "{}", wakeups(&few));
+        assert!(many.proxy.per_node.cpu_busy > few.proxy.per_node.cpu_busy);
+    }
+
+    /// A busy node's threads find work waiting: fewer thread wake-ups per
+    /// socket wake-up than a light one's, but never none while they idle.
+    #[test]
+    fn busy_nodes_are_woken_less_per_socket_read() {
+        let mut cal = round();
+        cal.proxy.wakeups = Wakeups {
+            background_cpu_us_per_s: 0.0,
+            connection_cpu_us_per_s: 0.0,
+            thread_wakeup_cpu_us: 10.0,
+            wakeup_cpu_us: 1.0,
+            coalesce_us: 0.0,
+            thread_coalesce_us: 100.0,
+        };
+        let ratio = |rate: f64| {
+            let w = Workload {
+                publish_rate: rate,
+                proxy_nodes: 1,
+                ..workload()
+            };
+            let e = estimate(&w, &cal).unwrap();
+            let t = cpu_rate(&e.proxy, Term::RelayThreadWakeups);
+            assert!(t > 0.0);
+            (t / cpu_rate(&e.proxy, Term::RelayWakeups), e.proxy.per_node.cpu_busy)
+        };
+        let (light, light_busy) = ratio(1000.0);
+        let (heavy, heavy_busy) = ratio(1_000_000.0);
+        assert!(light_busy < 0.1 && heavy_busy > 20.0, "{light_busy} {heavy_busy}");
+        assert!(heavy < light, "{heavy} {light}");
     }
 
     #[test]

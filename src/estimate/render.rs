@@ -150,6 +150,7 @@ fn render_component(out: &mut String, name: &str, c: &ComponentEstimate, w: &Wor
         w.headroom,
         fmt_cores(c.per_node.cores)
     );
+    render_wakeups(out, c);
     let _ = writeln!(out, "  memory of {sized}: count × size");
     for t in &c.memory {
         if t.term == Term::BaseMemory {
@@ -190,6 +191,50 @@ fn render_component(out: &mut String, name: &str, c: &ComponentEstimate, w: &Wor
         }
     }
     let _ = writeln!(out);
+}
+
+/// The wake-up rates the relay terms assumed, and what it would cost if
+/// no two socket wake-ups ever shared a thread wake-up (arrivals spread
+/// out more evenly than the calibration's generator sends them).
+fn render_wakeups(out: &mut String, c: &ComponentEstimate) {
+    let find = |terms: [Term; 2]| c.cpu.iter().find(|t| terms.contains(&t.term));
+    let (Some(conn), Some(thread)) = (
+        find([Term::RelayWakeups, Term::BrokerWakeups]),
+        find([Term::RelayThreadWakeups, Term::BrokerThreadWakeups]),
+    ) else {
+        return;
+    };
+    let packets: f64 = c
+        .cpu
+        .iter()
+        .filter(|t| {
+            matches!(
+                t.term,
+                Term::RelayPublish | Term::RelayAcks | Term::KeepAlive
+            )
+        })
+        .map(|t| t.rate_per_s)
+        .sum();
+    let per = if conn.rate_per_s > 0.0 && packets > 0.0 {
+        format!(" ({} packets each)", fmt_num(packets / conn.rate_per_s))
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "  wake-ups assumed     {}/s sockets read{per}, {}/s threads woken",
+        fmt_num(conn.rate_per_s),
+        fmt_num(thread.rate_per_s)
+    );
+    let worst = (conn.rate_per_s - thread.rate_per_s).max(0.0) * thread.unit_cpu_us / 1e6;
+    if worst >= 0.0005 {
+        let _ = writeln!(
+            out,
+            "  {:<20} +{} cores busy if every socket read woke a thread",
+            "",
+            fmt_num(worst)
+        );
+    }
 }
 
 fn fmt_rate(per_s: f64) -> String {
@@ -391,6 +436,17 @@ pub fn render_text(
         "  on                 {}, {} CPUs ({}), mqttlb {}",
         m.date, m.cpus, m.cpu_model, m.mqttlb_version
     );
+    if let Some(f) = &cal.fit {
+        let _ = writeln!(
+            out,
+            "  relay model fit    {} runs: proxy CPU within {:+.0} % (rms {:.0} %), broker {:+.0} % (rms {:.0} %)",
+            f.points.len(),
+            100.0 * f.proxy_max_error,
+            100.0 * f.proxy_rms_error,
+            100.0 * f.broker_max_error,
+            100.0 * f.broker_rms_error
+        );
+    }
     let _ = writeln!(out);
     render_component(&mut out, "Proxy", &e.proxy, w);
     render_component(&mut out, "Broker (mqttlb broker)", &e.broker, w);
