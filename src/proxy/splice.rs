@@ -689,21 +689,33 @@ mod tests {
         assert_eq!(r.steps.len(), 1);
     }
 
-    #[tokio::test]
-    async fn many_small_writes_arrive_in_order_both_ways() {
-        let (client, mut client_side) = duplex(512);
-        let (mut backend_side, backend) = duplex(512);
+    type SpliceTask = tokio::task::JoinHandle<(Result<SpliceEnd, SpliceError>, Transferred)>;
+
+    /// A splice between two in-memory pipes of `pipe` bytes, spawned;
+    /// returns the client's and the backend's ends and the task.
+    fn spawn_splice(
+        pipe: usize,
+        idle: Duration,
+    ) -> (tokio::io::DuplexStream, tokio::io::DuplexStream, SpliceTask) {
+        let (client, mut client_side) = duplex(pipe);
+        let (mut backend_side, backend) = duplex(pipe);
         let task = tokio::spawn(async move {
             splice(
                 &mut client_side,
                 &mut backend_side,
-                Duration::from_secs(60),
+                idle,
                 Counter::default(),
                 Counter::default(),
                 None,
             )
             .await
         });
+        (client, backend, task)
+    }
+
+    #[tokio::test]
+    async fn many_small_writes_arrive_in_order_both_ways() {
+        let (client, backend, task) = spawn_splice(512, Duration::from_secs(60));
         let pattern = |seed: u32| -> Vec<Vec<u8>> {
             (0..2000u32)
                 .map(|i| {
@@ -749,19 +761,7 @@ mod tests {
 
     #[tokio::test]
     async fn half_close_lets_the_other_direction_finish() {
-        let (mut client, mut client_side) = duplex(64);
-        let (mut backend_side, mut backend) = duplex(64);
-        let task = tokio::spawn(async move {
-            splice(
-                &mut client_side,
-                &mut backend_side,
-                Duration::from_secs(60),
-                Counter::default(),
-                Counter::default(),
-                None,
-            )
-            .await
-        });
+        let (mut client, mut backend, task) = spawn_splice(64, Duration::from_secs(60));
         client.write_all(b"hello").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -786,20 +786,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_timeout_counts_activity_in_either_direction() {
-        let (mut client, mut client_side) = duplex(64);
-        let (mut backend_side, _backend) = duplex(64);
         let start = Instant::now();
-        let task = tokio::spawn(async move {
-            splice(
-                &mut client_side,
-                &mut backend_side,
-                Duration::from_secs(10),
-                Counter::default(),
-                Counter::default(),
-                None,
-            )
-            .await
-        });
+        let (mut client, _backend, task) = spawn_splice(64, Duration::from_secs(10));
         tokio::time::sleep(Duration::from_secs(8)).await;
         client.write_all(b"ping").await.unwrap();
         let (r, _) = task.await.unwrap();
