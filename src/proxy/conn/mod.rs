@@ -78,7 +78,14 @@ struct Conn {
 }
 
 /// Handle one accepted TCP connection. Runs inside its own task.
-pub async fn handle(ctx: Arc<ListenerCtx>, tcp: TcpStream, peer: SocketAddr, id: u64) {
+/// `nodelay`: the socket has `TCP_NODELAY` already (from its listener).
+pub async fn handle(
+    ctx: Arc<ListenerCtx>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    nodelay: bool,
+) {
     let span = tracing::info_span!(
         "conn",
         id,
@@ -94,7 +101,9 @@ pub async fn handle(ctx: Arc<ListenerCtx>, tcp: TcpStream, peer: SocketAddr, id:
         span.record("client.addr", field::display(peer));
     }
     async move {
-        let _ = tcp.set_nodelay(true);
+        if !nodelay {
+            let _ = tcp.set_nodelay(true);
+        }
         let mut conn = Conn::new(ctx, &tcp, peer, id);
         if conn.ctx.proxy_protocol.is_some() {
             // Boxed, like the handshake below: its state lives on the heap
@@ -241,9 +250,9 @@ mod tests {
     use super::*;
 
     /// The size of the future an async fn returns, without calling it.
-    fn future_size<F, A, B, C, D, Fut>(_: &F) -> usize
+    fn future_size<F, A, B, C, D, E, Fut>(_: &F) -> usize
     where
-        F: FnOnce(A, B, C, D) -> Fut,
+        F: FnOnce(A, B, C, D, E) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }
