@@ -295,8 +295,16 @@ fn init_logging(format: LogFormat) {
     // concern, so rustls logs only errors unless RUST_LOG says otherwise.
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rustls=error"));
+    // Colours only for a person at a terminal, and not under NO_COLOR
+    // (no-color.org): a file or the journal gets plain text. It also keeps
+    // the fields each connection's span stores (formatted once, held for
+    // the connection's life) under 128 bytes: with escape codes they take
+    // a 256-byte block (docs/performance.md, issue 24).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

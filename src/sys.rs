@@ -9,21 +9,37 @@ use tokio::net::TcpListener;
 /// `net.core.somaxconn`). `SO_REUSEADDR` lets a restarted mqttlb bind while
 /// old connections sit in TIME_WAIT. Must be called inside a tokio runtime.
 pub fn bind_tcp(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
-    bind_one(addr, backlog, false)
+    bind_one(addr, backlog, false, false)
 }
 
 /// [`bind_tcp`] without a runtime: the socket is non-blocking, for
 /// `TcpListener::from_std` on the thread that will serve it.
 pub fn bind_tcp_std(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
-    Ok(bind_socket(addr, backlog, false)?.into())
+    Ok(bind_socket(addr, backlog, false, false)?.into())
 }
 
-fn bind_one(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Result<TcpListener> {
-    TcpListener::from_std(bind_socket(addr, backlog, reuse_port)?.into())
+fn bind_one(
+    addr: SocketAddr,
+    backlog: u32,
+    reuse_port: bool,
+    nodelay: bool,
+) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(bind_socket(addr, backlog, reuse_port, nodelay)?.into())
 }
 
-fn bind_socket(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Result<Socket> {
+/// `nodelay`: set `TCP_NODELAY` on the listening socket, before `listen`,
+/// so every connection it accepts has it from the start (Linux copies it
+/// to the accepted socket: no `setsockopt` per connection).
+fn bind_socket(
+    addr: SocketAddr,
+    backlog: u32,
+    reuse_port: bool,
+    nodelay: bool,
+) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if nodelay {
+        socket.set_tcp_nodelay(true)?;
+    }
     #[cfg(not(windows))]
     socket.set_reuse_address(true)?;
     #[cfg(target_os = "linux")]
@@ -53,6 +69,9 @@ fn bind_socket(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Res
 #[derive(Debug)]
 pub struct ListenerSockets {
     sockets: Vec<TcpListener>,
+    /// Accepted connections come with `TCP_NODELAY` already set (see
+    /// [`ListenerSockets::accepted_nodelay`]).
+    nodelay: bool,
 }
 
 impl ListenerSockets {
@@ -65,14 +84,15 @@ impl ListenerSockets {
             1
         };
         let reuse_port = count > 1;
-        let first = bind_one(addr, backlog, reuse_port)?;
+        let nodelay = cfg!(target_os = "linux");
+        let first = bind_one(addr, backlog, reuse_port, nodelay)?;
         let addr = first.local_addr()?;
         let mut sockets = Vec::with_capacity(count);
         sockets.push(first);
         for _ in 1..count {
-            sockets.push(bind_one(addr, backlog, reuse_port)?);
+            sockets.push(bind_one(addr, backlog, reuse_port, nodelay)?);
         }
-        Ok(ListenerSockets { sockets })
+        Ok(ListenerSockets { sockets, nodelay })
     }
 
     /// Listening sockets made elsewhere (handed over by the process this
@@ -89,7 +109,20 @@ impl ListenerSockets {
                 TcpListener::from_std(s)
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(ListenerSockets { sockets })
+        // Their options are whatever their maker set, and connections
+        // may already wait in their queues: each accepted one sets its own.
+        Ok(ListenerSockets {
+            sockets,
+            nodelay: false,
+        })
+    }
+
+    /// Whether the connections these sockets accept have `TCP_NODELAY`
+    /// set already: sockets bound here on Linux, where an accepted socket
+    /// inherits it from its listener (one `setsockopt` less per
+    /// connection). Not sockets made elsewhere (handed over, systemd).
+    pub fn accepted_nodelay(&self) -> bool {
+        self.nodelay
     }
 
     /// The address the sockets listen on (the port chosen for port 0).
@@ -247,6 +280,28 @@ pub fn reserve_fd_table(_fds: u64) -> std::io::Result<Option<i32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The per-connection `setsockopt` is skipped only where the kernel
+    /// really copies `TCP_NODELAY` from the listener.
+    #[tokio::test]
+    async fn accepted_connections_inherit_nodelay_from_their_listener() {
+        let group = ListenerSockets::bind("127.0.0.1:0".parse().unwrap(), 16, 1).unwrap();
+        let addr = group.local_addr().unwrap();
+        assert_eq!(group.accepted_nodelay(), cfg!(target_os = "linux"));
+        let inherits = group.accepted_nodelay();
+        let listener = group.into_sockets().remove(0);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        if inherits {
+            assert!(accepted.nodelay().unwrap());
+        }
+        let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let handed = ListenerSockets::from_std(vec![std]).unwrap();
+        assert!(
+            !handed.accepted_nodelay(),
+            "options of a socket made elsewhere are unknown"
+        );
+    }
 
     #[tokio::test]
     async fn listener_sockets_share_one_port() {

@@ -47,6 +47,7 @@ impl ProxyState {
             return;
         };
         info!(listener = %cfg.name, addr = %local_addr, tls = ctx.tls.is_some(), mqtt = cfg.mqtt.is_some(), pool = %cfg.pool, accept_sockets = sockets.len(), "listening");
+        let accepted_nodelay = sockets.accepted_nodelay();
         let sockets = sockets.into_sockets();
         let dups = sockets
             .iter()
@@ -61,6 +62,7 @@ impl ProxyState {
             ctx: ArcSwap::from_pointee(ctx),
             stop: self.shutdown.child_token(),
             handover: std::sync::Mutex::new(dups),
+            accepted_nodelay,
         });
         lock(&self.listeners).insert(cfg.name.clone(), slot.clone());
         for socket in sockets {
@@ -94,11 +96,12 @@ async fn accept_loop(listener: TcpListener, slot: Arc<ListenerSlot>, state: Arc<
         ctx.metrics.total.inc();
         let id = state.conn_ids.fetch_add(1, Ordering::Relaxed);
         let hard_stop = state.hard_stop.clone();
+        let nodelay = slot.accepted_nodelay;
         state.conns.spawn(async move {
             let _permit = permit;
             ctx.metrics.active.inc();
             tokio::select! {
-                _ = conn::handle(ctx.clone(), tcp, peer, id) => {}
+                _ = conn::handle(ctx.clone(), tcp, peer, id, nodelay) => {}
                 _ = hard_stop.cancelled() => {}
             }
             ctx.metrics.active.dec();

@@ -208,6 +208,9 @@ struct ListenerSlot {
     /// Duplicates of the listening sockets, offered to a process that
     /// takes over (`handover`); emptied when the proxy stops accepting.
     handover: std::sync::Mutex<Vec<socket2::Socket>>,
+    /// Its sockets hand out connections with `TCP_NODELAY` already set
+    /// (`ListenerSockets::accepted_nodelay`).
+    accepted_nodelay: bool,
 }
 
 struct ProxyState {
