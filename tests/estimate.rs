@@ -346,3 +346,93 @@ fn bad_calibration_exits_64_naming_file_and_key() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
+
+/// Every `<!-- mqttlb estimate FLAGS -->` in docs/sizing.md is followed by
+/// a fenced block holding exactly what that command prints with the
+/// built-in calibration: the documented figures are the binary's.
+#[test]
+fn documented_estimates_match_the_binary() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/sizing.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/sizing.md");
+    let mut checked = 0;
+    let mut rest = doc.as_str();
+    while let Some(at) = rest.find("<!-- mqttlb estimate ") {
+        let after = &rest[at + "<!-- mqttlb estimate ".len()..];
+        let end = after.find("-->").expect("marker ends");
+        let flags: Vec<&str> = after[..end].split_whitespace().collect();
+        let block = after[end..]
+            .split_once("```text\n")
+            .and_then(|(_, b)| b.split_once("```"))
+            .map(|(b, _)| b)
+            .expect("a ```text block follows the marker");
+        let out = run(&flags);
+        assert_eq!(out.status.code(), Some(0), "{flags:?}");
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            printed.trim_end(),
+            block.trim_end(),
+            "docs/sizing.md shows another output for `mqttlb estimate {}`; paste the binary's",
+            flags.join(" ")
+        );
+        checked += 1;
+        rest = &after[end..];
+    }
+    assert!(checked >= 2, "docs/sizing.md documents {checked} estimates");
+}
+
+/// `scripts/sizing-check` parses its runs and explains a bad one (the
+/// measured runs themselves are a benchmark: `sizing_check_measures`).
+#[test]
+fn sizing_check_explains_a_bad_run() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/sizing-check");
+    let help = Command::new("python3")
+        .arg(&script)
+        .arg("--help")
+        .output()
+        .expect("python3 runs");
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--matrix"));
+    let bad = Command::new("python3")
+        .arg(&script)
+        .args(["--no-build", "conns=10,pubs=20,rate=1,subs=1"])
+        .output()
+        .expect("python3 runs");
+    assert_ne!(bad.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("conns must be at least pubs + subs"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
+/// One small measured run of `scripts/sizing-check` end to end (release
+/// build, two CPUs, about a minute): `cargo test --release --test estimate
+/// -- --ignored`.
+#[test]
+#[ignore = "a benchmark: needs the release build and two quiet CPUs for a minute"]
+fn sizing_check_measures() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .arg(root.join("scripts/sizing-check"))
+        .args([
+            "--bin",
+            BIN,
+            "--no-build",
+            "--window",
+            "3",
+            "conns=102,pubs=50,rate=2,subs=2,shape=all",
+        ])
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("proxy CPU (cores)") && text.contains("0 lost"),
+        "{text}"
+    );
+}

@@ -149,9 +149,11 @@ const ROOMS: &[(&str, &[(&str, u8)])] = &[
         &[
             ("num", 0),
             ("calibration", 0),
+            ("fit", 0),
             ("workload", 1),
             ("figures", 1),
-            ("model", 2),
+            ("relay", 2),
+            ("model", 3),
             ("render", 3),
         ],
     ),

@@ -394,7 +394,12 @@ struct Lab {
 impl Lab {
     /// Start a fresh broker and proxy (TLS and plain listeners) on free
     /// loopback ports; certificates are in `dir`.
-    async fn start(dir: &Path, duration: Duration, threads: usize) -> Result<Lab, String> {
+    async fn start(
+        dir: &Path,
+        duration: Duration,
+        threads: usize,
+        pin: Option<()>,
+    ) -> Result<Lab, String> {
         let (broker_port, tls_port, plain_port) = (free_port()?, free_port()?, free_port()?);
         let admin_port = free_port()?;
         let p = |f: &str| dir.join(f).display().to_string();
@@ -420,7 +425,6 @@ impl Lab {
             access: Some("off".into()),
             ..Default::default()
         });
-        let pin = pinning();
         let config = raw.to_toml();
         std::fs::write(dir.join("proxy.toml"), config).map_err(|e| format!("proxy.toml: {e}"))?;
         let broker_listen = format!("127.0.0.1:{broker_port}");
@@ -703,7 +707,10 @@ async fn calibrate(args: &BenchArgs) -> Result<Calibration, String> {
         .and_then(|c| c.write(dir.path()))
         .map_err(|e| format!("certificates: {e}"))?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if pinning().is_some() {
+    // Decided once, before this process pins itself: afterwards it sees
+    // one CPU, and its children would inherit that CPU.
+    let pin = pinning();
+    if pin.is_some() {
         // The generator (this process, every thread) on the second CPU,
         // beside the broker; the proxy gets the first to itself.
         let pinned = Command::new("taskset")
@@ -718,7 +725,7 @@ async fn calibrate(args: &BenchArgs) -> Result<Calibration, String> {
     let duration = args
         .duration
         .clamp(Duration::from_secs(1), Duration::from_secs(120));
-    let lab = Lab::start(dir.path(), duration, threads).await?;
+    let lab = Lab::start(dir.path(), duration, threads, pin).await?;
     let proxy_base = lab.proxy.rss_kib()?;
     let broker_base = lab.broker.rss_kib()?;
 
@@ -741,18 +748,22 @@ async fn calibrate(args: &BenchArgs) -> Result<Calibration, String> {
     let hs_plain = lab.step("plain connects", &refs(&hs_plain)).await?;
 
     // 3. The relay at several rates and shapes.
+    // Each on a fresh proxy and broker, as `scripts/sizing-check` runs
+    // them (a process's history, thousands of handshakes before, changes
+    // what the same relay load costs it).
+    drop(lab);
     let mut samples = Vec::with_capacity(RELAY_POINTS.len());
     for p in &RELAY_POINTS {
+        let lab = Lab::start(dir.path(), duration, threads, pin).await?;
         samples.push(lab.relay_step(p).await?);
     }
 
     // 4. Memory per connection, each on fresh processes: memory a process
     //    freed is not always returned to the system, so an earlier step
     //    would hide the growth.
-    drop(lab);
-    let (idle_tls, tls_proxy_base, _) = memory_step(dir.path(), duration, threads, true).await?;
+    let (idle_tls, tls_proxy_base, _) = memory_step(dir.path(), duration, threads, pin, true).await?;
     let (subs, plain_proxy_base, subs_broker_base) =
-        memory_step(dir.path(), duration, threads, false).await?;
+        memory_step(dir.path(), duration, threads, pin, false).await?;
 
     let relay = fit_relay(&samples)?;
     let held_n = HELD as f64;
@@ -798,11 +809,9 @@ async fn calibrate(args: &BenchArgs) -> Result<Calibration, String> {
         broker,
         fit: None,
     };
-    // The thread coalescing times: each process's, as the estimate uses
-    // it (its own thread wake-ups at its own busy share), chosen so the
-    // estimate's CPU is closest to the measured one over the runs. What
-    // the fit of the costs above cannot do, since it was given the thread
-    // wake-ups measured.
+    // The thread coalescing times again, now with the estimate's own busy
+    // share (its fixed point) instead of the measured one: chosen so the
+    // estimate's CPU is closest to the measured one over the runs.
     let cpu_of = |cal: &Calibration, proxy: bool| -> Vec<f64> {
         RELAY_POINTS
             .iter()
@@ -924,9 +933,10 @@ async fn memory_step(
     dir: &Path,
     duration: Duration,
     threads: usize,
+    pin: Option<()>,
     tls: bool,
 ) -> Result<(Cost, f64, f64), String> {
-    let lab = Lab::start(dir, duration, threads).await?;
+    let lab = Lab::start(dir, duration, threads, pin).await?;
     let (proxy_base, broker_base) = (lab.proxy.rss_kib()?, lab.broker.rss_kib()?);
     let held = HELD.to_string();
     let mut argv: Vec<String> = if tls {
@@ -986,10 +996,11 @@ struct RelayFit {
     broker_thread_tau: f64,
 }
 
-/// Fit the relay model to the runs. The costs are fitted with the thread
-/// wake-ups measured in each run (so they are not blurred by how well
-/// thread wake-ups can be predicted); the thread coalescing time is
-/// fitted to the measured thread wake-ups on its own.
+/// Fit the relay model to the runs: the costs and both coalescing times
+/// at once, with the thread wake-ups the model gives at each run's
+/// measured busy share (what the estimate does with its own), so the fit
+/// minimises the error the estimate will have, not that of a model fed
+/// the measured thread wake-ups.
 fn fit_relay(samples: &[RelaySample]) -> Result<RelayFit, String> {
     let shapes: Vec<Shape> = RELAY_POINTS
         .iter()
@@ -997,43 +1008,21 @@ fn fit_relay(samples: &[RelaySample]) -> Result<RelayFit, String> {
         .collect();
     let proxy: Vec<f64> = samples.iter().map(|s| s.proxy_cores * 1e6).collect();
     let broker: Vec<f64> = samples.iter().map(|s| s.broker_cores * 1e6).collect();
-    let proxy = fit::fit(&proxy, false, |i, c| {
-        relay::proxy_features(&shapes[i], c.stream, samples[i].proxy_thread_wakeups)
+    let proxy = fit::fit(&proxy, true, |i, c| {
+        let t = relay::wakeup_rates(&shapes[i].proxy_streams(), c, 1.0, samples[i].proxy_cores);
+        relay::proxy_features(&shapes[i], c.stream, t.thread)
     })
     .ok_or("the relay runs could not be fitted (proxy)")?;
-    let broker = fit::fit(&broker, false, |i, c| {
-        relay::broker_features(&shapes[i], c.stream, samples[i].broker_thread_wakeups)
+    let broker = fit::fit(&broker, true, |i, c| {
+        let t = relay::wakeup_rates(&shapes[i].broker_streams(), c, 1.0, samples[i].broker_cores);
+        relay::broker_features(&shapes[i], c.stream, t.thread)
     })
     .ok_or("the relay runs could not be fitted (broker)")?;
-    let thread_tau = |measured: Vec<f64>,
-                      stream: f64,
-                      busy: Vec<f64>,
-                      streams: &dyn Fn(&Shape) -> Vec<relay::Stream>| {
-        fit::fit_time(&measured, |i, t| {
-            let c = fit::Coalescing { stream, thread: t };
-            relay::wakeup_rates(&streams(&shapes[i]), c, 1.0, busy[i]).thread
-        })
-        .map(|(t, _)| t)
-    };
-    let proxy_thread_tau = thread_tau(
-        samples.iter().map(|s| s.proxy_thread_wakeups).collect(),
-        proxy.coalescing.stream,
-        samples.iter().map(|s| s.proxy_cores).collect(),
-        &|s| s.proxy_streams().to_vec(),
-    )
-    .ok_or("no thread wake-ups measured (proxy)")?;
-    let broker_thread_tau = thread_tau(
-        samples.iter().map(|s| s.broker_thread_wakeups).collect(),
-        broker.coalescing.stream,
-        samples.iter().map(|s| s.broker_cores).collect(),
-        &|s| s.broker_streams().to_vec(),
-    )
-    .ok_or("no thread wake-ups measured (broker)")?;
     Ok(RelayFit {
+        proxy_thread_tau: proxy.coalescing.thread,
+        broker_thread_tau: broker.coalescing.thread,
         proxy,
         broker,
-        proxy_thread_tau,
-        broker_thread_tau,
     })
 }
 

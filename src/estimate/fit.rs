@@ -114,39 +114,6 @@ where
     best.map(|(_, f)| f)
 }
 
-/// The coalescing time `τ` that makes `predict(i, τ)` closest to
-/// `measured[i]` in the sense of the squared log ratio (a factor of two
-/// off counts the same both ways), over [`grid`]; with the points'
-/// log errors. None without positive measurements.
-pub fn fit_time<F>(measured: &[f64], predict: F) -> Option<(f64, Vec<f64>)>
-where
-    F: Fn(usize, f64) -> f64,
-{
-    let usable: Vec<usize> = (0..measured.len())
-        .filter(|&i| measured[i].is_finite() && measured[i] > 0.0)
-        .collect();
-    if usable.is_empty() {
-        return None;
-    }
-    let mut best: Option<(f64, f64)> = None;
-    for tau in grid() {
-        let mut sse = 0.0;
-        for &i in &usable {
-            let p = predict(i, tau).max(1e-9);
-            let e = (p / measured[i]).ln();
-            sse += e * e;
-        }
-        if best.is_none_or(|(b, _)| sse < b - 1e-15) {
-            best = Some((sse, tau));
-        }
-    }
-    let (_, tau) = best?;
-    let errors = (0..measured.len())
-        .map(|i| predict(i, tau) / measured[i] - 1.0)
-        .collect();
-    Some((tau, errors))
-}
-
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -319,22 +286,5 @@ mod tests {
         assert_eq!(fit(&[], false, |_, _| vec![1.0]), None);
         assert_eq!(fit(&[1.0, 0.0], false, |_, _| vec![1.0]), None);
         assert_eq!(fit(&[1.0], false, |_, _| vec![1.0, 2.0]), None);
-        assert_eq!(fit_time(&[0.0], |_, _| 1.0), None);
-    }
-
-    #[test]
-    fn recovers_a_thread_coalescing_time() {
-        // Thread wake-ups of runs with e socket wake-ups a second, at a
-        // busy share rho: e / (1 + e·τ) × (1 − rho), τ = 562 µs (on the grid).
-        let runs = [(500.0, 0.05), (2000.0, 0.1), (8000.0, 0.3), (16_000.0, 0.5)];
-        let tau = 1e-6 * 10f64.powf(22.0 / 8.0);
-        let predict = |i: usize, t: f64| {
-            let (e, rho): (f64, f64) = runs[i];
-            e / (1.0 + e * t) * (1.0 - rho)
-        };
-        let measured: Vec<f64> = (0..runs.len()).map(|i| predict(i, tau)).collect();
-        let (got, errors) = fit_time(&measured, predict).unwrap();
-        assert!((got - tau).abs() / tau < 1e-9, "{got} vs {tau}");
-        assert!(errors.iter().all(|e| e.abs() < 1e-9));
     }
 }

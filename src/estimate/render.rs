@@ -133,18 +133,26 @@ fn render_component(out: &mut String, name: &str, c: &ComponentEstimate, w: &Wor
     );
     let _ = writeln!(out, "  CPU of {sized}: rate × cost = cores busy");
     for t in &c.cpu {
+        // Counts, not rates: the connections held cost their unit every
+        // second, the background once.
+        let (count, unit) = match t.term {
+            Term::HeldConnections => (fmt_num(t.rate_per_s), "µs/s"),
+            Term::Background => ("1".to_string(), "µs/s"),
+            _ => (format!("{}/s", fmt_num(t.rate_per_s)), "µs"),
+        };
         let _ = writeln!(
             out,
-            "    {:<16} {:>10} × {:>8} µs = {:>7.3}",
+            "    {:<16} {:>10} × {:>8} {:<4} = {:>7.3}",
             t.term.label(),
-            format!("{}/s", fmt_num(t.rate_per_s)),
+            count,
             fmt_num(t.unit_cpu_us),
+            unit,
             t.cores
         );
     }
     let _ = writeln!(
         out,
-        "    {:<44}{:>7.3} / {} → {}",
+        "    {:<46}{:>7.3} / {} → {}",
         "total",
         c.per_node.cpu_busy,
         w.headroom,
@@ -204,6 +212,7 @@ fn render_wakeups(out: &mut String, c: &ComponentEstimate) {
     ) else {
         return;
     };
+    // Packets per socket read: the proxy relays every packet it reads.
     let packets: f64 = c
         .cpu
         .iter()
@@ -215,7 +224,7 @@ fn render_wakeups(out: &mut String, c: &ComponentEstimate) {
         })
         .map(|t| t.rate_per_s)
         .sum();
-    let per = if conn.rate_per_s > 0.0 && packets > 0.0 {
+    let per = if conn.term == Term::RelayWakeups && conn.rate_per_s > 0.0 && packets > 0.0 {
         format!(" ({} packets each)", fmt_num(packets / conn.rate_per_s))
     } else {
         String::new()
