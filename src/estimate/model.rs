@@ -1255,11 +1255,17 @@ pub(super) mod tests {
             let e = estimate(&w, &cal).unwrap();
             let t = cpu_rate(&e.proxy, Term::RelayThreadWakeups);
             assert!(t > 0.0);
-            (t / cpu_rate(&e.proxy, Term::RelayWakeups), e.proxy.per_node.cpu_busy)
+            (
+                t / cpu_rate(&e.proxy, Term::RelayWakeups),
+                e.proxy.per_node.cpu_busy,
+            )
         };
         let (light, light_busy) = ratio(1000.0);
         let (heavy, heavy_busy) = ratio(1_000_000.0);
-        assert!(light_busy < 0.1 && heavy_busy > 20.0, "{light_busy} {heavy_busy}");
+        assert!(
+            light_busy < 0.1 && heavy_busy > 20.0,
+            "{light_busy} {heavy_busy}"
+        );
         assert!(heavy < light, "{heavy} {light}");
     }
 
