@@ -796,8 +796,16 @@ impl<Data> ConnectionCommon<Data> {
         let res = self
             .deframer_buffer
             .read(rd, self.core.hs_deframer.is_active());
-        if let Ok(0) = res {
-            self.has_seen_eof = true;
+        match res {
+            Ok(0) => self.has_seen_eof = true,
+            // mqttlb patch: an idle read (usually WouldBlock; the deframer
+            // buffer was just given back if empty): the plaintext and TLS
+            // queues give back their capacity too if empty.
+            Err(_) => {
+                self.received_plaintext.release_if_empty();
+                self.sendable_tls.release_if_empty();
+            }
+            Ok(_) => {}
         }
         res
     }
@@ -810,7 +818,11 @@ impl<Data> ConnectionCommon<Data> {
     /// After this function returns, the connection buffer may not yet be fully flushed. The
     /// [`CommonState::wants_write`] function can be used to check if the output buffer is empty.
     pub fn write_tls(&mut self, wr: &mut dyn io::Write) -> Result<usize, io::Error> {
-        self.sendable_tls.write_to(wr)
+        let res = self.sendable_tls.write_to(wr);
+        // mqttlb patch: a reply written to an idle peer (PINGRESP) empties
+        // the queue after its reads went idle: give its capacity back.
+        self.sendable_tls.release_if_empty();
+        res
     }
 }
 

@@ -470,6 +470,46 @@ mod connection {
 #[cfg(feature = "std")]
 pub use connection::{ClientConnection, Connection, ConnectionCommon, ServerConnection};
 
+/// mqttlb patch: the QUIC state of a connection, allocated on the first
+/// write. Only QUIC connections write it (every write is behind
+/// `is_quic()` or in the QUIC connection types), so a TCP connection keeps
+/// one pointer instead of the whole struct inline in `CommonState`; reads
+/// of a TCP connection see the empty `Quic` below, as before.
+#[derive(Default)]
+pub(crate) struct LazyQuic(Option<Box<Quic>>);
+
+static EMPTY_QUIC: Quic = Quic {
+    params: None,
+    alert: None,
+    hs_queue: VecDeque::new(),
+    early_secret: None,
+    hs_secrets: None,
+    traffic_secrets: None,
+    #[cfg(feature = "std")]
+    returned_traffic_keys: false,
+    version: Version::V1,
+};
+
+impl core::ops::Deref for LazyQuic {
+    type Target = Quic;
+
+    fn deref(&self) -> &Quic {
+        self.0.as_deref().unwrap_or(&EMPTY_QUIC)
+    }
+}
+
+impl core::ops::DerefMut for LazyQuic {
+    fn deref_mut(&mut self) -> &mut Quic {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl From<LazyQuic> for Quic {
+    fn from(lazy: LazyQuic) -> Self {
+        lazy.0.map(|quic| *quic).unwrap_or_default()
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Quic {
     /// QUIC transport parameters received from the peer during the handshake

@@ -51,6 +51,14 @@ impl ChunkVecBuffer {
         self.chunks.is_empty()
     }
 
+    /// mqttlb patch: give back the chunk list's capacity when it holds
+    /// nothing (it keeps what it grew to during the handshake otherwise).
+    pub(crate) fn release_if_empty(&mut self) {
+        if self.chunks.is_empty() && self.chunks.capacity() != 0 {
+            self.chunks = VecDeque::new();
+        }
+    }
+
     /// How many bytes we're storing
     pub(crate) fn len(&self) -> usize {
         self.chunks

@@ -89,7 +89,7 @@ impl<Data> KernelConnection<Data> {
             state,
 
             peer_certificates: common.peer_certificates,
-            quic: common.quic,
+            quic: common.quic.into(),
             negotiated_version: common
                 .negotiated_version
                 .ok_or(Error::HandshakeNotComplete)?,
