@@ -606,17 +606,23 @@ impl Lab {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .ok_or_else(|| format!("{}: no summary from the generator", p.name))?;
-        let lost = summary["messages"]["lost"].as_u64().unwrap_or(u64::MAX);
-        let failures: u64 = summary["errors"].as_object().map_or(0, |m| {
+        let field = |path: &str| summary.pointer(path);
+        let lost = field("/messages/lost")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(u64::MAX);
+        let errors = field("/errors").cloned().unwrap_or_default();
+        let failures: u64 = errors.as_object().map_or(0, |m| {
             m.values().filter_map(serde_json::Value::as_u64).sum()
         });
         if failures > 0 || lost > 0 {
             return Err(format!(
-                "{}: the run was not clean ({failures} errors, {lost} lost): {}",
-                p.name, summary["errors"]
+                "{}: the run was not clean ({failures} errors, {lost} lost): {errors}",
+                p.name
             ));
         }
-        let publish_rate = summary["messages"]["publish_rate"].as_f64().unwrap_or(0.0);
+        let publish_rate = field("/messages/publish_rate")
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0);
         eprintln!(
             "calibrate: relay, {}: proxy {:.3} cores, {:.0} thread wake-ups/s; broker {:.3} cores",
             p.name, sample.proxy_cores, sample.proxy_thread_wakeups, sample.broker_cores
@@ -761,7 +767,8 @@ async fn calibrate(args: &BenchArgs) -> Result<Calibration, String> {
     // 4. Memory per connection, each on fresh processes: memory a process
     //    freed is not always returned to the system, so an earlier step
     //    would hide the growth.
-    let (idle_tls, tls_proxy_base, _) = memory_step(dir.path(), duration, threads, pin, true).await?;
+    let (idle_tls, tls_proxy_base, _) =
+        memory_step(dir.path(), duration, threads, pin, true).await?;
     let (subs, plain_proxy_base, subs_broker_base) =
         memory_step(dir.path(), duration, threads, pin, false).await?;
 
@@ -1008,14 +1015,21 @@ fn fit_relay(samples: &[RelaySample]) -> Result<RelayFit, String> {
         .collect();
     let proxy: Vec<f64> = samples.iter().map(|s| s.proxy_cores * 1e6).collect();
     let broker: Vec<f64> = samples.iter().map(|s| s.broker_cores * 1e6).collect();
+    // The fit asks for points 0..samples.len(), which are the shapes'.
     let proxy = fit::fit(&proxy, true, |i, c| {
-        let t = relay::wakeup_rates(&shapes[i].proxy_streams(), c, 1.0, samples[i].proxy_cores);
-        relay::proxy_features(&shapes[i], c.stream, t.thread)
+        let (Some(shape), Some(sample)) = (shapes.get(i), samples.get(i)) else {
+            return Vec::new();
+        };
+        let t = relay::wakeup_rates(&shape.proxy_streams(), c, 1.0, sample.proxy_cores);
+        relay::proxy_features(shape, c.stream, t.thread)
     })
     .ok_or("the relay runs could not be fitted (proxy)")?;
     let broker = fit::fit(&broker, true, |i, c| {
-        let t = relay::wakeup_rates(&shapes[i].broker_streams(), c, 1.0, samples[i].broker_cores);
-        relay::broker_features(&shapes[i], c.stream, t.thread)
+        let (Some(shape), Some(sample)) = (shapes.get(i), samples.get(i)) else {
+            return Vec::new();
+        };
+        let t = relay::wakeup_rates(&shape.broker_streams(), c, 1.0, sample.broker_cores);
+        relay::broker_features(shape, c.stream, t.thread)
     })
     .ok_or("the relay runs could not be fitted (broker)")?;
     Ok(RelayFit {

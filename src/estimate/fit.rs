@@ -132,23 +132,32 @@ fn nnls_relative(rows: &[Vec<f64>], measured: &[f64]) -> Option<Vec<f64>> {
     for mask in 1u32..(1 << n) {
         let free: Vec<usize> = (0..n).filter(|j| mask & (1 << j) != 0).collect();
         // Normal equations over the free terms; the target is 1 per row.
-        let k = free.len();
-        let mut a = vec![vec![0.0; k + 1]; k];
-        for row in &scaled {
-            for (p, &jp) in free.iter().enumerate() {
-                for (q, &jq) in free.iter().enumerate() {
-                    a[p][q] += row[jp] * row[jq];
-                }
-                a[p][k] += row[jp];
-            }
-        }
+        let columns: Vec<Vec<f64>> = free
+            .iter()
+            .map(|&j| {
+                scaled
+                    .iter()
+                    .map(|r| r.get(j).copied().unwrap_or(0.0))
+                    .collect()
+            })
+            .collect();
+        let a: Vec<Vec<f64>> = columns
+            .iter()
+            .map(|cp| {
+                let mut row: Vec<f64> = columns.iter().map(|cq| dot(cp, cq)).collect();
+                row.push(cp.iter().sum());
+                row
+            })
+            .collect();
         let Some(x) = solve(a) else { continue };
         if x.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
             continue;
         }
         let mut costs = vec![0.0; n];
-        for (p, &j) in free.iter().enumerate() {
-            costs[j] = x[p];
+        for (&j, v) in free.iter().zip(&x) {
+            if let Some(c) = costs.get_mut(j) {
+                *c = *v;
+            }
         }
         let sse: f64 = scaled
             .iter()
@@ -165,27 +174,49 @@ fn nnls_relative(rows: &[Vec<f64>], measured: &[f64]) -> Option<Vec<f64>> {
 }
 
 /// Gaussian elimination with partial pivoting on an augmented `k × (k+1)`
-/// matrix; None when singular.
+/// matrix; None when singular (or not of that shape).
 fn solve(mut a: Vec<Vec<f64>>) -> Option<Vec<f64>> {
     let k = a.len();
+    if a.iter().any(|r| r.len() != k + 1) {
+        return None;
+    }
+    let cell = |a: &[Vec<f64>], r: usize, c: usize| a.get(r).and_then(|row| row.get(c)).copied();
     for col in 0..k {
-        let pivot = (col..k).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
-        let scale = a.iter().map(|r| r[col].abs()).fold(0.0, f64::max);
-        if a[pivot][col].abs() <= 1e-12 * scale.max(1e-300) {
+        let pivot = (col..k).max_by(|&i, &j| {
+            let (x, y) = (
+                cell(&a, i, col).unwrap_or(0.0),
+                cell(&a, j, col).unwrap_or(0.0),
+            );
+            x.abs().total_cmp(&y.abs())
+        })?;
+        let scale = (0..k)
+            .filter_map(|r| cell(&a, r, col))
+            .fold(0.0, |m: f64, v| m.max(v.abs()));
+        if cell(&a, pivot, col)?.abs() <= 1e-12 * scale.max(1e-300) {
             return None;
         }
         a.swap(col, pivot);
-        for row in col + 1..k {
-            let f = a[row][col] / a[col][col];
-            for c in col..=k {
-                a[row][c] -= f * a[col][c];
+        let (top, bottom) = a.split_at_mut(col + 1);
+        let prow = top.last()?;
+        let diag = *prow.get(col)?;
+        for row in bottom {
+            let f = *row.get(col)? / diag;
+            for (x, p) in row.iter_mut().zip(prow).skip(col) {
+                *x -= f * p;
             }
         }
     }
     let mut x = vec![0.0; k];
-    for row in (0..k).rev() {
-        let s: f64 = (row + 1..k).map(|c| a[row][c] * x[c]).sum();
-        x[row] = (a[row][k] - s) / a[row][row];
+    for (r, row) in a.iter().enumerate().rev() {
+        let s: f64 = row
+            .iter()
+            .zip(&x)
+            .skip(r + 1)
+            .take(k.saturating_sub(r + 1))
+            .map(|(a, x)| a * x)
+            .sum();
+        let v = (row.get(k)? - s) / row.get(r)?;
+        *x.get_mut(r)? = v;
     }
     Some(x)
 }
