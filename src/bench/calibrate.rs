@@ -152,15 +152,7 @@ impl Proc {
     async fn spawn(args: &[&str], log: &Path, cpu: Option<usize>) -> Result<Proc, String> {
         let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
         let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let mut command = match cpu {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(cpu.to_string()).arg(exe);
-                c
-            }
-            None => Command::new(exe),
-        };
-        let child = command
+        let child = on_cpu(exe, cpu)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -207,15 +199,7 @@ impl Proc {
         let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
         let err = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let stdout = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
-        let mut command = match cpu {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(cpu.to_string()).arg(exe);
-                c
-            }
-            None => Command::new(exe),
-        };
-        command
+        on_cpu(exe, cpu)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::from(stdout))
@@ -300,6 +284,19 @@ async fn wait_port(port: u16) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Err(format!("nothing listens on 127.0.0.1:{port} after 10 s"))
+}
+
+/// A command running `exe`, on CPU `cpu` when given (`taskset` execs it,
+/// so the child's pid is the program's).
+fn on_cpu(exe: std::path::PathBuf, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpu.to_string()).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    }
 }
 
 /// A load generator child; killed if dropped before it ends.

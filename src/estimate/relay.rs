@@ -244,17 +244,9 @@ impl Wakeups {
     }
 }
 
-/// Socket wake-ups of the proxy at a stream coalescing time (s).
-pub fn proxy_socket_wakeups(s: &Shape, stream_tau: f64) -> f64 {
-    s.proxy_streams()
-        .iter()
-        .map(|x| x.count * stream_wakeups(x.rate, stream_tau))
-        .sum()
-}
-
-/// Socket wake-ups of the broker at a stream coalescing time (s).
-pub fn broker_socket_wakeups(s: &Shape, stream_tau: f64) -> f64 {
-    s.broker_streams()
+/// Socket wake-ups a second of `streams` at a stream coalescing time (s).
+pub fn socket_wakeups(streams: &[Stream], stream_tau: f64) -> f64 {
+    streams
         .iter()
         .map(|x| x.count * stream_wakeups(x.rate, stream_tau))
         .sum()
@@ -268,7 +260,7 @@ pub fn proxy_features(s: &Shape, stream_tau: f64, thread_wakeups: f64) -> Vec<f6
     vec![
         1.0,
         thread_wakeups,
-        proxy_socket_wakeups(s, stream_tau),
+        socket_wakeups(&s.proxy_streams(), stream_tau),
         s.connections,
         s.proxy_packets(),
         s.proxy_bytes() / 1000.0,
@@ -282,7 +274,7 @@ pub fn broker_features(s: &Shape, stream_tau: f64, thread_wakeups: f64) -> Vec<f
     vec![
         1.0,
         thread_wakeups,
-        broker_socket_wakeups(s, stream_tau),
+        socket_wakeups(&s.broker_streams(), stream_tau),
         s.published() + s.pings(),
         s.delivered() + s.pings(),
         s.acks * (s.published() + s.delivered()),
@@ -327,8 +319,8 @@ mod tests {
         // Many slow publishers: ~one wake-up per PUBLISH; few fast: a
         // few hundred per connection.
         let (wm, wf) = (
-            proxy_socket_wakeups(&many, 1e-3),
-            proxy_socket_wakeups(&few, 1e-3),
+            socket_wakeups(&many.proxy_streams(), 1e-3),
+            socket_wakeups(&few.proxy_streams(), 1e-3),
         );
         assert!(wm > 4000.0, "{wm}");
         assert!(wf < 3000.0, "{wf}");
