@@ -772,13 +772,13 @@ async fn calibrate(args: &BenchArgs) -> Result<Calibration, String> {
     let relay = fit_relay(&samples)?;
     let held_n = HELD as f64;
     let costs = |f: &Fit, i: usize| f.costs.get(i).copied().unwrap_or(0.0);
-    let wakeups = |f: &Fit, thread_tau: f64, connections: bool| Wakeups {
+    let wakeups = |f: &Fit, connections: bool| Wakeups {
         background_cpu_us_per_s: costs(f, 0),
         connection_cpu_us_per_s: if connections { costs(f, 3) } else { 0.0 },
         thread_wakeup_cpu_us: costs(f, 1),
         wakeup_cpu_us: costs(f, 2),
         coalesce_us: f.coalescing.stream * 1e6,
-        thread_coalesce_us: thread_tau * 1e6,
+        thread_coalesce_us: f.coalescing.thread * 1e6,
     };
     let proxy = ProxyCosts {
         tls_connect_cpu_us: per(hs_tls.proxy_cpu, hs_tls.summary.handshakes.completed),
@@ -788,7 +788,7 @@ async fn calibrate(args: &BenchArgs) -> Result<Calibration, String> {
         rss_base_mib: proxy_base / 1024.0,
         rss_per_tls_connection_kib: ((idle_tls.proxy_peak_kib - tls_proxy_base) / held_n).max(0.0),
         rss_per_plain_connection_kib: ((subs.proxy_peak_kib - plain_proxy_base) / held_n).max(0.0),
-        wakeups: wakeups(&relay.proxy, relay.proxy_thread_tau, true),
+        wakeups: wakeups(&relay.proxy, true),
     };
     let broker = BrokerCosts {
         cpu_us_per_publish_in: costs(&relay.broker, 3),
@@ -797,7 +797,7 @@ async fn calibrate(args: &BenchArgs) -> Result<Calibration, String> {
         connect_cpu_us: per(hs_plain.broker_cpu, hs_plain.summary.handshakes.completed),
         rss_base_mib: broker_base / 1024.0,
         rss_per_connection_kib: ((subs.broker_peak_kib - subs_broker_base) / held_n).max(0.0),
-        wakeups: wakeups(&relay.broker, relay.broker_thread_tau, false),
+        wakeups: wakeups(&relay.broker, false),
     };
     let measured = Measured {
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -996,8 +996,6 @@ fn workload_of(p: &RelayPoint) -> Workload {
 struct RelayFit {
     proxy: Fit,
     broker: Fit,
-    proxy_thread_tau: f64,
-    broker_thread_tau: f64,
 }
 
 /// Fit the relay model to the runs: the costs and both coalescing times
@@ -1029,12 +1027,7 @@ fn fit_relay(samples: &[RelaySample]) -> Result<RelayFit, String> {
         relay::broker_features(shape, c.stream, t.thread)
     })
     .ok_or("the relay runs could not be fitted (broker)")?;
-    Ok(RelayFit {
-        proxy_thread_tau: proxy.coalescing.thread,
-        broker_thread_tau: broker.coalescing.thread,
-        proxy,
-        broker,
-    })
+    Ok(RelayFit { proxy, broker })
 }
 
 fn round4(v: f64) -> f64 {
